@@ -1,0 +1,92 @@
+"""Length-grouped batches with per-batch padding, and collation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .tokenization import InputFormat, TokenizedSplit
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    def __init__(self, split: TokenizedSplit):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        return i, self.split.ids[i], int(self.split.labels[i])
+
+
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Shuffled training batches of similar length, so per-batch padding wastes little.
+
+    Each epoch draws a seeded permutation, cuts it into windows of `window` batches, sorts each
+    window by length and cuts it into batches, then shuffles the batch order. The order depends on
+    (seed, epoch) only, so a resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, group_by_length: bool,
+                 window: int = 64):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.window = window
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.lengths))
+        if self.group_by_length:
+            span = self.batch_size * self.window
+            windows = [order[i:i + span] for i in range(0, len(order), span)]
+            order = np.concatenate(
+                [w[np.argsort(-self.lengths[w], kind="stable")] for w in windows])
+        batches = [order[i:i + self.batch_size].tolist()
+                   for i in range(0, len(order), self.batch_size)]
+        if self.group_by_length:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def __iter__(self):
+        return iter(self.batches(self.epoch))
+
+
+def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Evaluation batches, longest first: the least padding, and memory errors show at once."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
+class Collator:
+    """Pads a batch on the right to its own longest sequence (times `pad_multiple`)."""
+
+    def __init__(self, fmt: InputFormat, pad_id: int, pad_multiple: int = 1):
+        self.fmt = fmt
+        self.pad_id = pad_id
+        self.pad_multiple = pad_multiple
+
+    def __call__(self, items) -> dict[str, torch.Tensor]:
+        seqs = [self.fmt.apply(ids.tolist() if hasattr(ids, "tolist") else ids)
+                for _, ids, _ in items]
+        width = max(len(s) for s in seqs)
+        width = -(-width // self.pad_multiple) * self.pad_multiple
+        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            input_ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[row, :len(seq)] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": torch.tensor([label for _, _, label in items], dtype=torch.long),
+            "index": torch.tensor([i for i, _, _ in items], dtype=torch.long),
+        }

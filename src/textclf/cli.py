@@ -1,0 +1,64 @@
+"""What every stage script shares: its params arguments and turning known failures into one
+clear message and a non-zero exit, instead of a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import signal
+import sys
+import warnings
+from typing import Callable
+
+from .data import DataError
+from .families import UnsupportedModelError
+from .models import ModelLoadError
+from .params import Params, ParamsError, load_params
+from .training import NonFiniteLossError, TrainingInterrupted
+
+EXPECTED_ERRORS = (ParamsError, DataError, ModelLoadError, UnsupportedModelError,
+                   NonFiniteLossError, FileNotFoundError)
+
+log = functools.partial(print, flush=True)
+
+
+def stage_parser(doc: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    return parser
+
+
+def params_from_args(args: argparse.Namespace) -> Params:
+    return load_params(args.params)
+
+
+def quiet_libraries() -> None:
+    """Keep the logs to what helps a person: no per-file loading bars, no deprecation chatter
+    from inside the libraries."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's main(); expected failures print `error: ...` and exit with status 2."""
+    quiet_libraries()
+    try:
+        main()
+    except TrainingInterrupted as e:
+        log(f"error: {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except KeyboardInterrupt:
+        log("error: interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    except EXPECTED_ERRORS as e:
+        log(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
+            log("error: the GPU ran out of memory. Lower train.batch_size (training), "
+                "eval.batch_size (evaluation) or data.max_tokens.", file=sys.stderr)
+            sys.exit(2)
+        raise

@@ -1,0 +1,272 @@
+"""Build, freeze, adapt, save and reload the sequence classifier.
+
+Every method yields the same module: a base model (AutoModel, no task head), a pooling of its last
+hidden states and a linear head. Partial fine-tuning unfreezes the last blocks; LoRA wraps the base
+model with peft; zero-shot uses a causal LM's output embeddings of the answer words as the head,
+so scoring "Review: ... Sentiment:" by its next-token logits is the same forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .families import Family, family_for
+from .params import LoraParams, Params, ParamsError
+
+
+class ModelLoadError(OSError):
+    pass
+
+
+def resolve_model(model: str):
+    """The model's config and family, reading only config.json (no weights)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except Exception as e:  # missing files, no network, bad JSON: several exception types
+        raise ModelLoadError(_load_help(model, e)) from None
+    return config, family_for(config.model_type)
+
+
+def _load_help(model: str, error: Exception) -> str:
+    where = "local directory" if Path(model).is_dir() else "hub id"
+    return (f"model {model!r} ({where}) could not be loaded: {type(error).__name__}: "
+            f"{str(error).splitlines()[0][:300]}\n"
+            "Without internet, set `model` to a local directory holding config.json, the weights "
+            "and the tokenizer files (as written by save_pretrained), or set HF_HUB_OFFLINE=1 to "
+            "use a copy already in the Hugging Face cache.")
+
+
+def n_blocks(config) -> int:
+    return int(config.num_hidden_layers)
+
+
+def model_problems(params: Params, config, family: Family) -> list[str]:
+    """Params that contradict the model: checked after reading config.json, before the weights."""
+    out = []
+    if params.method == "zero_shot" and not family.causal:
+        out.append(f"method: zero_shot needs a causal language model (gpt2, gpt_neox); "
+                   f"{params.model!r} is a {family.name} encoder: use finetune or lora")
+    blocks = n_blocks(config)
+    for key, value in (("finetune.trainable_blocks", params.finetune.trainable_blocks),
+                       ("lora.blocks", params.lora.blocks)):
+        if value != "all" and value > blocks:
+            out.append(f"{key} is {value} but {params.model!r} has {blocks} blocks "
+                       f"(allowed: 1..{blocks} or 'all')")
+    return out
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    """One vector per sequence: the last real token (right padding) or the masked mean."""
+    if how == "last":
+        last = attention_mask.sum(dim=1) - 1
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone: nn.Module, family: Family, num_labels: int, head_dropout: float,
+                 first_trainable_block: int):
+        super().__init__()
+        self.backbone = backbone
+        self.family = family
+        self.first_trainable_block = first_trainable_block  # blocks before it are frozen
+        self.dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(backbone.config.hidden_size, num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(self.dropout(pool(hidden, attention_mask, self.family.pooling)))
+
+    def train(self, mode: bool = True) -> "Classifier":
+        """Frozen modules stay in eval mode while training: their dropout is off, so they are a
+        fixed feature extractor (and their hidden states can be cached exactly)."""
+        super().train(mode)
+        if mode:
+            for module in frozen_modules(self):
+                module.eval()
+        return self
+
+
+def base_model(clf: Classifier) -> nn.Module:
+    """The plain transformers base model, also when peft wraps it."""
+    backbone = clf.backbone
+    return backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+
+
+def blocks_of(model: nn.Module, family: Family) -> nn.ModuleList:
+    return model.get_submodule(family.blocks)
+
+
+def frozen_modules(clf: Classifier) -> list[nn.Module]:
+    model = base_model(clf)
+    if clf.first_trainable_block == 0:
+        return []
+    embeddings = [model.get_submodule(name) for name in clf.family.embeddings]
+    return embeddings + list(blocks_of(model, clf.family)[: clf.first_trainable_block])
+
+
+def load_backbone(model: str, family: Family) -> nn.Module:
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(model, **dict(family.base_kwargs))
+    except Exception as e:
+        raise ModelLoadError(_load_help(model, e)) from None
+
+
+def build_classifier(params: Params, family: Family, num_labels: int) -> Classifier:
+    """The model of `params.method` (finetune or lora), pretrained weights loaded and untouched."""
+    backbone = load_backbone(params.model, family)
+    total = n_blocks(backbone.config)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    if params.method == "finetune":
+        k = params.finetune.trainable_blocks
+        first = 0 if k == "all" else total - k
+        trainable = [backbone] if k == "all" else list(blocks_of(backbone, family)[first:])
+        if family.final_norm:
+            trainable.append(backbone.get_submodule(family.final_norm))
+        for module in trainable:
+            module.requires_grad_(True)
+    elif params.method == "lora":
+        first = 0 if params.lora.blocks == "all" else total - params.lora.blocks
+        backbone = add_lora(backbone, family, params.lora, first, total)
+    else:
+        raise ValueError(f"build_classifier does not build method {params.method!r}")
+    return Classifier(backbone, family, num_labels, params.finetune.head_dropout, first)
+
+
+def lora_config(family: Family, lora: LoraParams, first: int, total: int):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules or family.lora_targets),
+        layers_to_transform=list(range(first, total)),
+        layers_pattern=family.lora_layers_pattern,
+        fan_in_fan_out=family.lora_fan_in_fan_out,
+        bias="none",
+    )
+
+
+def add_lora(backbone: nn.Module, family: Family, lora: LoraParams, first: int, total: int):
+    """Wrap the loaded base model with LoRA adapters: the pretrained weights stay as they are and
+    the adapters start as a no-op (B = 0), so the first forward pass equals the base model's."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(backbone, lora_config(family, lora, first, total))
+    except ValueError as e:
+        raise ParamsError(f"lora.target_modules: {e}".splitlines()[0]) from None
+
+
+def build_zero_shot(model: str, family: Family, answer_ids: list[int]) -> Classifier:
+    """A causal LM as a classifier: the head's rows are the LM head's rows of the answer words."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(model)
+    except Exception as e:
+        raise ModelLoadError(_load_help(model, e)) from None
+    output = lm.get_output_embeddings()
+    backbone = lm.base_model
+    backbone.requires_grad_(False)
+    clf = Classifier(backbone, family, len(answer_ids), 0.0, n_blocks(backbone.config))
+    with torch.no_grad():
+        clf.head.weight.copy_(output.weight[answer_ids])
+        clf.head.bias.copy_(output.bias[answer_ids] if output.bias is not None else 0.0)
+    clf.head.requires_grad_(False)
+    return clf
+
+
+def calibrate(clf: Classifier, content_free_logits: torch.Tensor) -> list[float]:
+    """Contextual calibration (Zhao et al., 2021): divide the answer probabilities by those of a
+    content-free input, i.e. subtract its log-probabilities from the head's bias."""
+    log_p = torch.log_softmax(content_free_logits.float(), dim=-1)
+    with torch.no_grad():
+        clf.head.bias -= log_p.to(clf.head.bias.dtype)
+    return log_p.exp().tolist()
+
+
+def parameter_counts(clf: Classifier) -> dict[str, int]:
+    trainable_backbone = sum(p.numel() for p in clf.backbone.parameters() if p.requires_grad)
+    head = sum(p.numel() for p in clf.head.parameters() if p.requires_grad)
+    return {
+        "trainable_params": trainable_backbone + head,
+        "trainable_backbone_params": trainable_backbone,
+        "total_params": sum(p.numel() for p in clf.parameters()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Save only what was trained; reload it on top of the base model.
+
+INFO_FILE = "textclf.json"  # how to rebuild the model and its inputs
+HEAD_FILE = "head.safetensors"
+TRAINED_FILE = "trained.safetensors"  # finetune: the trained blocks (and final norm)
+ADAPTER_DIR = "adapter"  # lora: the peft adapter, loadable with PeftModel.from_pretrained
+
+
+def save_model(clf: Classifier, out_dir: Path, info: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(_cpu(clf.head.state_dict()), out_dir / HEAD_FILE)
+    if info["method"] == "finetune":
+        trained = {n: p for n, p in clf.backbone.named_parameters() if p.requires_grad}
+        save_file(_cpu(trained), out_dir / TRAINED_FILE)
+    elif info["method"] == "lora":
+        clf.backbone.save_pretrained(out_dir / ADAPTER_DIR)
+    (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def load_model(model_dir: Path, merge_lora: bool = True) -> tuple[Classifier, dict[str, Any]]:
+    """The saved classifier in eval mode, and its info (label names, input format, ...)."""
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    info_path = model_dir / INFO_FILE
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{model_dir} holds no trained model ({INFO_FILE} is missing); "
+                                "run the train stage first (dvc repro train)")
+    info = json.loads(info_path.read_text())
+    family = family_for(info["family"])
+    backbone = load_backbone(info["base_model"], family)
+    if info["method"] == "lora":
+        from peft import PeftModel
+
+        backbone = PeftModel.from_pretrained(backbone, model_dir / ADAPTER_DIR)
+        if merge_lora:
+            backbone = backbone.merge_and_unload()
+    elif info["method"] == "finetune":
+        trained = load_file(model_dir / TRAINED_FILE)
+        missing, unexpected = backbone.load_state_dict(trained, strict=False)
+        if unexpected:
+            raise ValueError(f"{model_dir / TRAINED_FILE} does not fit {info['base_model']!r}: "
+                             f"unexpected weights {unexpected[:3]}")
+    clf = Classifier(backbone, family, len(info["label_names"]), 0.0, 0)
+    clf.head.load_state_dict(load_file(model_dir / HEAD_FILE))
+    return clf.eval().requires_grad_(False), info
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def checked_model(params: Params):
+    """Config and family of params.model after checking params against it (no weights loaded)."""
+    config, family = resolve_model(params.model)
+    problems = model_problems(params, config, family)
+    if problems:
+        raise ParamsError("invalid params for this model:\n  - " + "\n  - ".join(problems))
+    return config, family

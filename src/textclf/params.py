@@ -1,0 +1,324 @@
+"""One typed, validated params object, loaded from params.yaml.
+
+Every key is documented where it is defined: in params.yaml. The dataclasses below only say
+which keys exist, their types and their allowed ranges; they hold no defaults of their own, so
+params.yaml is the single place a value is set. Loading fails with one message that lists every
+bad key and what is allowed, before any download or training.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+Method = Literal["zero_shot", "finetune", "lora"]
+Truncation = Literal["left", "right", "head_tail"]
+
+
+class ParamsError(ValueError):
+    """Bad params: the message names each bad key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str
+    text_column: str
+    label_column: str
+    hub_config: str | None
+    train_split: str
+    test_split: str
+    val_fraction: float
+    train_size: int | None
+    test_size: int | None
+    max_tokens: int
+    truncation: Truncation
+    head_tokens: int
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.source.strip():
+            out.append("data.source must not be empty")
+        elif _looks_like_path(self.source) and not Path(self.source).expanduser().is_dir():
+            out.append(f"data.source: no such directory {self.source!r} (give 'imdb', a hub "
+                       "dataset id, or an existing local directory)")
+        if not 0.0 < self.val_fraction < 1.0:
+            out.append(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        for key in ("train_size", "test_size"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                out.append(f"data.{key} must be a positive integer or null (all), got {value}")
+        if self.max_tokens < 8:
+            out.append(f"data.max_tokens must be at least 8, got {self.max_tokens}")
+        if self.truncation == "head_tail" and not 0 < self.head_tokens < self.max_tokens:
+            out.append(f"data.head_tokens must be in [1, data.max_tokens) = [1, {self.max_tokens}) "
+                       f"for head_tail truncation, got {self.head_tokens}")
+        return out
+
+
+@dataclass(frozen=True)
+class ZeroShotParams:
+    template: str
+    answers: list[str]
+    calibrate: bool
+    content_free: str
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.template.count("{text}") != 1:
+            out.append(f"zero_shot.template must contain '{{text}}' exactly once, got {self.template!r}")
+        if len(self.answers) < 2 or len(set(self.answers)) != len(self.answers):
+            out.append(f"zero_shot.answers must list at least 2 distinct words, got {self.answers}")
+        return out
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    trainable_blocks: Union[int, Literal["all"]]
+    head_dropout: float
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.trainable_blocks != "all" and self.trainable_blocks < 1:
+            out.append(f"finetune.trainable_blocks must be >= 1 or 'all', got {self.trainable_blocks}")
+        if not 0.0 <= self.head_dropout < 1.0:
+            out.append(f"finetune.head_dropout must be in [0, 1), got {self.head_dropout}")
+        return out
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: list[str] | None
+    blocks: Union[int, Literal["all"]]
+    lr: float | None
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.r < 1:
+            out.append(f"lora.r must be a positive integer, got {self.r}")
+        if self.alpha <= 0:
+            out.append(f"lora.alpha must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            out.append(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.target_modules is not None and not self.target_modules:
+            out.append("lora.target_modules must be null (the family's default) or a non-empty list")
+        if self.blocks != "all" and self.blocks < 1:
+            out.append(f"lora.blocks must be >= 1 or 'all', got {self.blocks}")
+        if self.lr is not None and self.lr <= 0:
+            out.append(f"lora.lr must be positive or null (use train.lr), got {self.lr}")
+        return out
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    schedule: Literal["linear", "cosine", "constant"]
+    grad_clip: float
+    group_by_length: bool
+    mixed_precision: Literal["auto", "bf16", "no"]
+    compile: bool
+    log_every: int
+    checkpoint_every: int
+
+    def problems(self) -> list[str]:
+        out = []
+        for key in ("epochs", "batch_size", "log_every"):
+            if getattr(self, key) < 1:
+                out.append(f"train.{key} must be a positive integer, got {getattr(self, key)}")
+        if self.lr <= 0:
+            out.append(f"train.lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            out.append(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            out.append(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.grad_clip < 0:
+            out.append(f"train.grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        if self.checkpoint_every < 0:
+            out.append(f"train.checkpoint_every must be >= 0 (0 disables), got {self.checkpoint_every}")
+        return out
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    batch_size: int
+    bootstrap: int
+    errors: int
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.batch_size < 1:
+            out.append(f"eval.batch_size must be a positive integer, got {self.batch_size}")
+        for key in ("bootstrap", "errors"):
+            if getattr(self, key) < 0:
+                out.append(f"eval.{key} must be >= 0, got {getattr(self, key)}")
+        return out
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    model: str
+    method: Method
+    data: DataParams
+    zero_shot: ZeroShotParams
+    finetune: FinetuneParams
+    lora: LoraParams
+    train: TrainParams
+    eval: EvalParams
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.seed < 0:
+            out.append(f"seed must be a non-negative integer, got {self.seed}")
+        if not self.model.strip():
+            out.append("model must not be empty")
+        elif _looks_like_path(self.model) and not Path(self.model).expanduser().is_dir():
+            out.append(f"model: no such directory {self.model!r} (give a hub id such as 'gpt2' or "
+                       "an existing local model directory)")
+        for section in (self.data, self.zero_shot, self.finetune, self.lora, self.train, self.eval):
+            out.extend(section.problems())
+        return out
+
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate of this run: lora.lr overrides train.lr for LoRA."""
+        if self.method == "lora" and self.lora.lr is not None:
+            return self.lora.lr
+        return self.train.lr
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_params(path: str | os.PathLike = "params.yaml", overrides: dict | None = None) -> Params:
+    """Read params.yaml, deep-merge `overrides` on top, validate, return the typed object."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    return parse_params(raw, source=str(path))
+
+
+def parse_params(raw: dict, source: str = "params") -> Params:
+    errors: list[str] = []
+    params = _build(Params, raw, "", errors)
+    if not errors:
+        errors = params.problems()
+    if errors:
+        raise ParamsError(f"invalid {source}:\n  - " + "\n  - ".join(errors))
+    return params
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    """A copy of `base` with `overrides` merged in, nested dicts merged key by key."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _looks_like_path(value: str) -> bool:
+    """True for values a user meant as a local path; hub ids look like 'name' or 'owner/name'."""
+    return value.startswith(("/", ".", "~")) or Path(value).exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic type checking of a dict against the dataclasses above.
+
+def _build(cls, raw: Any, prefix: str, errors: list[str]):
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        errors.append(f"{where} must be a mapping, got {type(raw).__name__}")
+        return None
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            errors.append(f"unknown key {prefix}{key} (allowed in {where}: {', '.join(names)})")
+    values = {}
+    for name in names:
+        key = prefix + name
+        if name not in raw:
+            errors.append(f"missing key {key}")
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, raw[name], key + ".", errors)
+        else:
+            ok, value = _coerce(raw[name], tp)
+            if ok:
+                values[name] = value
+            else:
+                errors.append(f"{key} must be {_describe(tp)}, got {raw[name]!r}")
+    if len(values) != len(names):
+        return None
+    return cls(**values)
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, out = _coerce(value, arg)
+            if ok:
+                return True, out
+        return False, None
+    if origin is Literal:
+        return (value in typing.get_args(tp)), value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            return False, None
+        items = [_coerce(v, item_tp) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if tp is type(None):
+        return value is None, None
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        # YAML 1.1 (PyYAML) reads 5e-5 as a string; DVC's -S writes such values, so accept them.
+        if isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, None
+    if tp is str:
+        return isinstance(value, str), value
+    raise TypeError(f"unsupported params type {tp}")
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    return {type(None): "null", bool: "true or false", int: "an integer", float: "a number",
+            str: "a string"}[tp]

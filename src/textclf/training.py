@@ -1,0 +1,305 @@
+"""The training loop: Accelerate as the engine, length-grouped batches, checkpoints that resume.
+
+One optimizer step per batch: forward under autocast (bf16 on GPUs that support it, fp32 on CPU),
+backward, clip the gradient norm (after backward), AdamW step, scheduler step. Frozen modules have
+requires_grad=False, so autograd records nothing through them. After each epoch the model is
+scored on the validation split; the best epoch's weights are kept and restored at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .batching import Collator, LengthGroupedBatches, TokenDataset
+from .inference import predict_logits
+from .params import TrainParams
+from .tokenization import TokenizedSplit
+
+
+class NonFiniteLossError(RuntimeError):
+    def __init__(self, step: int, checkpoint: Path | None):
+        kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint kept"
+        super().__init__(f"the training loss became NaN/inf at step {step}; training stopped and "
+                         f"{kept}. Lower train.lr (or lora.lr), or keep train.grad_clip > 0.")
+        self.step = step
+
+
+class TrainingInterrupted(RuntimeError):
+    def __init__(self, signum: int, step: int, checkpoint: Path | None):
+        name = signal.Signals(signum).name
+        where = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint (disabled)"
+        super().__init__(f"{name} received at step {step}: {where}; run `dvc repro` (or the same "
+                         "`dvc exp run`) again to resume")
+        self.signum = signum
+
+
+def make_accelerator(mixed_precision: str):
+    """Accelerate decides the device and processes (`accelerate launch` for several)."""
+    from accelerate import Accelerator
+
+    if mixed_precision == "auto":
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        mixed_precision = "bf16" if bf16 else "no"
+    return Accelerator(mixed_precision=mixed_precision)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, fused: bool):
+    """AdamW with weight decay on matrices only (not on biases, norms or 1-d weights)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=fused or None)
+
+
+def make_scheduler(optimizer, schedule: str, warmup_ratio: float, total_steps: int):
+    """Linear warmup over `warmup_ratio` of the steps, then linear or cosine decay to 0."""
+    from transformers import get_scheduler
+
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=round(warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+def fingerprint(*parts: Any, files: tuple[Path, ...] = ()) -> str:
+    """A hash of the params and data a run depends on: a checkpoint resumes only a run like it."""
+    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    for path in files:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+class Checkpointer:
+    """`last.pt` in a directory, written atomically (temp file, then rename), main process only."""
+
+    def __init__(self, directory: Path, fingerprint: str, is_main: bool = True,
+                 log: Callable[[str], None] = print):
+        self.path = Path(directory) / "last.pt"
+        self.fingerprint = fingerprint
+        self.is_main = is_main
+        self.log = log
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != self.fingerprint:
+            self.log(f"ignoring stale checkpoint {self.path}: it was written with other params or "
+                     "data; starting over")
+            return None
+        return state
+
+    def save(self, state: dict) -> None:
+        if not self.is_main:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+        os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        if self.is_main and self.path.exists():
+            self.path.unlink()
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StopSignals:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step, so it can checkpoint."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+@dataclass
+class TrainResult:
+    best_val_accuracy: float
+    best_epoch: int  # 1-based
+    history: list[dict] = field(default_factory=list)  # one row per epoch
+    steps: int = 0
+    resumed_at_step: int | None = None  # global step a checkpoint resumed from, if any
+    train_seconds: float = 0.0
+
+
+def trainable_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
+            if p.requires_grad}
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+
+
+def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: TokenizedSplit,
+                     collator: Collator, tp: TrainParams, lr: float, eval_batch_size: int,
+                     seed: int, accelerator, checkpointer: Checkpointer | None = None,
+                     live=None, log: Callable[[str], None] = print) -> TrainResult:
+    """Train `model` in place; on return it holds the weights of the best validation epoch."""
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    set_seed(seed)
+    optimizer = make_optimizer(model, lr, tp.weight_decay, accelerator.device.type == "cuda")
+    sampler = LengthGroupedBatches(train.lengths, tp.batch_size, seed, tp.group_by_length)
+    loader = torch.utils.data.DataLoader(TokenDataset(train), batch_sampler=sampler,
+                                         collate_fn=collator)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * tp.epochs
+    # Not passed to accelerator.prepare: that would step it once per process.
+    scheduler = make_scheduler(optimizer, tp.schedule, tp.warmup_ratio, total_steps)
+    unwrapped = accelerator.unwrap_model(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    epoch, step, global_step = 0, 0, 0
+    best = {"accuracy": -1.0, "epoch": 0, "weights": None}
+    history: list[dict] = []
+    resumed_at = None
+    saved = checkpointer.load() if checkpointer else None
+    if saved:
+        load_weights(unwrapped, saved["weights"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"])
+        epoch, step, global_step = saved["epoch"], saved["step"], saved["global_step"]
+        best, history = saved["best"], saved["history"]
+        resumed_at = global_step
+        log(f"resuming from {checkpointer.path}: epoch {epoch + 1}, step {global_step}")
+
+    def checkpoint_state() -> dict:
+        return {"weights": trainable_weights(unwrapped), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch,
+                "step": step, "global_step": global_step, "best": best, "history": history}
+
+    def check_finite(window: list[torch.Tensor]) -> list[float]:
+        values = torch.stack(window).float().cpu()
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            raise NonFiniteLossError(global_step - len(window) + int(bad[0]) + 1,
+                                     checkpointer.path if checkpointer and
+                                     checkpointer.path.exists() else None)
+        return values.tolist()
+
+    started = time.perf_counter()
+    bar = tqdm(total=total_steps, initial=global_step, desc="train", unit="step",
+               disable=not accelerator.is_main_process, mininterval=1.0, dynamic_ncols=True)
+    with StopSignals() as stop:
+        while epoch < tp.epochs:
+            model.train()
+            loader.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(loader, step) if step else loader
+            if step:
+                batches.set_epoch(epoch)
+            window: list[torch.Tensor] = []
+            epoch_losses: list[float] = []
+            for batch in batches:
+                with accelerator.autocast():
+                    logits = model(batch["input_ids"], batch["attention_mask"])
+                loss = F.cross_entropy(logits.float(), batch["labels"])
+                accelerator.backward(loss)
+                if tp.grad_clip > 0:
+                    accelerator.clip_grad_norm_(trainable, tp.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                global_step += 1
+                window.append(loss.detach())
+                bar.update(1)
+                due_checkpoint = checkpointer and tp.checkpoint_every and \
+                    global_step % tp.checkpoint_every == 0
+                if global_step % tp.log_every == 0 or due_checkpoint or stop.received or \
+                        step == steps_per_epoch:
+                    values = check_finite(window)
+                    epoch_losses += values
+                    window = []
+                    mean = sum(values) / len(values)
+                    bar.set_postfix(loss=f"{mean:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                    if live is not None:
+                        live.step = global_step
+                        live.log_metric("train/loss", mean)
+                if due_checkpoint:
+                    checkpointer.save(checkpoint_state())
+                if stop.received:
+                    if checkpointer:
+                        checkpointer.save(checkpoint_state())
+                    bar.close()
+                    raise TrainingInterrupted(stop.received, global_step,
+                                            checkpointer.path if checkpointer else None)
+
+            logits = predict_logits(model, val, collator, eval_batch_size, accelerator)
+            labels = torch.from_numpy(val.labels)
+            val_loss = F.cross_entropy(torch.from_numpy(logits), labels).item()
+            val_accuracy = float((logits.argmax(1) == val.labels).mean())
+            row = {"epoch": epoch + 1, "train_loss": float(np.mean(epoch_losses)) if epoch_losses
+                   else float("nan"), "val_loss": val_loss, "val_accuracy": val_accuracy}
+            history.append(row)
+            log(f"epoch {epoch + 1}/{tp.epochs}: train loss {row['train_loss']:.4f}, "
+                f"val loss {val_loss:.4f}, val accuracy {val_accuracy:.4f}")
+            if live is not None:
+                live.step = global_step
+                live.log_metric("val/accuracy", val_accuracy)
+                live.log_metric("val/loss", val_loss)
+            if val_accuracy > best["accuracy"]:
+                best = {"accuracy": val_accuracy, "epoch": epoch + 1,
+                        "weights": trainable_weights(unwrapped)}
+            epoch, step = epoch + 1, 0
+            if checkpointer:
+                checkpointer.save(checkpoint_state())
+    bar.close()
+
+    load_weights(unwrapped, best["weights"])
+    return TrainResult(best_val_accuracy=best["accuracy"], best_epoch=best["epoch"],
+                       history=history, steps=global_step, resumed_at_step=resumed_at,
+                       train_seconds=time.perf_counter() - started)

@@ -1,0 +1,71 @@
+"""Prepare: load and clean the data, carve a validation split out of train, tokenize once.
+
+    python stages/prepare.py                # what `dvc repro prepare` runs (params.yaml)
+
+Reads params: seed, model (its tokenizer only), data.
+Writes: data/prepared/ (token ids of train/val/test, test texts, meta.json) and
+metrics/prepare.json (split sizes, dropped empty texts, invalid UTF-8 lines, truncation counts).
+"""
+
+from pathlib import Path
+
+from textclf import paths
+from textclf.cli import log, params_from_args, run_stage, stage_parser
+from textclf.data import load_corpus
+from textclf.models import checked_model
+from textclf.outputs import staged_dir, write_json, write_text
+from textclf.prepared import prepared_meta, test_text_lines
+from textclf.tokenization import length_in_gpt2_tokens, load_tokenizer, tokenize_split
+
+
+def main() -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--out", type=Path, default=paths.PREPARED)
+    parser.add_argument("--report", type=Path, default=paths.METRICS / "prepare.json")
+    args = parser.parse_args()
+    params = params_from_args(args)
+    p = params.data
+
+    # Model family and tokenizer: config and tokenizer files only, no weights
+    _, family = checked_model(params)
+    tokenizer = load_tokenizer(params.model, family)
+
+    # Load, clean, cap, split
+    corpus = load_corpus(p, params.seed)
+    log(f"data: {p.source} -> train {len(corpus.train)}, val {len(corpus.val)}, "
+        f"test {len(corpus.test)}; classes {corpus.label_names}")
+
+    # Tokenize once
+    splits = {name: tokenize_split(tokenizer, split.texts, split.labels, p.max_tokens,
+                                   p.truncation, p.head_tokens)
+              for name, split in (("train", corpus.train), ("val", corpus.val),
+                                  ("test", corpus.test))}
+    lengths, unit = length_in_gpt2_tokens(tokenizer, corpus.test.texts, splits["test"].full_lengths)
+    for i in range(min(2, len(splits["train"]))):
+        ids = splits["train"].ids[i]
+        log(f"example {i} (label {corpus.label_names[splits['train'].labels[i]]}, "
+            f"{len(ids)} of {splits['train'].full_lengths[i]} tokens kept): "
+            f"{tokenizer.decode(ids.tolist())[:300]!r}")
+
+    # Write: the directory is swapped in only once complete
+    with staged_dir(args.out) as tmp:
+        for name, split in splits.items():
+            split.save(tmp / paths.SPLIT_FILE.format(split=name))
+        write_text(tmp / paths.TEST_TEXTS, test_text_lines(corpus.test, lengths))
+        write_json(tmp / paths.META, prepared_meta(params, family, tokenizer, corpus, unit))
+    report = {
+        "sizes": {name: len(split) for name, split in splits.items()},
+        "dropped_empty": corpus.report["dropped_empty"],
+        "invalid_utf8_lines": corpus.report.get("invalid_utf8", {}),
+        "truncated": {name: int((split.full_lengths > split.lengths).sum())
+                      for name, split in splits.items()},
+        "mean_tokens": {name: round(float(split.full_lengths.mean()), 1)
+                        for name, split in splits.items()},
+    }
+    write_json(args.report, report)
+    log(f"wrote {args.out}/ and {args.report}: dropped empty {report['dropped_empty']}, "
+        f"truncated {report['truncated']}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

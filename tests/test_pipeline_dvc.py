@@ -1,0 +1,92 @@
+"""End to end: the real DVC commands in a temporary git repository, on a tiny GPT-2."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+import tiny
+
+REPO = Path(__file__).resolve().parents[1]
+COPY = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvcignore", ".gitignore"]
+
+
+def sh(cwd: Path, *cmd: str) -> str:
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture()
+def project(tmp_path, tiny_dirs, data_dir) -> Path:
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in COPY:
+        src, dst = REPO / name, root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(src, dst)
+    params = tiny.tiny_params(tiny_dirs["gpt2"], data_dir)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(root, "git", "init", "-q", "-b", "main")
+    sh(root, "git", "config", "user.email", "test@example.com")
+    sh(root, "git", "config", "user.name", "test")
+    (root / ".dvc" / "tmp").mkdir(exist_ok=True)
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-q", "-m", "start")
+    return root
+
+
+def read(root: Path, name: str) -> dict:
+    return json.loads((root / "metrics" / name).read_text())
+
+
+def test_repro_exp_run_and_metrics_diff(project):
+    out = sh(project, "dvc", "repro")
+    assert "Running stage 'evaluate'" in out
+    for name in ("prepare.json", "train.json", "eval.json", "length_bins.json"):
+        assert (project / "metrics" / name).is_file()
+    for name in ("confusion.csv", "roc.csv", "precision_recall.csv", "length_accuracy.csv"):
+        assert (project / "metrics" / "plots" / name).is_file()
+    assert (project / "metrics" / "errors.md").is_file()
+    assert (project / "models" / "trained.safetensors").is_file()
+    assert len((project / "outputs" / "predictions.jsonl").read_text().splitlines()) == 12
+    finetune = read(project, "eval.json")
+    assert finetune["n"] == 12 and 0 <= finetune["accuracy"] <= 1
+    assert read(project, "train.json")["method"] == "finetune"
+
+    # Nothing changed: nothing reruns
+    assert "didn't change" in sh(project, "dvc", "repro") or "up to date" in sh(project, "dvc", "status")
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-q", "-m", "finetune baseline")
+
+    # An experiment with LoRA reruns train and evaluate, not prepare
+    out = sh(project, "dvc", "exp", "run", "-S", "method=lora")
+    assert "Running stage 'train'" in out and "Running stage 'prepare'" not in out
+    assert read(project, "train.json")["method"] == "lora"
+    assert (project / "models" / "adapter" / "adapter_config.json").is_file()
+    diff = sh(project, "dvc", "metrics", "diff", "main", "--md")
+    assert "metrics/eval.json" in diff and "accuracy" in diff
+
+    out = sh(project, "dvc", "exp", "run", "-S", "method=zero_shot")
+    assert read(project, "train.json")["trainable_params"] == 0
+    assert read(project, "eval.json")["n"] == 12
+
+    shown = sh(project, "dvc", "exp", "show", "--csv")
+    assert "method" in shown.splitlines()[0]
+    assert "lora" in shown and "zero_shot" in shown
+
+
+def test_bad_params_fail_before_work(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["method"] = "prompting"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "method must be one of 'zero_shot', 'finetune', 'lora'" in result.stdout + result.stderr
+    assert not (project / "data" / "prepared").exists()

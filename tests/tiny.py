@@ -1,0 +1,125 @@
+"""Tiny random models with real tokenizers, saved as local Hugging Face directories, and fixture
+data directories: everything the tests need, offline, in seconds."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# Words the tokenizers must hold as single tokens (the zero-shot prompt and answers).
+PROMPT_TEXT = "Review: Sentiment: Positive Negative N/A " * 50
+
+
+def fixture_reviews() -> list[dict]:
+    return [json.loads(line) for line in (FIXTURES / "reviews.jsonl").read_text().splitlines()]
+
+
+def corpus_texts() -> list[str]:
+    return [r["text"] for r in fixture_reviews()] + [PROMPT_TEXT]
+
+
+def _bpe_tokenizer(vocab_size: int = 600):
+    """A byte-level BPE trained on the fixture texts, GPT-2 style."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus_texts(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+
+
+def _wordpiece_tokenizer(vocab_size: int = 400):
+    """An uncased WordPiece with [CLS] text [SEP], BERT style."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(corpus_texts(), trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=specials))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+
+
+def tiny_model_dir(family: str, directory: Path, layers: int = 4, dropout: float = 0.1,
+                   seed: int = 0) -> Path:
+    """Save a randomly initialised 4-block, 32-wide model of `family` with its tokenizer."""
+    import torch
+    from transformers import (BertConfig, BertModel, GPT2Config, GPT2LMHeadModel,
+                              GPTNeoXConfig, GPTNeoXForCausalLM)
+
+    torch.manual_seed(seed)
+    directory = Path(directory)
+    if family == "bert":
+        tok = _wordpiece_tokenizer()
+        model = BertModel(BertConfig(
+            vocab_size=len(tok), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=512, hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout, pad_token_id=tok.pad_token_id))
+    elif family == "gpt2":
+        tok = _bpe_tokenizer()
+        eos = tok.eos_token_id
+        model = GPT2LMHeadModel(GPT2Config(
+            vocab_size=len(tok), n_embd=32, n_layer=layers, n_head=2, n_positions=512,
+            resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=eos,
+            eos_token_id=eos))
+    elif family == "gpt_neox":
+        tok = _bpe_tokenizer()
+        eos = tok.eos_token_id
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(
+            vocab_size=len(tok), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=512, attention_dropout=dropout,
+            hidden_dropout=dropout, bos_token_id=eos, eos_token_id=eos))
+    else:
+        raise ValueError(family)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+def fixture_data_dir(directory: Path, n_test: int = 12, seed: int = 0) -> Path:
+    """train.jsonl / test.jsonl from the fixture reviews (test: a balanced sample)."""
+    rows = fixture_reviews()
+    random.Random(seed).shuffle(rows)
+    pos = [r for r in rows if r["label"] == 1]
+    neg = [r for r in rows if r["label"] == 0]
+    test = pos[: n_test // 2] + neg[: n_test // 2]
+    train = pos[n_test // 2:] + neg[n_test // 2:]
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, split in (("train", train), ("test", test)):
+        (directory / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split))
+    return directory
+
+
+def tiny_params(model_dir: Path, data_dir: Path, **overrides) -> dict:
+    """params.yaml of the repository, pointed at a tiny model and fixture data, sized for CPU
+    seconds; `overrides` are deep-merged (e.g. method="lora", train={"epochs": 2})."""
+    import yaml
+
+    from textclf.params import deep_merge
+
+    repo = Path(__file__).resolve().parents[1]
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    small = {
+        "model": str(model_dir),
+        "data": {"source": str(data_dir), "val_fraction": 0.25, "max_tokens": 64},
+        "train": {"epochs": 2, "batch_size": 4, "log_every": 2, "checkpoint_every": 3},
+        "eval": {"batch_size": 8, "bootstrap": 50, "errors": 3},
+    }
+    return deep_merge(deep_merge(raw, small), overrides)
