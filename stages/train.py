@@ -12,6 +12,8 @@ Resumes from checkpoints/last.pt when an earlier run with the same params was in
 
 from pathlib import Path
 
+from accelerate.utils import set_seed
+
 from textclf import paths
 from textclf.batching import Collator
 from textclf.cli import log, params_from_args, run_stage, stage_parser
@@ -45,7 +47,8 @@ def main() -> None:
     accelerator = make_accelerator(params.train.mixed_precision)
     say = log if accelerator.is_main_process else (lambda *a, **k: None)
 
-    # Build the model
+    # Build the model (seeded: the head's initial weights come from the RNG)
+    set_seed(params.seed)
     calibration = result = None
     if params.method == "zero_shot":
         model, fmt, calibration = zero_shot_classifier(params, family, tokenizer, len(labels),

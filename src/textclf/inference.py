@@ -17,7 +17,7 @@ def predict_logits(model: torch.nn.Module, split: TokenizedSplit, collator: Coll
     model.eval()
     loader = torch.utils.data.DataLoader(
         TokenDataset(split), batch_sampler=sorted_batches(split.lengths, batch_size),
-        collate_fn=collator)
+        collate_fn=collator, generator=torch.Generator())  # leaves the global RNG alone
     loader = accelerator.prepare_data_loader(loader)
     chunks, order = [], []
     for batch in loader:

@@ -46,13 +46,17 @@ class TrainingInterrupted(RuntimeError):
 
 
 def make_accelerator(mixed_precision: str):
-    """Accelerate decides the device and processes (`accelerate launch` for several)."""
+    """Accelerate decides the device and processes (`accelerate launch` for several).
+
+    Without a GPU, processes started by `accelerate launch --multi_gpu` or torchrun join over
+    gloo on the CPU (`cpu=True` is what selects Accelerate's multi-CPU mode).
+    """
     from accelerate import Accelerator
 
+    cuda = torch.cuda.is_available()
     if mixed_precision == "auto":
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        mixed_precision = "bf16" if bf16 else "no"
-    return Accelerator(mixed_precision=mixed_precision)
+        mixed_precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(mixed_precision=mixed_precision, cpu=not cuda)
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, fused: bool):
@@ -192,8 +196,11 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
     set_seed(seed)
     optimizer = make_optimizer(model, lr, tp.weight_decay, accelerator.device.type == "cuda")
     sampler = LengthGroupedBatches(train.lengths, tp.batch_size, seed, tp.group_by_length)
+    # A generator of its own: creating an iterator then draws no number from the global RNG,
+    # so dropout sees the same random stream whether or not a run was resumed mid-epoch.
     loader = torch.utils.data.DataLoader(TokenDataset(train), batch_sampler=sampler,
-                                         collate_fn=collator)
+                                         collate_fn=collator,
+                                         generator=torch.Generator().manual_seed(seed))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * tp.epochs
@@ -205,6 +212,7 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
     epoch, step, global_step = 0, 0, 0
     best = {"accuracy": -1.0, "epoch": 0, "weights": None}
     history: list[dict] = []
+    epoch_losses: list[float] = []  # losses of the current epoch's steps so far
     resumed_at = None
     saved = checkpointer.load() if checkpointer else None
     if saved:
@@ -213,14 +221,15 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
         scheduler.load_state_dict(saved["scheduler"])
         set_rng_state(saved["rng"])
         epoch, step, global_step = saved["epoch"], saved["step"], saved["global_step"]
-        best, history = saved["best"], saved["history"]
+        best, history, epoch_losses = saved["best"], saved["history"], saved["epoch_losses"]
         resumed_at = global_step
         log(f"resuming from {checkpointer.path}: epoch {epoch + 1}, step {global_step}")
 
     def checkpoint_state() -> dict:
         return {"weights": trainable_weights(unwrapped), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch,
-                "step": step, "global_step": global_step, "best": best, "history": history}
+                "step": step, "global_step": global_step, "best": best, "history": history,
+                "epoch_losses": epoch_losses}
 
     def check_finite(window: list[torch.Tensor]) -> list[float]:
         values = torch.stack(window).float().cpu()
@@ -242,7 +251,6 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
             if step:
                 batches.set_epoch(epoch)
             window: list[torch.Tensor] = []
-            epoch_losses: list[float] = []
             for batch in batches:
                 with accelerator.autocast():
                     logits = model(batch["input_ids"], batch["attention_mask"])
@@ -294,7 +302,7 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
             if val_accuracy > best["accuracy"]:
                 best = {"accuracy": val_accuracy, "epoch": epoch + 1,
                         "weights": trainable_weights(unwrapped)}
-            epoch, step = epoch + 1, 0
+            epoch, step, epoch_losses = epoch + 1, 0, []
             if checkpointer:
                 checkpointer.save(checkpoint_state())
     bar.close()

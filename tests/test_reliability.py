@@ -1,0 +1,171 @@
+"""Interrupted runs resume to the same result, the same seed gives the same numbers, a failed run
+keeps the previous outputs, and several processes train like one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import tiny
+
+REPO = Path(__file__).resolve().parents[1]
+TIMING = {"train_seconds", "eval_seconds", "resumed_at_step"}
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def stage_cmd(stage: str, params: Path, run: Path) -> list[str]:
+    """The stage script with every path inside `run` (as the compare pipeline passes them)."""
+    paths = {
+        "prepare": ["--out", run / "prepared", "--report", run / "metrics/prepare.json"],
+        "train": ["--prepared", run / "prepared", "--out", run / "models",
+                  "--metrics", run / "metrics/train.json", "--log-dir", run / "metrics/train_log",
+                  "--checkpoints", run / "checkpoints"],
+        "evaluate": ["--prepared", run / "prepared", "--model-dir", run / "models",
+                     "--metrics-dir", run / "metrics", "--predictions", run / "predictions.jsonl"],
+    }[stage]
+    return [sys.executable, str(REPO / "stages" / f"{stage}.py"), "--params", str(params),
+            *map(str, paths)]
+
+
+def run_stage(stage: str, params: Path, run: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run(stage_cmd(stage, params, run), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def quality(run: Path) -> dict:
+    """Every metric and prediction of a run except timing fields."""
+    train = json.loads((run / "metrics/train.json").read_text())
+    evaluation = json.loads((run / "metrics/eval.json").read_text())
+    return {
+        "train": {k: v for k, v in train.items() if k not in TIMING},
+        "eval": {k: v for k, v in evaluation.items() if k not in TIMING},
+        "predictions": (run / "predictions.jsonl").read_text(),
+    }
+
+
+@pytest.fixture(scope="module")
+def prepared_run(tmp_path_factory, tiny_dirs, data_dir):
+    """Params for a longer tiny run (enough steps to interrupt) and its prepared data."""
+    root = tmp_path_factory.mktemp("reliability")
+    params = write_params(root / "params.yaml", tiny.tiny_params(
+        tiny_dirs["gpt2"], data_dir, train={"epochs": 12, "checkpoint_every": 3, "log_every": 1}))
+    run_stage("prepare", params, root / "reference")
+    run_stage("train", params, root / "reference")
+    run_stage("evaluate", params, root / "reference")
+    return root, params
+
+
+def copy_prepared(src: Path, dst: Path) -> None:
+    import shutil
+
+    shutil.copytree(src / "prepared", dst / "prepared")
+
+
+def test_same_seed_same_numbers(prepared_run, tmp_path):
+    root, params = prepared_run
+    again = tmp_path / "again"
+    run_stage("prepare", params, again)
+    run_stage("train", params, again)
+    run_stage("evaluate", params, again)
+    assert quality(again) == quality(root / "reference")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_interrupted_training_resumes_to_the_same_result(prepared_run, tmp_path, sig):
+    root, params = prepared_run
+    run = tmp_path / "run"
+    copy_prepared(root / "reference", run)
+    checkpoint = run / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(stage_cmd("train", params, run), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    if sig != signal.SIGKILL:
+        assert f"{signal.Signals(sig).name} received at step" in err
+        assert proc.returncode == 128 + sig
+    assert checkpoint.exists() and not (run / "models").exists()
+
+    resumed = run_stage("train", params, run)
+    assert "resuming from" in resumed.stdout
+    assert json.loads((run / "metrics/train.json").read_text())["resumed_at_step"] > 0
+    assert not checkpoint.exists()  # a finished run forgets its checkpoint
+    run_stage("evaluate", params, run)
+    assert quality(run) == quality(root / "reference")
+
+
+def test_checkpoint_of_other_params_is_not_resumed(prepared_run, tmp_path):
+    root, params = prepared_run
+    run = tmp_path / "run"
+    copy_prepared(root / "reference", run)
+    proc = subprocess.Popen(stage_cmd("train", params, run), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    while not (run / "checkpoints/last.pt").exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+
+    other = yaml.safe_load(params.read_text())
+    other["train"]["lr"] = 1.0e-4
+    other_params = write_params(tmp_path / "other.yaml", other)
+    result = run_stage("train", other_params, run)
+    assert "ignoring stale checkpoint" in result.stdout
+    assert "resuming" not in result.stdout
+    assert json.loads((run / "metrics/train.json").read_text())["resumed_at_step"] is None
+
+
+def test_failed_run_keeps_the_previous_outputs(prepared_run, tmp_path):
+    root, params = prepared_run
+    run = tmp_path / "run"
+    run_stage("prepare", params, run)
+    run_stage("train", params, run)
+    before = {p: p.read_bytes() for p in (run / "models").iterdir()}
+    metrics_before = (run / "metrics/train.json").read_text()
+
+    broken = yaml.safe_load(params.read_text())
+    broken["train"]["lr"] = 1.0e12  # diverges: the loss becomes NaN/inf
+    broken["train"]["grad_clip"] = 0.0
+    broken["finetune"]["trainable_blocks"] = "all"
+    result = subprocess.run(stage_cmd("train", write_params(tmp_path / "b.yaml", broken), run),
+                            capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "the training loss became NaN/inf at step" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert {p: p.read_bytes() for p in (run / "models").iterdir()} == before
+    assert (run / "metrics/train.json").read_text() == metrics_before
+
+
+def test_two_processes_train_like_one(prepared_run, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU: the processes join over gloo."""
+    root, params = prepared_run
+    run = tmp_path / "run"
+    copy_prepared(root / "reference", run)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+           "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           *stage_cmd("train", params, run)[1:]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote ") == 1  # outputs written by the main process only
+    two = json.loads((run / "metrics/train.json").read_text())
+    one = json.loads((root / "reference/metrics/train.json").read_text())
+    # Each process takes every other batch: half the optimizer steps of one process.
+    assert two["steps"] == one["steps"] // 2
+    # Both see the whole validation split; tiny fixture data, so a loose tolerance (2 of 7).
+    assert abs(two["best_val_accuracy"] - one["best_val_accuracy"]) <= 2 / 7 + 1e-9
+    assert not (run / "checkpoints/last.pt").exists()
