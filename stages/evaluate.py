@@ -24,7 +24,7 @@ from textclf.plots import plot_files
 from textclf.prepared import load_prepared
 from textclf.reports import errors_markdown, prediction_lines
 from textclf.tokenization import InputFormat
-from textclf.training import make_accelerator
+from textclf.training import device_name, make_accelerator
 
 
 def main() -> None:
@@ -62,6 +62,7 @@ def main() -> None:
     metrics = classification_metrics(labels, probs)
     metrics.update(bootstrap_ci(labels, preds, len(names), params.eval.bootstrap, params.seed))
     metrics["eval_seconds"] = round(seconds, 2)
+    metrics["device"] = device_name(accelerator.device)
     bins = length_bins(labels, preds, prepared.test_lengths, len(names))
     metrics_dir = args.metrics_dir
     write_json(metrics_dir / "eval.json", metrics)

@@ -1,7 +1,6 @@
 """End to end: the real DVC commands in a temporary git repository, on a tiny GPT-2."""
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -9,37 +8,11 @@ import pytest
 import yaml
 
 import tiny
-
-REPO = Path(__file__).resolve().parents[1]
-COPY = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvcignore", ".gitignore"]
-
-
-def sh(cwd: Path, *cmd: str) -> str:
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
+from tiny import ENV, sh
 
 @pytest.fixture()
 def project(tmp_path, tiny_dirs, data_dir) -> Path:
-    root = tmp_path / "project"
-    root.mkdir()
-    for name in COPY:
-        src, dst = REPO / name, root / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy(src, dst)
-    params = tiny.tiny_params(tiny_dirs["gpt2"], data_dir)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh(root, "git", "init", "-q", "-b", "main")
-    sh(root, "git", "config", "user.email", "test@example.com")
-    sh(root, "git", "config", "user.name", "test")
-    (root / ".dvc" / "tmp").mkdir(exist_ok=True)
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "commit", "-q", "-m", "start")
-    return root
+    return tiny.dvc_project(tmp_path / "project", tiny.tiny_params(tiny_dirs["gpt2"], data_dir))
 
 
 def read(root: Path, name: str) -> dict:
@@ -86,7 +59,7 @@ def test_bad_params_fail_before_work(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["method"] = "prompting"
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True)
+    result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, env=ENV)
     assert result.returncode != 0
     assert "method must be one of 'zero_shot', 'finetune', 'lora'" in result.stdout + result.stderr
     assert not (project / "data" / "prepared").exists()

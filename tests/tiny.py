@@ -4,7 +4,10 @@ data directories: everything the tests need, offline, in seconds."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -123,3 +126,46 @@ def tiny_params(model_dir: Path, data_dir: Path, **overrides) -> dict:
         "eval": {"batch_size": 8, "bootstrap": 50, "errors": 3},
     }
     return deep_merge(deep_merge(raw, small), overrides)
+
+
+# Files of the repository a DVC project needs (the package itself is installed).
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src", "compare", ".dvc/config",
+                 ".dvcignore", ".gitignore"]
+
+
+def dvc_project(root: Path, params: dict) -> Path:
+    """A copy of the repository's pipeline in a fresh git repository, with `params` as its
+    params.yaml, committed once (DVC experiments need a commit)."""
+    import shutil
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    root.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        src, dst = repo / name, root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns(
+                "__pycache__", "*.egg-info", "results", "runs", "prepared", "dvc.lock"))
+        else:
+            shutil.copy(src, dst)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q", "-b", "main"],
+                ["git", "config", "user.email", "test@example.com"],
+                ["git", "config", "user.name", "test"],
+                ["git", "add", "-A"], ["git", "commit", "-q", "-m", "start"]):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    return root
+
+
+# dvc and the stages' `python` resolve to this interpreter's environment, activated or not
+ENV = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent),
+                                              os.environ.get("PATH", "")])}
+
+
+def sh(cwd: Path, *cmd: str) -> str:
+    """Run a command (dvc, git, ...) in `cwd`; fail the test with its output if it fails."""
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=ENV)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout

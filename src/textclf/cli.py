@@ -4,7 +4,6 @@ clear message and a non-zero exit, instead of a traceback."""
 from __future__ import annotations
 
 import argparse
-import functools
 import signal
 import sys
 import warnings
@@ -13,24 +12,54 @@ from typing import Callable
 from .data import DataError
 from .families import UnsupportedModelError
 from .models import ModelLoadError
-from .params import Params, ParamsError, load_params
+from .params import Params, ParamsError, deep_merge, load_params
 from .training import NonFiniteLossError, TrainingInterrupted
 
 EXPECTED_ERRORS = (ParamsError, DataError, ModelLoadError, UnsupportedModelError,
                    NonFiniteLossError, FileNotFoundError)
 
-log = functools.partial(print, flush=True)
+def log(message: str, file=None) -> None:
+    """Print a line without breaking a progress bar that is being drawn."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(str(message), file=file or sys.stdout)
+    (file or sys.stdout).flush()
 
 
 def stage_parser(doc: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument("--overlay", action="append", default=[], metavar="FILE:KEY",
+                        help="merge the mapping at KEY (dotted) of YAML FILE over the params; "
+                             "repeatable, later ones win (the compare pipeline uses this)")
     return parser
 
 
 def params_from_args(args: argparse.Namespace) -> Params:
-    return load_params(args.params)
+    overrides: dict = {}
+    for spec in args.overlay:
+        overrides = deep_merge(overrides, read_overlay(spec))
+    return load_params(args.params, overrides)
+
+
+def read_overlay(spec: str) -> dict:
+    """The mapping at `KEY` (dotted path) in the YAML file of a `FILE:KEY` spec."""
+    import yaml
+
+    path, _, key = spec.partition(":")
+    try:
+        with open(path, encoding="utf-8") as f:
+            node = yaml.safe_load(f)
+    except OSError as e:
+        raise ParamsError(f"--overlay {spec}: cannot read {path} ({e.strerror})") from None
+    for part in filter(None, key.split(".")):
+        if not isinstance(node, dict) or part not in node:
+            raise ParamsError(f"--overlay {spec}: no key {key!r} in {path}")
+        node = node[part]
+    if not isinstance(node, dict):
+        raise ParamsError(f"--overlay {spec}: {key!r} in {path} is not a mapping")
+    return node
 
 
 def quiet_libraries() -> None:

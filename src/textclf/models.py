@@ -9,6 +9,7 @@ so scoring "Review: ... Sentiment:" by its next-token logits is the same forward
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +114,32 @@ def frozen_modules(clf: Classifier) -> list[nn.Module]:
     return embeddings + list(blocks_of(model, clf.family)[: clf.first_trainable_block])
 
 
+def from_pretrained(cls, model: str, **kwargs) -> nn.Module:
+    """`cls.from_pretrained` without transformers' load report (which lists every unused weight,
+    such as BERT's pooler or an LM head); weights the checkpoint lacks, which start random, are
+    reported in one line."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        loaded, info = cls.from_pretrained(model, output_loading_info=True, **kwargs)
+    except Exception as e:  # missing files, no network, bad weights: several exception types
+        raise ModelLoadError(_load_help(model, e)) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        print(f"warning: {len(missing)} weights are not in the checkpoint of {model!r} and start "
+              f"random: {', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}",
+              file=sys.stderr, flush=True)
+    return loaded
+
+
 def load_backbone(model: str, family: Family) -> nn.Module:
     from transformers import AutoModel
 
-    try:
-        return AutoModel.from_pretrained(model, **dict(family.base_kwargs))
-    except Exception as e:
-        raise ModelLoadError(_load_help(model, e)) from None
+    return from_pretrained(AutoModel, model, **dict(family.base_kwargs))
 
 
 def build_classifier(params: Params, family: Family, num_labels: int) -> Classifier:
@@ -174,10 +194,7 @@ def build_zero_shot(model: str, family: Family, answer_ids: list[int]) -> Classi
     """A causal LM as a classifier: the head's rows are the LM head's rows of the answer words."""
     from transformers import AutoModelForCausalLM
 
-    try:
-        lm = AutoModelForCausalLM.from_pretrained(model)
-    except Exception as e:
-        raise ModelLoadError(_load_help(model, e)) from None
+    lm = from_pretrained(AutoModelForCausalLM, model)
     output = lm.get_output_embeddings()
     backbone = lm.base_model
     backbone.requires_grad_(False)

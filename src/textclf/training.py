@@ -59,6 +59,20 @@ def make_accelerator(mixed_precision: str):
     return Accelerator(mixed_precision=mixed_precision, cpu=not cuda)
 
 
+def device_name(device: torch.device) -> str:
+    """The hardware a figure was measured on, e.g. 'cuda: NVIDIA H100 80GB HBM3'."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        model = platform.machine()
+    return f"cpu: {model}, {torch.get_num_threads()} threads"
+
+
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, fused: bool):
     """AdamW with weight decay on matrices only (not on biases, norms or 1-d weights)."""
     params = [p for p in model.parameters() if p.requires_grad]
