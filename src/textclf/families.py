@@ -14,7 +14,9 @@ from typing import Literal
 class Family:
     name: str
     causal: bool  # a causal LM: zero-shot prompt scoring is possible, attention sees the left only
-    embeddings: tuple[str, ...]  # modules before the first block (frozen by partial fine-tuning)
+    # Modules before the first block, in forward order (frozen by partial fine-tuning); the last
+    # one's output is what enters the first block.
+    embeddings: tuple[str, ...]
     blocks: str  # the ModuleList of transformer blocks
     final_norm: str | None  # the norm after the last block (trained with the last blocks), if any
     lora_targets: tuple[str, ...]  # default LoRA target modules inside a block
@@ -30,7 +32,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="gpt2",
             causal=True,
-            embeddings=("wte", "wpe"),
+            embeddings=("wte", "wpe", "drop"),
             blocks="h",
             final_norm="ln_f",
             # GPT-2 fuses Q, K and V into one projection, c_attn: LoRA on it adapts all three.
@@ -55,7 +57,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="gpt_neox",
             causal=True,
-            embeddings=("embed_in",),
+            embeddings=("embed_in", "emb_dropout"),
             blocks="layers",
             final_norm="final_layer_norm",
             # GPT-NeoX fuses Q, K and V into one projection as GPT-2 does.

@@ -8,6 +8,7 @@ so scoring "Review: ... Sentiment:" by its next-token logits is the same forward
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -82,9 +83,38 @@ class Classifier(nn.Module):
         self.dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(backbone.config.hidden_size, num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(self.dropout(pool(hidden, attention_mask, self.family.pooling)))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                prefix_hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits. `prefix_hidden`, if given, holds the hidden states entering the first
+        trainable block (see `frozen_prefix`): the frozen blocks are then skipped."""
+        if prefix_hidden is None:
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        else:
+            with _skip_frozen_prefix(self, prefix_hidden):
+                hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        pooled = pool(hidden.last_hidden_state, attention_mask, self.family.pooling)
+        return self.head(self.dropout(pooled))
+
+    @torch.no_grad()
+    def frozen_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The hidden states entering the first trainable block: the output of the frozen
+        embeddings and blocks, which a run can compute once and reuse every epoch. The model's
+        own forward runs (its masks, positions, rotary embeddings) and stops at that block."""
+        first = blocks_of(base_model(self), self.family)[self.first_trainable_block]
+        captured = []
+
+        def capture(module, args, kwargs):
+            captured.append(args[0] if args else kwargs["hidden_states"])
+            raise _PrefixReady
+
+        handle = first.register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        except _PrefixReady:
+            pass
+        finally:
+            handle.remove()
+        return captured[0]
 
     def train(self, mode: bool = True) -> "Classifier":
         """Frozen modules stay in eval mode while training: their dropout is off, so they are a
@@ -94,6 +124,33 @@ class Classifier(nn.Module):
             for module in frozen_modules(self):
                 module.eval()
         return self
+
+
+class _PrefixReady(Exception):
+    """Stops a forward pass once the frozen prefix's output is captured."""
+
+
+@contextlib.contextmanager
+def _skip_frozen_prefix(clf: Classifier, prefix_hidden: torch.Tensor):
+    """During one forward: the embeddings' output is replaced by `prefix_hidden` and the frozen
+    blocks pass their input through, so only the trainable blocks compute."""
+    model = base_model(clf)
+    last_embedding = model.get_submodule(clf.family.embeddings[-1])
+    frozen = list(blocks_of(model, clf.family)[: clf.first_trainable_block])
+
+    def passthrough(*args, **kwargs):
+        return args[0] if args else kwargs["hidden_states"]
+
+    handle = last_embedding.register_forward_hook(
+        lambda module, args, output: prefix_hidden.to(output.dtype))
+    for block in frozen:
+        block.forward = passthrough
+    try:
+        yield
+    finally:
+        handle.remove()
+        for block in frozen:
+            del block.forward  # back to the class's forward
 
 
 def base_model(clf: Classifier) -> nn.Module:

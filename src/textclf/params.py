@@ -130,6 +130,7 @@ class TrainParams:
     grad_clip: float
     group_by_length: bool
     mixed_precision: Literal["auto", "bf16", "no"]
+    cache_frozen: bool
     compile: bool
     log_every: int
     checkpoint_every: int

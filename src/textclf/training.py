@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .batching import Collator, LengthGroupedBatches, TokenDataset
-from .inference import predict_logits
+from .inference import PrefixCache, model_inputs, predict_logits
 from .params import TrainParams
 from .tokenization import TokenizedSplit
 
@@ -222,6 +222,15 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
     scheduler = make_scheduler(optimizer, tp.schedule, tp.warmup_ratio, total_steps)
     unwrapped = accelerator.unwrap_model(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    started = time.perf_counter()  # train_seconds include building the cache
+    train_cache = val_cache = None
+    if tp.cache_frozen and unwrapped.first_trainable_block > 0:
+        unwrapped.eval()
+        train_cache = PrefixCache.compute(unwrapped, train, collator, eval_batch_size, accelerator)
+        val_cache = PrefixCache.compute(unwrapped, val, collator, eval_batch_size, accelerator)
+        log(f"cached the frozen blocks' output of {len(train) + len(val)} texts "
+            f"({(train_cache.nbytes + val_cache.nbytes) / 1e9:.2f} GB) in "
+            f"{time.perf_counter() - started:.1f} s")
 
     epoch, step, global_step = 0, 0, 0
     best = {"accuracy": -1.0, "epoch": 0, "weights": None}
@@ -254,7 +263,6 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
                                      checkpointer.path.exists() else None)
         return values.tolist()
 
-    started = time.perf_counter()
     bar = tqdm(total=total_steps, initial=global_step, desc="train", unit="step",
                disable=not accelerator.is_main_process, mininterval=1.0, dynamic_ncols=True)
     with StopSignals() as stop:
@@ -267,7 +275,7 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
             window: list[torch.Tensor] = []
             for batch in batches:
                 with accelerator.autocast():
-                    logits = model(batch["input_ids"], batch["attention_mask"])
+                    logits = model(**model_inputs(batch, train_cache))
                 loss = F.cross_entropy(logits.float(), batch["labels"])
                 accelerator.backward(loss)
                 if tp.grad_clip > 0:
@@ -300,7 +308,7 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
                     raise TrainingInterrupted(stop.received, global_step,
                                             checkpointer.path if checkpointer else None)
 
-            logits = predict_logits(model, val, collator, eval_batch_size, accelerator)
+            logits = predict_logits(model, val, collator, eval_batch_size, accelerator, val_cache)
             labels = torch.from_numpy(val.labels)
             val_loss = F.cross_entropy(torch.from_numpy(logits), labels).item()
             val_accuracy = float((logits.argmax(1) == val.labels).mean())
