@@ -26,6 +26,16 @@ from textclf.training import Checkpointer, fingerprint, make_accelerator, train_
 from textclf.zero_shot import zero_shot_classifier
 
 
+def step_logger(log_dir: Path, resume: bool):
+    """dvclive's per-step log (plots declared in dvc.yaml by hand), if dvclive is installed."""
+    try:
+        from dvclive import Live
+    except ImportError:
+        log("dvclive is not installed: the per-step loss is not logged")
+        return None
+    return Live(str(log_dir), resume=resume, dvcyaml=False, save_dvc_exp=False)
+
+
 def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--prepared", type=Path, default=paths.PREPARED)
@@ -63,15 +73,13 @@ def main() -> None:
 
     # Train (zero-shot has nothing to train)
     if params.method != "zero_shot":
-        from dvclive import Live
-
         run_id = fingerprint(params.to_dict(), accelerator.num_processes, files=(
             args.prepared / paths.SPLIT_FILE.format(split="train"),
             args.prepared / paths.SPLIT_FILE.format(split="val")))
         checkpointer = Checkpointer(args.checkpoints, run_id, accelerator.is_main_process, say)
         pad_multiple = 8 if accelerator.device.type == "cuda" else 1
         collator = Collator(fmt, tokenizer.pad_id, pad_multiple)
-        live = Live(str(args.log_dir), dvcyaml=False, save_dvc_exp=False) \
+        live = step_logger(args.log_dir, resume=checkpointer.path.exists()) \
             if accelerator.is_main_process else None
         result = train_classifier(model, prepared.train, prepared.val, collator, params.train,
                                   params.learning_rate, params.eval.batch_size, params.seed,

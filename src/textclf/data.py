@@ -124,10 +124,13 @@ def encode_labels(train: list, test: list, names_hint: list[str] | None, source:
                             "(SST-2: validation)")
         k = int(train_ids.max()) + 1
         seen = set(np.unique(train_ids).tolist())
+        if len(seen) < 2:
+            raise DataError(f"data.source {source!r}: only one class ({int(train_ids[0])}) in "
+                            "train; classification needs at least two")
         if train_ids.min() < 0 or seen != set(range(k)) or test_ids.max() >= k:
-            found = sorted(seen | set(np.unique(test_ids).tolist()))
             raise DataError(f"data.source {source!r}: integer labels must be 0..K-1 with every "
-                            f"class present in train; found {found[:20]}")
+                            f"class present in train; train has {sorted(seen)[:20]}, test has "
+                            f"{np.unique(test_ids).tolist()[:20]}")
         names = list(names_hint) if names_hint and len(names_hint) == k else [str(i) for i in range(k)]
     if len(names) < 2:
         raise DataError(f"data.source {source!r}: only one class ({names[0]!r}) in train; "

@@ -1,0 +1,173 @@
+"""Bad input gets one clear `error:` line and exit status 2 from the stage, before any expensive
+work, or is handled and reported. Each case runs the real stage script in this process."""
+
+import gzip
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import tiny
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(stage: str, args: list, capsys) -> tuple[int, str, str]:
+    """Run stages/<stage>.py with `args`; returns (exit status, stdout, stderr)."""
+    argv = sys.argv
+    sys.argv = [stage, *map(str, args)]
+    try:
+        runpy.run_path(str(REPO / "stages" / f"{stage}.py"), run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_params(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def prepare(tmp_path, raw, capsys):
+    params = write_params(tmp_path, raw)
+    return run("prepare", ["--params", params, "--out", tmp_path / "prepared",
+                           "--report", tmp_path / "prepare.json"], capsys)
+
+
+def assert_clear_error(code, err, *fragments):
+    assert code == 2, err
+    assert err.startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def write_jsonl(directory: Path, name: str, rows: list[dict]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+GOOD_ROWS = [{"text": r["text"], "label": r["label"]} for r in tiny.fixture_reviews()]
+
+
+@pytest.mark.parametrize("override, fragments", [
+    ({"method": "prompting"}, ["method must be one of 'zero_shot', 'finetune', 'lora'"]),
+    ({"train": {"batch_size": 0}}, ["train.batch_size must be a positive integer, got 0"]),
+    ({"train": {"batch_size": "big"}}, ["train.batch_size must be an integer, got 'big'"]),
+    ({"train": {"lr": -0.001}}, ["train.lr must be positive"]),
+    ({"lora": {"r": 0}}, ["lora.r must be a positive integer, got 0"]),
+    ({"data": {"train_size": 0}}, ["data.train_size must be a positive integer or null"]),
+    ({"data": {"source": "/no/such/dir"}}, ["data.source: no such directory '/no/such/dir'"]),
+    ({"train": {"epochs": 1, "warmup": 3}}, ["unknown key train.warmup", "allowed in train"]),
+    ({"finetune": {"trainable_blocks": 9}},
+     ["finetune.trainable_blocks is 9 but", "has 4 blocks (allowed: 1..4 or 'all')"]),
+])
+def test_bad_params(tmp_path, tiny_dirs, data_dir, capsys, override, fragments):
+    code, _, err = prepare(tmp_path, tiny.tiny_params(tiny_dirs["gpt2"], data_dir, **override),
+                           capsys)
+    assert_clear_error(code, err, *fragments)
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_zero_shot_on_an_encoder(tmp_path, tiny_dirs, data_dir, capsys):
+    raw = tiny.tiny_params(tiny_dirs["bert"], data_dir, method="zero_shot")
+    code, _, err = prepare(tmp_path, raw, capsys)
+    assert_clear_error(code, err, "zero_shot needs a causal language model",
+                       "bert encoder: use finetune or lora")
+
+
+def test_unknown_model_family(tmp_path, data_dir, capsys):
+    model = tmp_path / "t5"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    code, _, err = prepare(tmp_path, tiny.tiny_params(model, data_dir), capsys)
+    assert_clear_error(code, err, "model family 't5' is not supported",
+                       "supported: gpt2, bert, gpt_neox")
+
+
+def test_unreachable_hub_model(tmp_path, data_dir, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    raw = tiny.tiny_params("nobody-org/no-such-model", data_dir)
+    code, _, err = prepare(tmp_path, raw, capsys)
+    assert_clear_error(code, err, "model 'nobody-org/no-such-model' (hub id) could not be loaded",
+                       "set `model` to a local directory")
+
+
+def test_answer_words_must_be_single_tokens(tmp_path, tiny_dirs, data_dir, capsys):
+    raw = tiny.tiny_params(tiny_dirs["gpt2"], data_dir, method="zero_shot",
+                           zero_shot={"answers": [" Negative", " Positively wonderful"]})
+    assert prepare(tmp_path, raw, capsys)[0] == 0
+    params = write_params(tmp_path, raw)
+    code, _, err = run("train", ["--params", params, "--prepared", tmp_path / "prepared",
+                                 "--out", tmp_path / "models", "--metrics", tmp_path / "t.json",
+                                 "--log-dir", tmp_path / "log", "--checkpoints",
+                                 tmp_path / "ckpt"], capsys)
+    assert_clear_error(code, err, "answer word ' Positively wonderful' is", "single-token")
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("train_rows, fragments", [
+    ([], ["is empty"]),
+    ([{"review": "good", "label": 1}], ["no column 'text'", "set data.text_column"]),
+    ([{"text": "good", "label": 1}, {"text": "bad", "label": 2}],
+     ["integer labels must be 0..K-1", "train has [1, 2], test has [0, 1]"]),
+    ([{"text": "good", "label": 1}, {"text": "bad", "label": [0]}],
+     ["a label [0] (list) is neither an integer class id nor a class name"]),
+    ([{"text": "good", "label": 1}, {"text": "bad", "label": 1}],
+     ["only one class (1) in train"]),
+])
+def test_bad_data(tmp_path, tiny_dirs, capsys, train_rows, fragments):
+    data = tmp_path / "data"
+    write_jsonl(data, "train.jsonl", train_rows)
+    write_jsonl(data, "test.jsonl", GOOD_ROWS[:4])
+    code, _, err = prepare(tmp_path, tiny.tiny_params(tiny_dirs["gpt2"], data), capsys)
+    assert_clear_error(code, err, *fragments)
+
+
+def test_missing_split_file(tmp_path, tiny_dirs, capsys):
+    data = tmp_path / "data"
+    write_jsonl(data, "train.jsonl", GOOD_ROWS)
+    code, _, err = prepare(tmp_path, tiny.tiny_params(tiny_dirs["gpt2"], data), capsys)
+    assert_clear_error(code, err, "no file for split 'test'", "test.jsonl, test.jsonl.gz")
+
+
+def test_messy_texts_are_handled_and_reported(tmp_path, tiny_dirs, capsys):
+    """Empty and whitespace-only texts are dropped and counted; invalid UTF-8 bytes are
+    replaced and counted; a 100k-character review is truncated like any other."""
+    data = tmp_path / "data"
+    rows = GOOD_ROWS + [{"text": "", "label": 0}, {"text": "  \n\t ", "label": 1},
+                        {"text": "great " * 20_000, "label": 1}]
+    lines = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+    lines += b'{"text": "caf\xe9 au lait, a lovely film", "label": 1}\n'  # Latin-1 byte
+    data.mkdir()
+    (data / "train.jsonl.gz").write_bytes(gzip.compress(lines))
+    write_jsonl(data, "test.jsonl", GOOD_ROWS[:6])
+    code, out, err = prepare(tmp_path, tiny.tiny_params(tiny_dirs["gpt2"], data), capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "prepare.json").read_text())
+    assert report["dropped_empty"] == {"train": 2, "test": 0}
+    assert report["invalid_utf8_lines"] == {"train": 1, "test": 0}
+    assert report["truncated"]["train"] + report["truncated"]["val"] == 1
+    assert report["sizes"]["train"] + report["sizes"]["val"] == len(GOOD_ROWS) + 2
+
+
+def test_cuda_out_of_memory_names_the_knobs(capsys):
+    from textclf.cli import run_stage
+
+    def main():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(main)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "ran out of memory" in err and "train.batch_size" in err and "eval.batch_size" in err
