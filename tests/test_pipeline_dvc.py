@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,13 @@ def test_repro_exp_run_and_metrics_diff(project):
     shown = sh(project, "dvc", "exp", "show", "--csv")
     assert "method" in shown.splitlines()[0]
     assert "lora" in shown and "zero_shot" in shown
+
+    # A second seed of the LoRA configuration: mean and spread over seeds 1 and 42
+    sh(project, "dvc", "exp", "run", "-S", "method=lora", "-S", "seed=1")
+    summary = json.loads(sh(project, sys.executable, "-m", "textclf.seeds", "--json"))
+    (lora,) = [row for row in summary if row["method"] == "lora"]
+    assert lora["seeds"] == [1, 42]
+    assert lora["accuracy"]["min"] <= lora["accuracy"]["mean"] <= lora["accuracy"]["max"]
 
 
 def test_bad_params_fail_before_work(project):
