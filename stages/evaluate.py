@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from textclf import paths
-from textclf.batching import Collator
+from textclf.batching import Collator, pad_multiple_for
 from textclf.cli import log, params_from_args, run_stage, stage_parser
 from textclf.data import DataError
 from textclf.inference import predict_logits, softmax
@@ -45,9 +45,8 @@ def main() -> None:
                          f"prepared data has {names}: run the pipeline again (dvc repro)")
     accelerator = make_accelerator(params.train.mixed_precision)
     model = model.to(accelerator.device)
-    pad_multiple = 8 if accelerator.device.type == "cuda" else 1
     collator = Collator(InputFormat(tuple(info["input_prefix"]), tuple(info["input_suffix"])),
-                        info["pad_id"], pad_multiple)
+                        info["pad_id"], pad_multiple_for(accelerator.device))
 
     # Score
     started = time.perf_counter()

@@ -15,7 +15,7 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from textclf import paths
-from textclf.batching import Collator
+from textclf.batching import Collator, pad_multiple_for
 from textclf.cli import log, params_from_args, run_stage, stage_parser
 from textclf.models import build_classifier, checked_model, parameter_counts, save_model
 from textclf.outputs import staged_dir, write_json
@@ -77,8 +77,8 @@ def main() -> None:
             args.prepared / paths.SPLIT_FILE.format(split="train"),
             args.prepared / paths.SPLIT_FILE.format(split="val")))
         checkpointer = Checkpointer(args.checkpoints, run_id, accelerator.is_main_process, say)
-        pad_multiple = 8 if accelerator.device.type == "cuda" else 1
-        collator = Collator(fmt, tokenizer.pad_id, pad_multiple)
+        collator = Collator(fmt, tokenizer.pad_id,
+                            pad_multiple_for(accelerator.device, params.train.compile))
         live = step_logger(args.log_dir, resume=checkpointer.path.exists()) \
             if accelerator.is_main_process else None
         result = train_classifier(model, prepared.train, prepared.val, collator, params.train,
@@ -86,7 +86,7 @@ def main() -> None:
                                   accelerator, checkpointer, live, say)
         if live is not None:
             live.end()
-        model = accelerator.unwrap_model(model)
+        model = accelerator.unwrap_model(model, keep_torch_compile=False)
 
     # Save only what was trained, then the metrics; then forget the checkpoint
     if accelerator.is_main_process:

@@ -215,12 +215,14 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
     loader = torch.utils.data.DataLoader(TokenDataset(train), batch_sampler=sampler,
                                          collate_fn=collator,
                                          generator=torch.Generator().manual_seed(seed))
+    if tp.compile:
+        model = torch.compile(model)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * tp.epochs
     # Not passed to accelerator.prepare: that would step it once per process.
     scheduler = make_scheduler(optimizer, tp.schedule, tp.warmup_ratio, total_steps)
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     started = time.perf_counter()  # train_seconds include building the cache
     train_cache = val_cache = None
