@@ -12,6 +12,9 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models run fastest on one thread, and stage subprocesses inherit this: on a small shared
+# machine, several threads per process mostly wait on each other.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import tiny  # noqa: E402
 

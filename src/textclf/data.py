@@ -74,16 +74,18 @@ def load_corpus(p: DataParams, seed: int) -> Corpus:
     train = Split(texts["train"][0], train_labels)
     test = Split(texts["test"][0], test_labels)
 
-    rng = np.random.default_rng(seed)
+    # One random stream per draw: capping train does not change which test texts are kept.
+    train_rng, test_rng, val_rng = (np.random.default_rng(s)
+                                    for s in np.random.SeedSequence(seed).spawn(3))
     if p.train_size is not None and p.train_size < len(train):
-        train = train.subset(stratified_sample(train.labels, p.train_size, rng))
+        train = train.subset(stratified_sample(train.labels, p.train_size, train_rng))
     if p.test_size is not None and p.test_size < len(test):
-        test = test.subset(stratified_sample(test.labels, p.test_size, rng))
+        test = test.subset(stratified_sample(test.labels, p.test_size, test_rng))
     n_val = max(len(names), round(p.val_fraction * len(train)))
     if n_val >= len(train):
         raise DataError(f"data: {len(train)} training texts are too few to carve a validation "
                         f"split of {n_val}; lower data.val_fraction or raise data.train_size")
-    val_index = stratified_sample(train.labels, n_val, rng)
+    val_index = stratified_sample(train.labels, n_val, val_rng)
     train_index = np.setdiff1d(np.arange(len(train)), val_index)
     val, train = train.subset(val_index), train.subset(train_index)
     report["sizes"] = {"train": len(train), "val": len(val), "test": len(test)}
@@ -223,7 +225,9 @@ def _read_table(path: Path) -> tuple[list[dict], int]:
 
         if not text.strip():
             return [], invalid
-        return pd.read_csv(io.StringIO(text)).to_dict("records"), invalid
+        # keep_default_na=False: a class named "NA" or a text "N/A" stays a string
+        return pd.read_csv(io.StringIO(text), keep_default_na=False,
+                           na_values=[""]).to_dict("records"), invalid
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -241,7 +245,7 @@ def _read_table(path: Path) -> tuple[list[dict], int]:
 def _decode(data: bytes) -> tuple[str, int]:
     """UTF-8 text; invalid bytes become U+FFFD, and the count of affected lines is returned."""
     try:
-        return data.decode("utf-8"), 0
+        return data.decode("utf-8-sig"), 0  # -sig: a leading byte-order mark is dropped
     except UnicodeDecodeError:
         lines = data.split(b"\n")
         bad = 0
@@ -250,7 +254,7 @@ def _decode(data: bytes) -> tuple[str, int]:
                 line.decode("utf-8")
             except UnicodeDecodeError:
                 bad += 1
-        return data.decode("utf-8", errors="replace"), bad
+        return data.decode("utf-8-sig", errors="replace"), bad
 
 
 def _read_hub(p: DataParams, splits: dict[str, str]):

@@ -56,8 +56,10 @@ def model_problems(params: Params, config, family: Family) -> list[str]:
         out.append(f"method: zero_shot needs a causal language model (gpt2, gpt_neox); "
                    f"{params.model!r} is a {family.name} encoder: use finetune or lora")
     blocks = n_blocks(config)
-    for key, value in (("finetune.trainable_blocks", params.finetune.trainable_blocks),
-                       ("lora.blocks", params.lora.blocks)):
+    active = {"finetune": ("finetune.trainable_blocks", params.finetune.trainable_blocks),
+              "lora": ("lora.blocks", params.lora.blocks)}
+    if params.method in active:
+        key, value = active[params.method]
         if value != "all" and value > blocks:
             out.append(f"{key} is {value} but {params.model!r} has {blocks} blocks "
                        f"(allowed: 1..{blocks} or 'all')")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -302,11 +303,11 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
         # YAML 1.1 (PyYAML) reads 5e-5 as a string; DVC's -S writes such values, so accept them.
         if isinstance(value, str):
             try:
-                return True, float(value)
+                value = float(value)
             except ValueError:
                 return False, None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
+            return math.isfinite(value), float(value)  # NaN would pass every range check
         return False, None
     if tp is str:
         return isinstance(value, str), value
@@ -321,5 +322,5 @@ def _describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin is list:
         return f"a list of {_describe(typing.get_args(tp)[0])}"
-    return {type(None): "null", bool: "true or false", int: "an integer", float: "a number",
-            str: "a string"}[tp]
+    return {type(None): "null", bool: "true or false", int: "an integer",
+            float: "a finite number", str: "a string"}[tp]

@@ -1,0 +1,148 @@
+"""params.yaml loads into one typed object, and bad values fail at load with a message that names
+the key and what is allowed; params that contradict the model fail before its weights load."""
+
+import pytest
+import yaml
+
+from helpers import PARAMS_YAML, run_params
+from textclf.models import checked_model
+from textclf.params import ParamsError, load_params, parse_params
+
+
+def test_defaults_load():
+    params = load_params(PARAMS_YAML)
+    assert params.model == "gpt2" and params.method == "finetune"
+    assert params.data.source == "imdb" and params.data.max_tokens == 256
+    assert params.finetune.trainable_blocks == 2
+    assert params.train.lr == pytest.approx(5e-5) and isinstance(params.train.lr, float)
+    assert params.learning_rate == params.train.lr  # finetune: train.lr
+
+
+def test_lora_learning_rate_overrides_train_lr():
+    assert load_params(PARAMS_YAML, {"method": "lora"}).learning_rate == pytest.approx(5e-4)
+    assert load_params(PARAMS_YAML, {"method": "lora", "lora": {"lr": None}}).learning_rate \
+        == pytest.approx(5e-5)
+
+
+def test_float_given_as_string_is_accepted():
+    # `dvc exp run -S train.lr=5e-05` writes 5e-05, which PyYAML (YAML 1.1) reads as a string
+    params = load_params(PARAMS_YAML, {"train": {"lr": "5e-05"}, "lora": {"lr": "1e-3"}})
+    assert params.train.lr == 5e-05 and isinstance(params.train.lr, float)
+    assert params.lora.lr == 1e-3
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"train": {"learning_rate": 1e-3}},
+     ["unknown key train.learning_rate", "allowed in train: epochs, batch_size, lr,"]),
+    ({"optimizer": "adam"}, ["unknown key optimizer", "allowed in the top level: seed, model,"]),
+    ({"train": {"epochs": "three"}}, ["train.epochs must be an integer, got 'three'"]),
+    ({"train": {"group_by_length": "yes"}},
+     ["train.group_by_length must be true or false, got 'yes'"]),
+    ({"train": {"lr": "fast"}}, ["train.lr must be a", "number, got 'fast'"]),
+    ({"method": "prompting"},
+     ["method must be one of 'zero_shot', 'finetune', 'lora', got 'prompting'"]),
+    ({"data": {"truncation": "middle"}},
+     ["data.truncation must be one of 'left', 'right', 'head_tail', got 'middle'"]),
+    ({"finetune": {"trainable_blocks": "some"}},
+     ["finetune.trainable_blocks must be an integer or one of 'all', got 'some'"]),
+    ({"train": {"batch_size": 0}}, ["train.batch_size must be a positive integer, got 0"]),
+    ({"train": {"lr": -1e-5}}, ["train.lr must be positive, got -1e-05"]),
+    ({"lora": {"r": 0}}, ["lora.r must be a positive integer, got 0"]),
+    ({"data": {"train_size": 0}},
+     ["data.train_size must be a positive integer or null (all), got 0"]),
+    ({"data": {"truncation": "head_tail", "head_tokens": 256}},
+     ["data.head_tokens must be in [1, data.max_tokens) = [1, 256)", "got 256"]),
+    ({"data": {"truncation": "head_tail", "max_tokens": 64, "head_tokens": 100}},
+     ["data.head_tokens must be in [1, data.max_tokens) = [1, 64)", "got 100"]),
+    ({"data": {"source": "/nonexistent/reviews"}},
+     ["data.source: no such directory '/nonexistent/reviews'",
+      "'imdb', a hub dataset id, or an existing local directory"]),
+    ({"data": {"source": "./missing_reviews"}},
+     ["data.source: no such directory './missing_reviews'"]),
+    ({"model": "./no/such/model"},
+     ["model: no such directory './no/such/model'",
+      "a hub id such as 'gpt2' or an existing local model directory"]),
+])
+def test_bad_value_names_key_and_allowed_values(overrides, expected):
+    with pytest.raises(ParamsError) as error:
+        load_params(PARAMS_YAML, overrides)
+    for text in expected:
+        assert text in str(error.value)
+
+
+def test_head_tokens_is_only_checked_for_head_tail():
+    assert load_params(PARAMS_YAML, {"data": {"head_tokens": 999}}).data.truncation == "left"
+
+
+def test_several_type_errors_are_reported_together():
+    with pytest.raises(ParamsError) as error:
+        load_params(PARAMS_YAML, {"method": "nope", "train": {"epochs": "x", "bogus": 1}})
+    message = str(error.value)
+    assert "method must be one of" in message
+    assert "train.epochs must be an integer" in message
+    assert "unknown key train.bogus" in message
+
+
+def test_several_range_errors_are_reported_together():
+    with pytest.raises(ParamsError) as error:
+        load_params(PARAMS_YAML, {"train": {"batch_size": 0, "lr": -1.0}, "lora": {"r": 0},
+                                  "data": {"train_size": 0}})
+    lines = [line for line in str(error.value).splitlines() if line.strip().startswith("- ")]
+    assert len(lines) == 4
+    for key in ("train.batch_size", "train.lr", "lora.r", "data.train_size"):
+        assert any(key in line for line in lines)
+
+
+def test_missing_key_and_null_are_named():
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
+    del raw["train"]["lr"]
+    with pytest.raises(ParamsError, match=r"missing key train\.lr"):
+        parse_params(raw)
+    with pytest.raises(ParamsError, match=r"train\.lr must be a .*number, got None"):
+        load_params(PARAMS_YAML, {"train": {"lr": None}})
+
+
+@pytest.mark.parametrize("overrides", [
+    {"train": {"lr": "nan"}},
+    {"train": {"lr": float("inf")}},
+    {"train": {"grad_clip": float("nan")}},
+    {"lora": {"alpha": float("nan")}},
+])
+def test_non_finite_numbers_are_rejected(overrides):
+    with pytest.raises(ParamsError):
+        load_params(PARAMS_YAML, overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Params checked against the model's config (config.json only, no weights)
+
+def test_zero_shot_needs_a_causal_model(tiny_dirs, data_dir):
+    params = run_params(tiny_dirs["bert"], data_dir, method="zero_shot")
+    with pytest.raises(ParamsError) as error:
+        checked_model(params)
+    assert "method: zero_shot needs a causal language model" in str(error.value)
+    assert "use finetune or lora" in str(error.value)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+def test_zero_shot_is_allowed_for_causal_models(tiny_dirs, data_dir, family):
+    _, fam = checked_model(run_params(tiny_dirs[family], data_dir, method="zero_shot"))
+    assert fam.name == family and fam.causal
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"finetune": {"trainable_blocks": 5}}, "finetune.trainable_blocks is 5"),
+    ({"method": "lora", "lora": {"blocks": 9}}, "lora.blocks is 9"),
+])
+def test_more_blocks_than_the_model_has_fail(tiny_dirs, data_dir, overrides, key):
+    params = run_params(tiny_dirs["gpt2"], data_dir, **overrides)  # the tiny models have 4
+    with pytest.raises(ParamsError) as error:
+        checked_model(params)
+    assert key in str(error.value)
+    assert "has 4 blocks (allowed: 1..4 or 'all')" in str(error.value)
+
+
+def test_all_blocks_fit_any_model(tiny_dirs, data_dir):
+    params = run_params(tiny_dirs["bert"], data_dir, finetune={"trainable_blocks": "all"},
+                        lora={"blocks": "all"})
+    assert checked_model(params)[1].name == "bert"

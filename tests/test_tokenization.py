@@ -1,0 +1,123 @@
+"""Truncation on literal ids, special tokens kept around truncated text, and zero-shot prompts
+that tokenize exactly like the whole prompt string."""
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from helpers import batch_of
+from textclf.batching import Collator
+from textclf.families import FAMILIES
+from textclf.params import ParamsError
+from textclf.tokenization import (InputFormat, TokenizedSplit, classifier_format, load_tokenizer,
+                                  prompt_format, tokenize_split, truncate)
+
+IDS = list(range(10))
+LONG_TEXT = " ".join(["The acting is superb and the story kept me hooked."] * 20)
+
+
+@pytest.mark.parametrize("strategy, budget, head, expected", [
+    ("left", 4, 0, [6, 7, 8, 9]),
+    ("right", 4, 0, [0, 1, 2, 3]),
+    ("head_tail", 6, 2, [0, 1, 6, 7, 8, 9]),
+    ("head_tail", 5, 5, [0, 1, 2, 3, 4]),  # head as large as the budget: no tail
+    ("head_tail", 4, 9, [0, 1, 2, 3]),  # head larger than the budget: capped at the budget
+    ("left", 10, 0, IDS),  # fits: unchanged
+    ("right", 12, 0, IDS),
+    ("head_tail", 10, 3, IDS),
+])
+def test_truncate(strategy, budget, head, expected):
+    assert truncate(IDS, budget, strategy, head) == expected
+
+
+def test_truncate_accepts_arrays_and_rejects_unknown_strategies():
+    assert truncate(np.arange(10, dtype=np.int32), 3, "left", 0) == [7, 8, 9]
+    with pytest.raises(ValueError, match="unknown truncation 'middle'"):
+        truncate(IDS, 3, "middle", 0)
+
+
+def test_input_format_wraps_text_ids():
+    fmt = InputFormat(prefix=(101,), suffix=(102, 103))
+    assert fmt.apply([5, 6]) == [101, 5, 6, 102, 103]
+    assert fmt.extra == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# BERT: [CLS] text [SEP], whatever is cut
+
+@pytest.fixture(scope="module")
+def bert(tiny_dirs):
+    return load_tokenizer(str(tiny_dirs["bert"]), FAMILIES["bert"])
+
+
+def test_bert_special_tokens_found(bert, tiny_dirs):
+    hf = AutoTokenizer.from_pretrained(tiny_dirs["bert"])
+    assert bert.special_prefix == [hf.cls_token_id] and bert.special_suffix == [hf.sep_token_id]
+    assert bert.pad_id == hf.pad_token_id and not bert.leading_space
+
+
+@pytest.mark.parametrize("truncation", ["left", "right", "head_tail"])
+def test_bert_truncation_keeps_cls_and_sep(bert, truncation):
+    max_tokens = 16
+    split = tokenize_split(bert, [LONG_TEXT, "Great."], np.array([1, 0]), max_tokens,
+                           truncation, head_tokens=5)
+    assert split.full_lengths[0] > max_tokens and len(split.ids[0]) == max_tokens - 2
+    batch = batch_of(Collator(classifier_format(bert), bert.pad_id), split.ids)
+    cls, sep = bert.special_prefix[0], bert.special_suffix[0]
+    assert batch["input_ids"].shape[1] == max_tokens  # max_tokens includes [CLS] and [SEP]
+    for row, mask in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist()):
+        real = row[:sum(mask)]
+        assert real[0] == cls and real[-1] == sep
+        assert real.count(cls) == 1 and real.count(sep) == 1
+        assert row[len(real):] == [bert.pad_id] * (len(row) - len(real))
+
+
+def test_bert_right_truncation_matches_the_tokenizer(bert, tiny_dirs):
+    hf = AutoTokenizer.from_pretrained(tiny_dirs["bert"])
+    split = tokenize_split(bert, [LONG_TEXT], np.array([0]), 16, "right", 0)
+    ours = classifier_format(bert).apply(split.ids[0].tolist())
+    assert ours == hf(LONG_TEXT, truncation=True, max_length=16)["input_ids"]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+def test_causal_input_has_no_specials_and_respects_max_tokens(tiny_dirs, family):
+    tok = load_tokenizer(str(tiny_dirs[family]), FAMILIES[family])
+    assert classifier_format(tok).extra == 0 and tok.leading_space
+    split = tokenize_split(tok, [LONG_TEXT], np.array([0]), 12, "left", 0)
+    full = tok.encode([LONG_TEXT])[0]
+    assert split.ids[0].tolist() == full[-12:]
+    assert split.full_lengths.tolist() == [len(full)]
+
+
+def test_tokenized_split_round_trips(tmp_path):
+    split = TokenizedSplit([np.array([1, 2, 3], np.int32), np.array([], np.int32),
+                            np.array([7], np.int32)], np.array([1, 0, 1]), np.array([5, 0, 1]))
+    split.save(tmp_path / "split.npz")
+    back = TokenizedSplit.load(tmp_path / "split.npz")
+    assert [x.tolist() for x in back.ids] == [[1, 2, 3], [], [7]]
+    assert back.labels.tolist() == [1, 0, 1] and back.full_lengths.tolist() == [5, 0, 1]
+    assert back.lengths.tolist() == [3, 0, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero-shot prompts
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+@pytest.mark.parametrize("text", ["A wonderful film.", "Terrible, boring, 2 hours too long!"])
+def test_prompt_ids_equal_the_whole_prompt_encoded(tiny_dirs, family, text):
+    tok = load_tokenizer(str(tiny_dirs[family]), FAMILIES[family])
+    fmt = prompt_format(tok, "Review: {text} Sentiment:")
+    hf = AutoTokenizer.from_pretrained(tiny_dirs[family])
+    whole = hf(f"Review: {text} Sentiment:", add_special_tokens=False)["input_ids"]
+    assert fmt.apply(tok.encode([text])[0]) == whole
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+def test_single_token_answers(tiny_dirs, family):
+    tok = load_tokenizer(str(tiny_dirs[family]), FAMILIES[family])
+    hf = AutoTokenizer.from_pretrained(tiny_dirs[family])
+    assert tok.single_token(" Positive") == hf.convert_tokens_to_ids("ĠPositive")
+    with pytest.raises(ParamsError) as error:
+        tok.single_token(" Supercalifragilistic")
+    assert "zero_shot.answers: answer word ' Supercalifragilistic' is" in str(error.value)
+    assert "single-token answer words" in str(error.value)
