@@ -228,6 +228,12 @@ def _read_table(path: Path) -> tuple[list[dict], int]:
         # keep_default_na=False: a class named "NA" or a text "N/A" stays a string
         return pd.read_csv(io.StringIO(text), keep_default_na=False,
                            na_values=[""]).to_dict("records"), invalid
+    return jsonl_rows(text, path), invalid
+
+
+def jsonl_rows(text: str, path: Path, string_field: str | None = None) -> list[dict]:
+    """The JSON objects of JSON-lines text (blank lines skipped); a bad line, or one whose
+    `string_field` (if given) is not a string, is a DataError naming the file and line."""
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -238,8 +244,11 @@ def _read_table(path: Path) -> tuple[list[dict], int]:
             raise DataError(f"data file {path}, line {number}: not valid JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise DataError(f"data file {path}, line {number}: expected a JSON object per line")
+        if string_field is not None and not isinstance(row.get(string_field), str):
+            raise DataError(f"data file {path}, line {number}: expected a JSON object with a "
+                            f"string {string_field!r} field")
         rows.append(row)
-    return rows, invalid
+    return rows
 
 
 def _decode(data: bytes) -> tuple[str, int]:
