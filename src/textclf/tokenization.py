@@ -86,7 +86,9 @@ def _hf_tokenizer(model: str, family: Family) -> TextTokenizer:
         pad_id = tok.eos_token_id if tok.eos_token_id is not None else 0
 
     def encode_batch(texts: Sequence[str]) -> list[list[int]]:
-        return tok(list(texts), add_special_tokens=False)["input_ids"]
+        # verbose=False: texts longer than the model's maximum are expected (truncated later),
+        # so no "Token indices sequence length is longer than ..." warning
+        return tok(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
 
     return TextTokenizer(
         name=str(model),
