@@ -17,6 +17,7 @@ machine that has torch, transformers, peft and accelerate).
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,6 +75,8 @@ def main(argv=None) -> dict:
 
     args = parse_args(argv)
     quiet_libraries()
+    # The plain recipe's default TrainingArguments pin memory, which a CPU-only torch warns about
+    warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true.*")
     transformers.logging.set_verbosity_error()  # no "newly initialized weights" notices
     params = load_params(args.params)
     gpu = torch.cuda.is_available()

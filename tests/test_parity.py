@@ -1,0 +1,62 @@
+"""The accuracy-parity program runs every side on tiny random models and reports consistent
+figures; the noise rule is checked on literal correctness vectors."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+import tiny
+from helpers import REPO, one_thread  # noqa: F401  (fixture)
+from textclf.parity import SIDES, paired_difference
+
+
+def accuracy_script():
+    spec = importlib.util.spec_from_file_location("accuracy", REPO / "benchmarks" / "accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_difference():
+    a = np.array([1, 1, 1, 1, 0, 1, 1, 1, 1, 1], dtype=bool)
+    same = paired_difference(a, a)
+    assert same == {"difference": 0.0, "standard_error": 0.0, "disagreements": 0,
+                    "within_noise": True}
+    b = a.copy()
+    b[:4] = False  # b is wrong on 4 texts a gets right
+    worse = paired_difference(a, b)
+    assert worse["difference"] == pytest.approx(0.4) and worse["disagreements"] == 4
+    assert worse["standard_error"] == pytest.approx(np.std([1] * 4 + [0] * 6, ddof=1) / 10 ** 0.5,
+                                                    abs=1e-6)
+    assert not worse["within_noise"]  # 0.4 > 2 * 0.163
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_every_side_runs_on_a_tiny_model(tmp_path, tiny_dirs, family, capsys):
+    out = tmp_path / "parity.json"
+    results = accuracy_script().main([
+        "--model", str(tiny_dirs[family]), "--data", str(tiny.FIXTURES / "reviews.jsonl"),
+        "--train", "16", "--val", "8", "--test", "12", "--max-tokens", "32", "--epochs", "1",
+        "--batch-size", "4", "--out", str(out)])
+    assert json.loads(out.read_text()) == results
+    assert (results["train"], results["val"], results["test"]) == (16, 8, 12)
+    for side in SIDES:
+        assert 0.0 <= results[f"{side}.test_accuracy"] <= 1.0
+        assert results[f"{side}.train_seconds"] >= 0
+    assert "cache_frozen true" in results["fast.recipe"]
+    assert "cache_frozen false" in results["engine_plain.recipe"]
+    for other in ("engine_plain", "trainer"):
+        diff = results[f"fast_vs_{other}.difference"]
+        assert diff == pytest.approx(results["fast.test_accuracy"] -
+                                     results[f"{other}.test_accuracy"], abs=2e-6)
+    assert "fast - trainer:" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_one_clear_error(tmp_path, tiny_dirs, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        accuracy_script().main(["--model", str(tiny_dirs["bert"]), "--data",
+                                str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "p.json")])
+    assert exit_info.value.code == 2
+    assert "no such file" in capsys.readouterr().err
