@@ -72,8 +72,11 @@ def main(argv=None) -> dict:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    results = parity.run_parity(args.params, str(model), args.data,
-                                (args.train, args.val, args.test), overrides, sides)
+    try:
+        results = parity.run_parity(args.params, str(model), args.data,
+                                    (args.train, args.val, args.test), overrides, sides)
+    except ValueError as e:  # too few texts, bad params: one line, no traceback
+        parser.error(str(e))
     write_json(args.out, results)
     print(parity.format_table(results, sides))
     print(f"wrote {args.out}")

@@ -54,9 +54,14 @@ def test_every_side_runs_on_a_tiny_model(tmp_path, tiny_dirs, family, capsys):
     assert "fast - trainer:" in capsys.readouterr().out
 
 
-def test_bad_arguments_are_one_clear_error(tmp_path, tiny_dirs, capsys):
+@pytest.mark.parametrize("args, fragment", [
+    (["--data", "absent.jsonl"], "no such file"),
+    (["--data", str(tiny.FIXTURES / "reviews.jsonl"), "--train", "100"], "holds 40 texts, fewer"),
+    (["--data", str(tiny.FIXTURES / "reviews.jsonl"), "--sides", "fast,slow"], "unknown ['slow']"),
+])
+def test_bad_arguments_are_one_clear_error(tmp_path, tiny_dirs, capsys, args, fragment):
     with pytest.raises(SystemExit) as exit_info:
-        accuracy_script().main(["--model", str(tiny_dirs["bert"]), "--data",
-                                str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "p.json")])
+        accuracy_script().main(["--model", str(tiny_dirs["bert"]), *args,
+                                "--out", str(tmp_path / "p.json")])
     assert exit_info.value.code == 2
-    assert "no such file" in capsys.readouterr().err
+    assert fragment in capsys.readouterr().err

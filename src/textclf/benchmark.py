@@ -61,8 +61,6 @@ from __future__ import annotations
 
 import datetime
 import gc
-import gzip
-import json
 import math
 import platform
 import resource
@@ -181,10 +179,10 @@ class Settings:
 # Review lengths and tokenization
 
 def read_reviews(path: Path) -> list[str]:
-    """The `text` field of each line of a JSON-lines file (.jsonl or .jsonl.gz)."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line in f if line.strip()]
+    """The `text` field of each row of a data file (.jsonl, .jsonl.gz, .csv or .parquet)."""
+    from .data import read_table
+
+    return [row["text"] for row in read_table(path)[0]]
 
 
 def synthetic_lengths(n: int, seed: int) -> np.ndarray:

@@ -197,7 +197,7 @@ def _read_tables(root: Path, splits: dict[str, str], text_col: str, label_col: s
                 f"data.source {str(root)!r}: {what} for split {name!r}; expected one of "
                 f"{', '.join(name + s for s in TABLE_SUFFIXES)} (or an aclImdb-style "
                 f"{name}/pos, {name}/neg layout)")
-        rows, invalid = _read_table(found[0])
+        rows, invalid = read_table(found[0])
         if not rows:
             raise DataError(f"data file {found[0]} is empty")
         for col in (text_col, label_col):
@@ -210,7 +210,7 @@ def _read_tables(root: Path, splits: dict[str, str], text_col: str, label_col: s
     return raw, None, report
 
 
-def _read_table(path: Path) -> tuple[list[dict], int]:
+def read_table(path: Path) -> tuple[list[dict], int]:
     """Rows of a .jsonl(.gz)/.csv/.parquet file, and how many lines had invalid UTF-8 bytes."""
     if path.name.endswith(".parquet"):
         import pandas as pd

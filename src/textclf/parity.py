@@ -23,8 +23,6 @@ every side, so only the texts they disagree on count.
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
 import math
 import tempfile
 import time
@@ -35,7 +33,7 @@ import numpy as np
 import torch
 
 from .batching import Collator, pad_multiple_for
-from .data import clean_text, stratified_sample
+from .data import clean_text, read_table, stratified_sample
 from .inference import predict_logits
 from .models import build_classifier, checked_model
 from .params import Params, load_params
@@ -56,16 +54,10 @@ class Splits:
 
 
 def read_labelled(path: Path) -> tuple[list[str], np.ndarray]:
-    """Texts and integer labels of a JSON-lines file (.jsonl or .jsonl.gz) with text and label."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    texts, labels = [], []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                texts.append(row["text"])
-                labels.append(int(row["label"]))
-    return texts, np.asarray(labels, dtype=np.int64)
+    """Texts and integer labels of a data file with text and label columns (.jsonl, .jsonl.gz,
+    .csv or .parquet)."""
+    rows, _ = read_table(path)
+    return [r["text"] for r in rows], np.asarray([int(r["label"]) for r in rows], dtype=np.int64)
 
 
 def make_splits(texts: list[str], labels: np.ndarray, sizes: tuple[int, int, int],
@@ -181,6 +173,9 @@ def run_parity(params_path: Path, model: str, data: Path, sizes: tuple[int, int,
     _, family = checked_model(params)
     tokenizer = load_tokenizer(model, family)
     texts, labels = read_labelled(data)
+    if sum(sizes) > len(texts):
+        raise ValueError(f"{data} holds {len(texts)} texts, fewer than the {sum(sizes)} asked "
+                         f"for (train + val + test = {' + '.join(map(str, sizes))})")
     splits = make_splits(texts, labels, sizes, params, tokenizer)
     num_labels = int(labels.max()) + 1
     fmt = classifier_format(tokenizer)
