@@ -230,6 +230,18 @@ def test_invalid_json_line_is_located(tmp_path):
         load(tmp_path)
 
 
+def test_line_separator_characters_inside_json_strings(tmp_path):
+    # JSON allows U+2028, U+2029 and U+0085 raw inside a string; only "\n" ends a record
+    jsonl_dir(tmp_path, rows(5, 5), rows(2, 2))
+    odd = "A film\u2028in two\u2029parts\x85and a coda, superb"
+    with open(tmp_path / "train.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"text": odd, "label": 1}, ensure_ascii=False) + "\r\n")
+    corpus = load(tmp_path)
+    assert len(corpus.train) + len(corpus.val) == 11
+    texts = corpus.train.texts + corpus.val.texts
+    assert any(t.startswith("A film") and t.endswith("coda, superb") for t in texts)
+
+
 # ---------------------------------------------------------------------------------------------
 # Odd texts
 

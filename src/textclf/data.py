@@ -235,7 +235,9 @@ def jsonl_rows(text: str, path: Path, string_field: str | None = None) -> list[d
     """The JSON objects of JSON-lines text (blank lines skipped); a bad line, or one whose
     `string_field` (if given) is not a string, is a DataError naming the file and line."""
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # split on "\n" only: str.splitlines() also splits on U+2028, U+0085 and other characters
+    # that JSON allows raw inside a string (real reviews hold them)
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:

@@ -164,10 +164,10 @@ def read_texts(path: Path) -> list[str]:
     skipped)."""
     if not path.is_file():
         raise FileNotFoundError(f"--file {path}: no such file")
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
-    if path.suffix != ".jsonl":
-        return [line for line in lines if line.strip()]
-    return [row["text"] for row in jsonl_rows("\n".join(lines), path, string_field="text")]
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix == ".jsonl":
+        return [row["text"] for row in jsonl_rows(text, path, string_field="text")]
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def main(argv: list[str] | None = None) -> None:
