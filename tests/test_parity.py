@@ -65,3 +65,18 @@ def test_bad_arguments_are_one_clear_error(tmp_path, tiny_dirs, capsys, args, fr
                                 "--out", str(tmp_path / "p.json")])
     assert exit_info.value.code == 2
     assert fragment in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_fast_side_keeps_the_params_precision_plain_side_is_fp32(tmp_path, tiny_dirs, precision):
+    from textclf.parity import side_params
+
+    text = (REPO / "params.yaml").read_text()
+    assert "  mixed_precision: auto " in text
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(text.replace("  mixed_precision: auto ", f"  mixed_precision: {precision} "))
+    model = str(tiny_dirs["bert"])
+    fast = side_params(params_path, model, "fast", {}).train
+    plain = side_params(params_path, model, "engine_plain", {}).train
+    assert (fast.mixed_precision, fast.cache_frozen, fast.group_by_length) == (precision, True, True)
+    assert (plain.mixed_precision, plain.cache_frozen, plain.group_by_length) == ("no", False, False)
