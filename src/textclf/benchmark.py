@@ -76,6 +76,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .batching import Collator, pad_multiple_for
+from .data import clean_text, read_table
 from .families import FAMILIES, Family
 from .inference import predict_logits
 from .models import (base_model, blocks_of, build_classifier, build_zero_shot, checked_model,
@@ -180,8 +181,6 @@ class Settings:
 
 def read_reviews(path: Path) -> list[str]:
     """The `text` field of each row of a data file (.jsonl, .jsonl.gz, .csv or .parquet)."""
-    from .data import read_table
-
     return [row["text"] for row in read_table(path)[0]]
 
 
@@ -196,8 +195,6 @@ def tokenization_benchmark(texts: list[str], tokenizer_dir: str | None, params: 
                            ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Reviews/s of preparing all `texts`, and their full lengths per family (text tokens, no
     specials): {"bert": WordPiece lengths, "gpt2": tiktoken's, or WordPiece's as a stand-in}."""
-    from .data import clean_text
-
     results: dict[str, Any] = {}
     lengths: dict[str, np.ndarray] = {}
     labels = np.zeros(len(texts), dtype=np.int64)
