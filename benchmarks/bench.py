@@ -10,7 +10,7 @@ Not a pipeline stage (`dvc repro` does not run it). Builds the models from their
 random weights (no download), draws review lengths from ../shared/data/imdb/train.jsonl.gz when
 present (else a synthetic distribution with IMDb's mean and tail), runs ours and plain side by
 side on the same model, data, device, batch size and steps, prints a table and writes
-metrics/bench.json. What is measured and how FLOPs are counted: src/textclf/benchmark.py.
+benchmarks/results/bench.json. What is measured and how FLOPs are counted: benchmarks/speed.py.
 Runs without the package installed (e.g. `python benchmarks/bench.py` in a checkout on a GPU
 machine that has torch, transformers, peft and accelerate).
 """
@@ -26,12 +26,13 @@ try:
 except ImportError:  # a plain checkout: use its src/
     sys.path.insert(0, str(REPO / "src"))
 
-from textclf import benchmark  # noqa: E402
-from textclf.cli import quiet_libraries  # noqa: E402
+import speed as benchmark  # noqa: E402
+from textclf.stage import quiet_libraries  # noqa: E402
 from textclf.outputs import write_json  # noqa: E402
 from textclf.params import load_params  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "imdb" / "train.jsonl.gz"
+RESULTS = REPO / "benchmarks" / "results"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also run the plain recipe with bf16=True (a third side, "
                              "plain_bf16, and its ratio_bf16): what the engine adds beyond bf16")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
-    parser.add_argument("--out", type=Path, default=Path("metrics/bench.json"))
+    # Beside the committed results, wherever it is run from (metrics/ is the pipeline's)
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench.json")
     return parser.parse_args(argv)
 
 

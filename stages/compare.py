@@ -1,12 +1,11 @@
 """Compare: one table of every run of the compare pipeline, beside the published references.
 
-    dvc repro compare/dvc.yaml                    # runs everything, ends with this stage
-    python stages/compare.py --readme README.md   # regenerate the README's results table from
-                                                  # metrics/compare.json (run at the top level)
+    cd compare && dvc repro                 # runs everything, ends with this stage
+    textclf compare --readme README.md      # then: the README's results table from its output
 
-Reads compare/params.yaml (runs, datasets, references) and compare/results/<run>/*.json.
-Writes metrics/compare.json (one flat row per run), metrics/compare.md and metrics/compare.csv
-(the chart data: accuracy and F1 per run).
+Reads compare/params.yaml (runs, datasets, references), compare/results/<run>/*.json and
+compare/runs/<run>/evaluate/run.json. Writes table/compare.json (one flat row per run) and
+table/compare.csv (the chart data: accuracy and F1 per run).
 """
 
 import argparse
@@ -14,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from textclf.cli import log, run_stage
-from textclf.compare import chart_csv, collect, markdown_table, update_readme
-from textclf.outputs import read_json, write_json, write_text
+from textclf.stage import log, run_stage
+from textclf.comparison import chart_csv, collect, markdown_table
+from textclf.outputs import write_json, write_text
 
 
 def main() -> None:
@@ -26,28 +25,18 @@ def main() -> None:
                         help="the params the overlays apply to (default: params.yaml beside "
                              "the config's folder)")
     parser.add_argument("--results", type=Path, default=Path("compare/results"))
-    parser.add_argument("--out", type=Path, default=Path("metrics"))
-    parser.add_argument("--readme", type=Path, default=None,
-                        help="only regenerate this README's table from OUT/compare.json")
+    parser.add_argument("--runs", type=Path, default=Path("compare/runs"))
+    parser.add_argument("--out", type=Path, default=Path("compare/table"))
     args = parser.parse_args()
     config = yaml.safe_load(args.config.read_text())
     base = args.base_params or args.config.resolve().parent.parent / "params.yaml"
 
-    if args.readme:
-        compare_json = args.out / "compare.json"
-        rows = read_json(compare_json) if compare_json.is_file() else {}
-        write_text(args.readme, update_readme(args.readme.read_text(),
-                                              markdown_table(config, rows)))
-        log(f"updated the results table of {args.readme} ({len(rows)} measured runs)")
-        return
-
-    rows = collect(config, args.results, base)
+    rows = collect(config, args.results, args.runs, base)
     missing = sorted(set(config["runs"]) - set(rows))
     if missing:
         raise FileNotFoundError(f"no results for runs {missing} under {args.results}; "
-                                "run `dvc repro compare/dvc.yaml`")
+                                "run `cd compare && dvc repro`")
     write_json(args.out / "compare.json", rows)
-    write_text(args.out / "compare.md", markdown_table(config, rows))
     write_text(args.out / "compare.csv", chart_csv(rows))
     log(markdown_table(config, rows))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))  # speed.py, parity.py
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -34,6 +35,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread: more threads only wait on each other, and on
+    whatever else the machine runs (50x slower steps seen on a busy 2-core machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def accelerator():
+    """The CPU accelerator the stages build here (fp32, one process)."""
+    from textclf.training import make_accelerator
+
+    return make_accelerator("no")
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny_models")
@@ -43,3 +64,23 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     return tiny.fixture_data_dir(tmp_path_factory.mktemp("fixture_data"))
+
+
+@pytest.fixture(scope="session")
+def offline_cache(tmp_path_factory, tiny_dirs):
+    """A Hugging Face cache and a tiktoken cache with tiny models and small datasets under the
+    hub ids of the defaults and the compare configurations (tests/hub_cache.py). Skips when
+    GPT-2's BPE files (tiktoken's gpt2 encoding) are not beside the repository."""
+    import hub_cache
+
+    if not hub_cache.GPT2_BPE.is_dir():
+        pytest.skip(f"GPT-2's BPE files are not at {hub_cache.GPT2_BPE}")
+    return hub_cache.build(tmp_path_factory.mktemp("offline_cache"), tiny_dirs)
+
+
+@pytest.fixture()
+def offline_hub(offline_cache, monkeypatch):
+    """The libraries in this test's process read `offline_cache` (hub ids resolve offline)."""
+    import hub_cache
+
+    yield from hub_cache.use_offline_cache(offline_cache, monkeypatch)

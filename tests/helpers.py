@@ -1,18 +1,16 @@
-"""Helpers shared by the unit tests: typed params for a tiny model, forward passes, and two
-module fixtures a test module opts into by importing them (one torch thread, the accelerator)."""
+"""Helpers shared by the unit tests: typed params for a tiny model and forward passes (the
+fixtures are in conftest.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-import pytest
 import torch
 
 import tiny
 from textclf.batching import Collator
 from textclf.params import Params, parse_params
-from textclf.training import make_accelerator
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_YAML = REPO / "params.yaml"
@@ -35,19 +33,3 @@ def logits_of(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread: more threads only wait on each other, and on
-    whatever else the machine runs (50x slower steps seen on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def accelerator():
-    """The CPU accelerator the stages build here (fp32, one process)."""
-    return make_accelerator("no")

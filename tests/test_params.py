@@ -132,7 +132,7 @@ def test_zero_shot_is_allowed_for_causal_models(tiny_dirs, data_dir, family):
 
 @pytest.mark.parametrize("overrides, key", [
     ({"finetune": {"trainable_blocks": 5}}, "finetune.trainable_blocks is 5"),
-    ({"method": "lora", "lora": {"blocks": 9}}, "lora.blocks is 9"),
+    ({"method": "lora", "lora": {"trainable_blocks": 9}}, "lora.trainable_blocks is 9"),
 ])
 def test_more_blocks_than_the_model_has_fail(tiny_dirs, data_dir, overrides, key):
     params = run_params(tiny_dirs["gpt2"], data_dir, **overrides)  # the tiny models have 4
@@ -144,5 +144,16 @@ def test_more_blocks_than_the_model_has_fail(tiny_dirs, data_dir, overrides, key
 
 def test_all_blocks_fit_any_model(tiny_dirs, data_dir):
     params = run_params(tiny_dirs["bert"], data_dir, finetune={"trainable_blocks": "all"},
-                        lora={"blocks": "all"})
+                        lora={"trainable_blocks": "all"})
     assert checked_model(params)[1].name == "bert"
+
+
+@pytest.mark.parametrize("section, old, new", [
+    ("lora", "blocks", "lora.trainable_blocks"),
+    ("finetune", "head_dropout", "train.head_dropout"),
+])
+def test_renamed_keys_name_their_new_name(section, old, new):
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
+    raw[section][old] = 2 if old == "blocks" else 0.1
+    with pytest.raises(ParamsError, match=f"{section}.{old} was renamed to {new}"):
+        parse_params(raw)

@@ -1,93 +1,54 @@
-"""What every stage script shares: its params arguments and turning known failures into one
-clear message and a non-zero exit, instead of a traceback."""
+"""The `textclf` command: the tools around the pipeline, one subcommand each.
+
+    textclf --help                 # the subcommands
+    textclf predict --help         # one subcommand's options, with their defaults
+
+The pipeline itself runs with `dvc repro` (stages/); these tools use what it wrote. Each
+subcommand is a module of textclf.commands with a `main(argv)`; importing this file imports none
+of them, so `textclf --help` is instant.
+"""
 
 from __future__ import annotations
 
-import argparse
-import signal
+import importlib
 import sys
-import warnings
-from typing import Callable
 
-from .data import DataError
-from .families import UnsupportedModelError
-from .models import ModelLoadError
-from .params import Params, ParamsError, deep_merge, load_params
-from .training import NonFiniteLossError, TrainingInterrupted
-
-EXPECTED_ERRORS = (ParamsError, DataError, ModelLoadError, UnsupportedModelError,
-                   NonFiniteLossError, FileNotFoundError)
-
-def log(message: str, file=None) -> None:
-    """Print a line without breaking a progress bar that is being drawn."""
-    from tqdm.auto import tqdm
-
-    tqdm.write(str(message), file=file or sys.stdout)
-    (file or sys.stdout).flush()
+# name -> (module, one line for `textclf --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "predict": ("textclf.commands.predict",
+                "label new texts with a trained model (models/ or an export), JSON lines out"),
+    "compare": ("textclf.commands.compare",
+                "the table of every compare run beside the published references"),
+    "seeds": ("textclf.commands.seeds",
+              "mean and spread of a configuration over seeds, from DVC experiments"),
+    "pr-report": ("textclf.commands.pr_report",
+                  "a pull request's params, metrics, stale results and plots, in Markdown"),
+}
 
 
-def stage_parser(doc: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    parser.add_argument("--overlay", action="append", default=[], metavar="FILE:KEY",
-                        help="merge the mapping at KEY (dotted) of YAML FILE over the params; "
-                             "repeatable, later ones win (the compare pipeline uses this)")
-    return parser
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: textclf COMMAND [options]", "",
+             "Tools around the DVC pipeline (run the pipeline itself with `dvc repro`).", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "`textclf COMMAND --help` lists a command's options and their defaults."]
+    return "\n".join(lines) + "\n"
 
 
-def params_from_args(args: argparse.Namespace) -> Params:
-    overrides: dict = {}
-    for spec in args.overlay:
-        overrides = deep_merge(overrides, read_overlay(spec))
-    return load_params(args.params, overrides)
-
-
-def read_overlay(spec: str) -> dict:
-    """The mapping at `KEY` (dotted path) in the YAML file of a `FILE:KEY` spec."""
-    import yaml
-
-    path, _, key = spec.partition(":")
-    try:
-        with open(path, encoding="utf-8") as f:
-            node = yaml.safe_load(f)
-    except OSError as e:
-        raise ParamsError(f"--overlay {spec}: cannot read {path} ({e.strerror})") from None
-    for part in filter(None, key.split(".")):
-        if not isinstance(node, dict) or part not in node:
-            raise ParamsError(f"--overlay {spec}: no key {key!r} in {path}")
-        node = node[part]
-    if not isinstance(node, dict):
-        raise ParamsError(f"--overlay {spec}: {key!r} in {path} is not a mapping")
-    return node
-
-
-def quiet_libraries() -> None:
-    """Keep the logs to what helps a person: no per-file loading bars, no deprecation chatter
-    from inside the libraries."""
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-
-
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main(); expected failures print `error: ...` and exit with status 2."""
-    quiet_libraries()
-    try:
-        main()
-    except TrainingInterrupted as e:
-        log(f"error: {e}", file=sys.stderr)
-        sys.exit(128 + e.signum)
-    except KeyboardInterrupt:
-        log("error: interrupted", file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
-    except EXPECTED_ERRORS as e:
-        log(f"error: {e}", file=sys.stderr)
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(usage())
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        sys.stderr.write(usage())
+        print(f"error: unknown command {name!r} (choose from {', '.join(COMMANDS)})",
+              file=sys.stderr)
         sys.exit(2)
-    except Exception as e:
-        if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
-            log("error: the GPU ran out of memory. Lower train.batch_size (training), "
-                "eval.batch_size (evaluation) or data.max_tokens.", file=sys.stderr)
-            sys.exit(2)
-        raise
+    importlib.import_module(COMMANDS[name][0]).main(rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -20,12 +20,28 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .errors import ParamsError
+
 Method = Literal["zero_shot", "finetune", "lora"]
 Truncation = Literal["left", "right", "head_tail"]
 
 
-class ParamsError(ValueError):
-    """Bad params: the message names each bad key and what is allowed."""
+def _positive_int(key: str, value: int) -> list[str]:
+    return [] if value >= 1 else [f"{key} must be a positive integer, got {value}"]
+
+
+def _at_least_zero(key: str, value: float, note: str = "") -> list[str]:
+    return [] if value >= 0 else [f"{key} must be >= 0{note}, got {value}"]
+
+
+def _fraction(key: str, value: float, closed_low: bool = True) -> list[str]:
+    """[0, 1) (or (0, 1) when not closed_low): dropout rates, warmup and validation shares."""
+    ok = (0.0 <= value if closed_low else 0.0 < value) and value < 1.0
+    return [] if ok else [f"{key} must be in {'[' if closed_low else '('}0, 1), got {value}"]
+
+
+def _blocks(key: str, value: int | str) -> list[str]:
+    return [] if value == "all" or value >= 1 else [f"{key} must be >= 1 or 'all', got {value}"]
 
 
 @dataclass(frozen=True)
@@ -44,14 +60,12 @@ class DataParams:
     head_tokens: int
 
     def problems(self) -> list[str]:
-        out = []
+        out = _fraction("data.val_fraction", self.val_fraction, closed_low=False)
         if not self.source.strip():
             out.append("data.source must not be empty")
         elif _looks_like_path(self.source) and not Path(self.source).expanduser().is_dir():
             out.append(f"data.source: no such directory {self.source!r} (give 'imdb', a hub "
                        "dataset id, or an existing local directory)")
-        if not 0.0 < self.val_fraction < 1.0:
-            out.append(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         for key in ("train_size", "test_size"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -83,15 +97,9 @@ class ZeroShotParams:
 @dataclass(frozen=True)
 class FinetuneParams:
     trainable_blocks: Union[int, Literal["all"]]
-    head_dropout: float
 
     def problems(self) -> list[str]:
-        out = []
-        if self.trainable_blocks != "all" and self.trainable_blocks < 1:
-            out.append(f"finetune.trainable_blocks must be >= 1 or 'all', got {self.trainable_blocks}")
-        if not 0.0 <= self.head_dropout < 1.0:
-            out.append(f"finetune.head_dropout must be in [0, 1), got {self.head_dropout}")
-        return out
+        return _blocks("finetune.trainable_blocks", self.trainable_blocks)
 
 
 @dataclass(frozen=True)
@@ -100,21 +108,16 @@ class LoraParams:
     alpha: float
     dropout: float
     target_modules: list[str] | None
-    blocks: Union[int, Literal["all"]]
+    trainable_blocks: Union[int, Literal["all"]]
     lr: float | None
 
     def problems(self) -> list[str]:
-        out = []
-        if self.r < 1:
-            out.append(f"lora.r must be a positive integer, got {self.r}")
+        out = _positive_int("lora.r", self.r) + _fraction("lora.dropout", self.dropout)
+        out += _blocks("lora.trainable_blocks", self.trainable_blocks)
         if self.alpha <= 0:
             out.append(f"lora.alpha must be positive, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            out.append(f"lora.dropout must be in [0, 1), got {self.dropout}")
         if self.target_modules is not None and not self.target_modules:
             out.append("lora.target_modules must be null (the family's default) or a non-empty list")
-        if self.blocks != "all" and self.blocks < 1:
-            out.append(f"lora.blocks must be >= 1 or 'all', got {self.blocks}")
         if self.lr is not None and self.lr <= 0:
             out.append(f"lora.lr must be positive or null (use train.lr), got {self.lr}")
         return out
@@ -129,6 +132,7 @@ class TrainParams:
     warmup_ratio: float
     schedule: Literal["linear", "cosine", "constant"]
     grad_clip: float
+    head_dropout: float
     group_by_length: bool
     mixed_precision: Literal["auto", "bf16", "no"]
     cache_frozen: bool
@@ -139,18 +143,14 @@ class TrainParams:
     def problems(self) -> list[str]:
         out = []
         for key in ("epochs", "batch_size", "log_every"):
-            if getattr(self, key) < 1:
-                out.append(f"train.{key} must be a positive integer, got {getattr(self, key)}")
+            out += _positive_int(f"train.{key}", getattr(self, key))
         if self.lr <= 0:
             out.append(f"train.lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            out.append(f"train.weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            out.append(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.grad_clip < 0:
-            out.append(f"train.grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
-        if self.checkpoint_every < 0:
-            out.append(f"train.checkpoint_every must be >= 0 (0 disables), got {self.checkpoint_every}")
+        out += _at_least_zero("train.weight_decay", self.weight_decay)
+        out += _fraction("train.warmup_ratio", self.warmup_ratio)
+        out += _fraction("train.head_dropout", self.head_dropout)
+        out += _at_least_zero("train.grad_clip", self.grad_clip, " (0 disables clipping)")
+        out += _at_least_zero("train.checkpoint_every", self.checkpoint_every, " (0 disables)")
         return out
 
 
@@ -161,13 +161,9 @@ class EvalParams:
     errors: int
 
     def problems(self) -> list[str]:
-        out = []
-        if self.batch_size < 1:
-            out.append(f"eval.batch_size must be a positive integer, got {self.batch_size}")
-        for key in ("bootstrap", "errors"):
-            if getattr(self, key) < 0:
-                out.append(f"eval.{key} must be >= 0, got {getattr(self, key)}")
-        return out
+        return (_positive_int("eval.batch_size", self.batch_size)
+                + _at_least_zero("eval.bootstrap", self.bootstrap)
+                + _at_least_zero("eval.errors", self.errors))
 
 
 @dataclass(frozen=True)
@@ -247,6 +243,13 @@ def _looks_like_path(value: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Generic type checking of a dict against the dataclasses above.
 
+# Keys renamed since earlier versions of params.yaml: old dotted name -> new dotted name
+RENAMED = {
+    "lora.blocks": "lora.trainable_blocks",  # one name for one idea, as finetune.trainable_blocks
+    "finetune.head_dropout": "train.head_dropout",  # the head is trained by finetune and lora alike
+}
+
+
 def _build(cls, raw: Any, prefix: str, errors: list[str]):
     where = prefix.rstrip(".") or "the top level"
     if not isinstance(raw, dict):
@@ -255,7 +258,10 @@ def _build(cls, raw: Any, prefix: str, errors: list[str]):
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
-        if key not in names:
+        if prefix + str(key) in RENAMED:
+            errors.append(f"{prefix}{key} was renamed to {RENAMED[prefix + str(key)]}: "
+                          "rename it in your params file")
+        elif key not in names:
             errors.append(f"unknown key {prefix}{key} (allowed in {where}: {', '.join(names)})")
     values = {}
     for name in names:

@@ -1,7 +1,7 @@
 """Mean and spread of a configuration's quality over several seeds, from DVC experiments.
 
     dvc exp run --queue -S 'seed=1,2,3' && dvc queue start   # or one `dvc exp run -S seed=N` each
-    python -m textclf.seeds                                  # once they have finished
+    python -m textclf.commands.seeds                                  # once they have finished
 
 Experiments (and the baseline commit) whose params differ only in `seed` form one group; each
 group of two or more prints the mean, sample standard deviation, min and max of its metrics.
@@ -15,6 +15,7 @@ import json
 import statistics
 import subprocess
 import sys
+from . import HelpFormatter
 
 QUALITY = ("accuracy", "f1", "precision", "recall", "roc_auc")
 
@@ -81,9 +82,10 @@ def markdown(summaries: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params-file", default="params.yaml")
-    parser.add_argument("--metrics-file", default="metrics/eval.json")
+    parser = argparse.ArgumentParser(prog="textclf seeds", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--params-file", default="params.yaml", help="params file of the runs")
+    parser.add_argument("--metrics-file", default="metrics/eval.json", help="metrics file to summarise")
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     args = parser.parse_args(argv)
     result = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)

