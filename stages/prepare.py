@@ -3,14 +3,14 @@
     python stages/prepare.py                # what `dvc repro prepare` runs (params.yaml)
 
 Reads params: seed, model (its tokenizer only), data.
-Writes: data/prepared/ (token ids of train/val/test, test texts, meta.json) and
-metrics/prepare.json (split sizes, dropped empty texts, invalid UTF-8 lines, truncation counts).
+Writes: data/prepared/ (token ids of train/val/test, test texts, meta.json, and report.json: split
+sizes, dropped empty texts, invalid UTF-8 lines, truncation counts).
 """
 
 from pathlib import Path
 
 from textclf import paths
-from textclf.cli import log, params_from_args, run_stage, stage_parser
+from textclf.stage import log, params_from_args, run_stage, stage_parser
 from textclf.data import load_corpus
 from textclf.models import checked_model
 from textclf.outputs import staged_dir, write_json, write_text
@@ -21,7 +21,6 @@ from textclf.tokenization import length_in_gpt2_tokens, load_tokenizer, tokenize
 def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--out", type=Path, default=paths.PREPARED)
-    parser.add_argument("--report", type=Path, default=paths.METRICS / "prepare.json")
     args = parser.parse_args()
     params = params_from_args(args)
     p = params.data
@@ -48,11 +47,6 @@ def main() -> None:
             f"{tokenizer.decode(ids.tolist())[:300]!r}")
 
     # Write: the directory is swapped in only once complete
-    with staged_dir(args.out) as tmp:
-        for name, split in splits.items():
-            split.save(tmp / paths.SPLIT_FILE.format(split=name))
-        write_text(tmp / paths.TEST_TEXTS, test_text_lines(corpus.test, lengths))
-        write_json(tmp / paths.META, prepared_meta(params, family, tokenizer, corpus, unit))
     report = {
         "sizes": {name: len(split) for name, split in splits.items()},
         "dropped_empty": corpus.report["dropped_empty"],
@@ -62,8 +56,13 @@ def main() -> None:
         "mean_tokens": {name: round(float(split.full_lengths.mean()), 1)
                         for name, split in splits.items()},
     }
-    write_json(args.report, report)
-    log(f"wrote {args.out}/ and {args.report}: dropped empty {report['dropped_empty']}, "
+    with staged_dir(args.out) as tmp:
+        for name, split in splits.items():
+            split.save(tmp / paths.SPLIT_FILE.format(split=name))
+        write_text(tmp / paths.TEST_TEXTS, test_text_lines(corpus.test, lengths))
+        write_json(tmp / paths.META, prepared_meta(params, family, tokenizer, corpus, unit))
+        write_json(tmp / paths.REPORT, report)
+    log(f"wrote {args.out}/: dropped empty {report['dropped_empty']}, "
         f"truncated {report['truncated']}")
 
 

@@ -3,10 +3,12 @@
     python stages/train.py                                  # what `dvc repro train` runs
     accelerate launch --num_processes 2 stages/train.py     # several GPUs (or CPU processes)
 
-Reads params: seed, model, method, data.max_tokens/truncation/head_tokens, zero_shot, finetune,
-lora, train, eval.batch_size.
+Reads params: seed, model, method, data.max_tokens/truncation/head_tokens (checked against the
+prepared data), zero_shot, finetune, lora, train, eval.batch_size.
 Writes: models/ (only what was trained: head, trained blocks or LoRA adapter, and textclf.json to
-rebuild it on the base model), metrics/train.json, metrics/train_log/ (dvclive per-step loss).
+rebuild it on the base model), metrics/train.json (parameter counts, best epoch and validation
+accuracy), metrics/train_log/ (dvclive: loss per step, validation accuracy per epoch) and
+outputs/train/run.json (steps, seconds, device, per-epoch history).
 Resumes from checkpoints/last.pt when an earlier run with the same params was interrupted.
 """
 
@@ -16,24 +18,18 @@ from accelerate.utils import set_seed
 
 from textclf import paths
 from textclf.batching import Collator, pad_multiple_for
-from textclf.cli import log, params_from_args, run_stage, stage_parser
-from textclf.models import build_classifier, checked_model, parameter_counts, save_model
+from textclf.errors import ParamsError
+from textclf.models import (build_classifier, checked_model, hub_revision, parameter_counts,
+                            save_model)
 from textclf.outputs import staged_dir, write_json
-from textclf.params import ParamsError
-from textclf.prepared import load_prepared
+from textclf.prepared import load_prepared, prepared_format_problems
+from textclf.saved_model import SavedModel
+from textclf.stage import log, params_from_args, run_stage, stage_parser
 from textclf.tokenization import classifier_format, load_tokenizer
-from textclf.training import Checkpointer, fingerprint, make_accelerator, train_classifier
-from textclf.zero_shot import zero_shot_classifier
-
-
-def step_logger(log_dir: Path, resume: bool):
-    """dvclive's per-step log (plots declared in dvc.yaml by hand), if dvclive is installed."""
-    try:
-        from dvclive import Live
-    except ImportError:
-        log("dvclive is not installed: the per-step loss is not logged")
-        return None
-    return Live(str(log_dir), resume=resume, dvcyaml=False, save_dvc_exp=False)
+from textclf.train_log import empty_log, step_logger
+from textclf.training import (Checkpointer, device_name, fingerprint, make_accelerator,
+                              train_classifier)
+from textclf.zero_shot import prompt_tokens, zero_shot_classifier
 
 
 def main() -> None:
@@ -41,7 +37,8 @@ def main() -> None:
     parser.add_argument("--prepared", type=Path, default=paths.PREPARED)
     parser.add_argument("--out", type=Path, default=paths.MODEL_DIR)
     parser.add_argument("--metrics", type=Path, default=paths.METRICS / "train.json")
-    parser.add_argument("--log-dir", type=Path, default=paths.METRICS / "train_log")
+    parser.add_argument("--log-dir", type=Path, default=paths.TRAIN_LOG)
+    parser.add_argument("--outputs", type=Path, default=paths.TRAIN_OUTPUTS)
     parser.add_argument("--checkpoints", type=Path, default=paths.CHECKPOINTS)
     args = parser.parse_args()
     params = params_from_args(args)
@@ -49,11 +46,13 @@ def main() -> None:
     # Check params against the model and the prepared data before loading any weights
     _, family = checked_model(params)
     prepared = load_prepared(args.prepared)
-    if prepared.meta["model"] != params.model:
-        raise ParamsError(f"{args.prepared} was tokenized for {prepared.meta['model']!r}, not "
-                          f"{params.model!r}: run the prepare stage again (dvc repro)")
+    problems = prepared_format_problems(prepared.meta, params)
+    if problems:
+        raise ParamsError(f"{args.prepared} does not match params.yaml ("
+                          + "; ".join(problems) + "): run the prepare stage again (dvc repro)")
     labels = prepared.label_names
     tokenizer = load_tokenizer(params.model, family)
+    checked_model(params, extra_tokens=prompt_tokens(params, tokenizer))  # the prompt's length
     accelerator = make_accelerator(params.train.mixed_precision)
     say = log if accelerator.is_main_process else (lambda *a, **k: None)
 
@@ -90,31 +89,39 @@ def main() -> None:
 
     # Save only what was trained, then the metrics; then forget the checkpoint
     if accelerator.is_main_process:
-        info = {
-            "base_model": params.model, "family": family.name, "method": params.method,
-            "label_names": labels, "tokenizer": tokenizer.name,
-            "input_prefix": list(fmt.prefix), "input_suffix": list(fmt.suffix),
-            "pad_id": tokenizer.pad_id, "max_tokens": params.data.max_tokens,
-            "truncation": params.data.truncation, "head_tokens": params.data.head_tokens,
-        }
+        meta = prepared.meta
+        info = SavedModel(
+            base_model=params.model, base_revision=hub_revision(params.model),
+            family=family.name, method=params.method, label_names=labels,
+            tokenizer=tokenizer.name, input_prefix=list(fmt.prefix),
+            input_suffix=list(fmt.suffix), pad_id=tokenizer.pad_id,
+            # the input format of the data the model was trained on
+            max_tokens=meta["max_tokens"], truncation=meta["truncation"],
+            head_tokens=meta["head_tokens"])
         with staged_dir(args.out) as tmp:
             save_model(model, tmp, info)
-        metrics = {"model": params.model, "method": params.method, **counts}
+        metrics = {"trainable_params": counts["trainable_params"],
+                   "total_params": counts["total_params"]}
+        run = {"model": params.model, "method": params.method,
+               "device": device_name(accelerator.device), "processes": accelerator.num_processes,
+               "trainable_backbone_params": counts["trainable_backbone_params"]}
         if result is not None:
             metrics.update(best_epoch=result.best_epoch,
-                           best_val_accuracy=round(result.best_val_accuracy, 6),
-                           steps=result.steps, train_seconds=round(result.train_seconds, 1),
-                           resumed_at_step=result.resumed_at_step)
-            metrics["epochs"] = {str(row["epoch"]): {k: round(v, 6) for k, v in row.items()
-                                                     if k != "epoch"} for row in result.history}
+                           best_val_accuracy=round(result.best_val_accuracy, 6))
+            run.update(steps=result.steps, train_seconds=round(result.train_seconds, 1),
+                       resumed_at_step=result.resumed_at_step,
+                       epochs=[{k: round(v, 6) if isinstance(v, float) else v
+                                for k, v in row.items()} for row in result.history])
             checkpointer.clear()
+        else:
+            empty_log(args.log_dir)
         if calibration is not None:
-            metrics["content_free_probs"] = dict(zip(params.zero_shot.answers,
-                                                     [round(p, 6) for p in calibration]))
+            run["content_free_probs"] = dict(zip(params.zero_shot.answers,
+                                                 [round(p, 6) for p in calibration]))
+        with staged_dir(args.outputs) as tmp:
+            write_json(tmp / paths.RUN_INFO, run)
         write_json(args.metrics, metrics)
-        args.log_dir.mkdir(parents=True, exist_ok=True)  # declared outputs, even for zero-shot
-        args.checkpoints.mkdir(parents=True, exist_ok=True)
-        log(f"wrote {args.out}/ and {args.metrics}")
+        log(f"wrote {args.out}/, {args.outputs}/ and {args.metrics}")
 
 
 if __name__ == "__main__":

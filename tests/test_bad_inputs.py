@@ -39,8 +39,7 @@ def write_params(tmp_path: Path, raw: dict) -> Path:
 
 def prepare(tmp_path, raw, capsys):
     params = write_params(tmp_path, raw)
-    return run("prepare", ["--params", params, "--out", tmp_path / "prepared",
-                           "--report", tmp_path / "prepare.json"], capsys)
+    return run("prepare", ["--params", params, "--out", tmp_path / "prepared"], capsys)
 
 
 def assert_clear_error(code, err, *fragments):
@@ -109,8 +108,8 @@ def test_answer_words_must_be_single_tokens(tmp_path, tiny_dirs, data_dir, capsy
     params = write_params(tmp_path, raw)
     code, _, err = run("train", ["--params", params, "--prepared", tmp_path / "prepared",
                                  "--out", tmp_path / "models", "--metrics", tmp_path / "t.json",
-                                 "--log-dir", tmp_path / "log", "--checkpoints",
-                                 tmp_path / "ckpt"], capsys)
+                                 "--outputs", tmp_path / "train", "--log-dir", tmp_path / "log",
+                                 "--checkpoints", tmp_path / "ckpt"], capsys)
     assert_clear_error(code, err, "answer word ' Positively wonderful' is", "single-token")
     assert not (tmp_path / "models").exists()
 
@@ -153,7 +152,7 @@ def test_messy_texts_are_handled_and_reported(tmp_path, tiny_dirs, capsys):
     write_jsonl(data, "test.jsonl", GOOD_ROWS[:6])
     code, out, err = prepare(tmp_path, tiny.tiny_params(tiny_dirs["gpt2"], data), capsys)
     assert code == 0, err
-    report = json.loads((tmp_path / "prepare.json").read_text())
+    report = json.loads((tmp_path / "prepared" / "report.json").read_text())
     assert report["dropped_empty"] == {"train": 2, "test": 0}
     assert report["invalid_utf8_lines"] == {"train": 1, "test": 0}
     assert report["truncated"]["train"] + report["truncated"]["val"] == 1
@@ -161,7 +160,7 @@ def test_messy_texts_are_handled_and_reported(tmp_path, tiny_dirs, capsys):
 
 
 def test_cuda_out_of_memory_names_the_knobs(capsys):
-    from textclf.cli import run_stage
+    from textclf.stage import run_stage
 
     def main():
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -171,3 +170,36 @@ def test_cuda_out_of_memory_names_the_knobs(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "ran out of memory" in err and "train.batch_size" in err and "eval.batch_size" in err
+
+
+def test_train_refuses_prepared_data_cut_another_way(tmp_path, tiny_dirs, data_dir, capsys):
+    """The input format saved with the model is the prepared data's; prepared data that params
+    no longer describe (a stale prepare) is refused before any training."""
+    raw = tiny.tiny_params(tiny_dirs["gpt2"], data_dir)
+    assert prepare(tmp_path, raw, capsys)[0] == 0
+    params = write_params(tmp_path, {**raw, "data": {**raw["data"], "max_tokens": 48,
+                                                     "truncation": "right"}})
+    code, _, err = run("train", ["--params", params, "--prepared", tmp_path / "prepared",
+                                 "--out", tmp_path / "models", "--metrics", tmp_path / "t.json",
+                                 "--outputs", tmp_path / "train", "--log-dir", tmp_path / "log",
+                                 "--checkpoints", tmp_path / "ckpt"], capsys)
+    assert_clear_error(code, err, "does not match params.yaml", "max_tokens is 64 there, 48 in",
+                       "truncation is 'left' there, 'right' in", "run the prepare stage again")
+    assert not (tmp_path / "models").exists()
+
+
+def test_zero_shot_prompt_beyond_the_position_limit_fails_before_scoring(tmp_path, tiny_dirs,
+                                                                          data_dir, capsys):
+    """The tiny GPT-2 takes 512 positions: 512 text tokens fit, the prompt's words on top do
+    not, and the train stage says so before it loads any weights."""
+    raw = tiny.tiny_params(tiny_dirs["gpt2"], data_dir, method="zero_shot",
+                           data={"max_tokens": 512})
+    assert prepare(tmp_path, raw, capsys)[0] == 0
+    params = write_params(tmp_path, raw)
+    code, _, err = run("train", ["--params", params, "--prepared", tmp_path / "prepared",
+                                 "--out", tmp_path / "models", "--metrics", tmp_path / "t.json",
+                                 "--outputs", tmp_path / "train", "--log-dir", tmp_path / "log",
+                                 "--checkpoints", tmp_path / "ckpt"], capsys)
+    assert_clear_error(code, err, "data.max_tokens is 512 plus", "of the zero-shot prompt",
+                       "takes at most 512 tokens")
+    assert not (tmp_path / "models").exists()

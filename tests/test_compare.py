@@ -8,7 +8,7 @@ import yaml
 
 import tiny
 from tiny import sh
-from textclf.compare import README_END, README_START, markdown_table, update_readme
+from textclf.comparison import README_END, README_START, markdown_table, update_readme
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,11 +40,13 @@ def project(tmp_path, tiny_dirs, data_dir) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_compare_pipeline_runs_everything_and_reruns_only_what_changed(project):
-    out = sh(project, "dvc", "repro", "compare/dvc.yaml")
-    assert out.count("Running stage 'compare/dvc.yaml:prepare@") == 2
-    assert out.count("Running stage 'compare/dvc.yaml:train@") == 3
-    rows = json.loads((project / "metrics" / "compare.json").read_text())
+    compare = project / "compare"
+    out = sh(compare, "dvc", "repro")
+    assert out.count("Running stage 'prepare@") == 2
+    assert out.count("Running stage 'train@") == 3
+    rows = json.loads((compare / "table" / "compare.json").read_text())
     assert set(rows) == {"gpt2_zero_shot", "gpt2_lora", "bert_finetune"}
     assert rows["gpt2_zero_shot"]["method"] == "zero_shot"
     assert rows["gpt2_zero_shot"]["trainable_params"] == 0
@@ -52,22 +54,21 @@ def test_compare_pipeline_runs_everything_and_reruns_only_what_changed(project):
     assert rows["gpt2_lora"]["delta_accuracy"] == pytest.approx(
         rows["gpt2_lora"]["accuracy"] - 0.9107, abs=1e-6)
     assert rows["bert_finetune"]["n"] == 12 and rows["bert_finetune"]["device"].startswith("cpu")
-    table = (project / "metrics" / "compare.md").read_text()
+    table = sh(project, "textclf", "compare")
     assert "| gpt2_lora |" in table and "| bert_finetune |" in table
-    assert (project / "metrics" / "compare.csv").read_text().startswith("run,accuracy,f1\n")
+    assert (compare / "table" / "compare.csv").read_text().startswith("run,accuracy,f1\n")
 
-    # Plain `dvc repro` runs the main pipeline only
+    # The top-level pipeline neither runs nor sees the comparison (a DVC project of its own)
     out = sh(project, "dvc", "repro")
-    assert "compare/dvc.yaml" not in out
+    assert "prepare@" not in out and "compare" not in out
 
     # One changed entry reruns that entry and the table, nothing else
-    config = yaml.safe_load((project / "compare" / "params.yaml").read_text())
+    config = yaml.safe_load((compare / "params.yaml").read_text())
     config["runs"]["gpt2_lora"]["params"]["lora"] = {"r": 4}
-    (project / "compare" / "params.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    out = sh(project, "dvc", "repro", "compare/dvc.yaml")
+    (compare / "params.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    out = sh(compare, "dvc", "repro")
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running"))
-    assert ran == ["compare/dvc.yaml:evaluate@gpt2_lora", "compare/dvc.yaml:table",
-                   "compare/dvc.yaml:train@gpt2_lora"]
+    assert ran == ["evaluate@gpt2_lora", "table", "train@gpt2_lora"]
 
 
 def test_readme_table_is_generated_and_says_what_is_not_measured(tmp_path, tiny_dirs, data_dir):

@@ -6,8 +6,6 @@ trains is also marked slow (run it with --runslow)."""
 import gzip
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 
 import tiny
-from helpers import REPO, batch_of, logits_of, one_thread  # noqa: F401  (fixture)
+from helpers import REPO, batch_of, logits_of
 from textclf.batching import Collator
 from textclf.data import clean_text
 from textclf.families import FAMILIES
@@ -137,19 +135,8 @@ def test_real_reviews_train_to_a_useful_accuracy(tmp_path):
                               eval={"batch_size": 64})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    def stage(script: str, *args) -> None:
-        cmd = [sys.executable, str(REPO / "stages" / script), "--params",
-               str(tmp_path / "params.yaml"), *map(str, args)]
-        result = subprocess.run(cmd, capture_output=True, text=True, env=tiny.ENV)
-        assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
-
-    prepared, models, metrics = tmp_path / "prepared", tmp_path / "models", tmp_path / "metrics"
-    stage("prepare.py", "--out", prepared, "--report", metrics / "prepare.json")
-    stage("train.py", "--prepared", prepared, "--out", models, "--metrics",
-          metrics / "train.json", "--log-dir", metrics / "train_log", "--checkpoints",
-          tmp_path / "ckpt")
-    stage("evaluate.py", "--prepared", prepared, "--model-dir", models, "--metrics-dir", metrics,
-          "--predictions", tmp_path / "predictions.jsonl")
+    tiny.run_stages(tmp_path, tmp_path / "params.yaml")
+    metrics = tmp_path / "metrics"
     trained = json.loads((metrics / "train.json").read_text())
     evaluated = json.loads((metrics / "eval.json").read_text())
     assert trained["best_val_accuracy"] > 0.7, trained

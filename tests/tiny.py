@@ -128,9 +128,49 @@ def tiny_params(model_dir: Path, data_dir: Path, **overrides) -> dict:
     return deep_merge(deep_merge(raw, small), overrides)
 
 
+def stage_command(stage: str, params_file: Path, run_dir: Path) -> list[str]:
+    """A stage script with its params file and every path inside `run_dir`, laid out as dvc.yaml
+    lays them out in the repository (data/prepared, models, outputs/, metrics/, checkpoints)."""
+    run = Path(run_dir)
+    layout = {
+        "prepare": ["--out", run / "data/prepared"],
+        "train": ["--prepared", run / "data/prepared", "--out", run / "models",
+                  "--outputs", run / "outputs/train", "--metrics", run / "metrics/train.json",
+                  "--log-dir", run / "metrics/train_log", "--checkpoints", run / "checkpoints"],
+        "evaluate": ["--prepared", run / "data/prepared", "--model-dir", run / "models",
+                     "--metrics", run / "metrics/eval.json", "--plots-dir", run / "metrics/plots",
+                     "--outputs", run / "outputs/evaluate"],
+    }[stage]
+    repo = Path(__file__).resolve().parents[1]
+    return [sys.executable, str(repo / "stages" / f"{stage}.py"), "--params", str(params_file),
+            *map(str, layout)]
+
+
+def run_stages(run_dir: Path, params: dict | Path, stages=("prepare", "train", "evaluate"),
+               env: dict | None = None) -> Path:
+    """Run stage scripts one after the other in `run_dir` (the one pipeline runner of the tests,
+    without DVC); fail the test with a stage's output if it fails. `params` is a params dict
+    (written to run_dir/params.yaml) or a params file."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(params, dict):
+        params_file = run_dir / "params.yaml"
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    else:
+        params_file = Path(params)
+    for stage in stages:
+        result = subprocess.run(stage_command(stage, params_file, run_dir), capture_output=True,
+                                text=True, env=env or ENV)
+        assert result.returncode == 0, \
+            f"{stage} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return run_dir
+
+
 # Files of the repository a DVC project needs (the package itself is installed).
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src", "compare", ".dvc/config",
-                 ".dvcignore", ".gitignore"]
+                 ".dvcignore", ".gitignore"]  # compare/ brings its own .dvc/config
 
 
 def dvc_project(root: Path, params: dict) -> Path:
@@ -147,7 +187,8 @@ def dvc_project(root: Path, params: dict) -> Path:
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns(
-                "__pycache__", "*.egg-info", "results", "runs", "prepared", "dvc.lock"))
+                "__pycache__", "*.egg-info", "results", "runs", "prepared", "table",
+                "checkpoints", "dvc.lock", "tmp", "cache"))
         else:
             shutil.copy(src, dst)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

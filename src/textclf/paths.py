@@ -4,11 +4,20 @@ from pathlib import Path
 
 PREPARED = Path("data/prepared")  # token ids and test texts (prepare stage, DVC-cached)
 MODEL_DIR = Path("models")  # what training produced: head, trained blocks or adapter (DVC-cached)
-CHECKPOINTS = Path("checkpoints")  # resumable training state (persisted, not cached)
-METRICS = Path("metrics")  # small JSON/CSV/Markdown results, kept in git
-PREDICTIONS = Path("outputs/predictions.jsonl")  # one line per test text (DVC-cached)
+TRAIN_OUTPUTS = Path("outputs/train")  # run.json of training: steps, seconds, history (DVC-cached)
+EVAL_OUTPUTS = Path("outputs/evaluate")  # predictions, errors, per-length table (DVC-cached)
+EXPORT = Path("export")  # the trained model as a Hugging Face model directory (DVC-cached)
+CHECKPOINTS = Path("checkpoints")  # resumable training state: not a DVC output, ignored by git
+METRICS = Path("metrics")  # headline metrics and plot data, kept in git (cache: false)
+TRAIN_LOG = METRICS / "train_log"  # dvclive's per-step training log (plots)
+PLOTS = METRICS / "plots"  # evaluation curves and tables as CSV (plots)
 
 # Inside PREPARED
 SPLIT_FILE = "{split}.npz"
 TEST_TEXTS = "test_texts.jsonl"
 META = "meta.json"
+REPORT = "report.json"  # split sizes, dropped empty texts, invalid UTF-8 lines, truncation counts
+
+# Inside EVAL_OUTPUTS
+PREDICTIONS = "predictions.jsonl"  # one line per test text
+RUN_INFO = "run.json"  # inside TRAIN_OUTPUTS and EVAL_OUTPUTS: what ran, where and how long

@@ -44,6 +44,18 @@ def prepared_meta(params: Params, family: Family, tokenizer: TextTokenizer, corp
     }
 
 
+# Keys of meta.json that fix the input format, and where params.yaml sets them
+FORMAT_KEYS = {"model": lambda p: p.model, "max_tokens": lambda p: p.data.max_tokens,
+               "truncation": lambda p: p.data.truncation,
+               "head_tokens": lambda p: p.data.head_tokens}
+
+
+def prepared_format_problems(meta: dict, params: Params) -> list[str]:
+    """Where prepared data disagrees with params on how texts were cut (a stale prepare)."""
+    return [f"{key} is {meta.get(key)!r} there, {get(params)!r} in params"
+            for key, get in FORMAT_KEYS.items() if meta.get(key) != get(params)]
+
+
 def test_text_lines(split: Split, lengths: np.ndarray) -> str:
     return "".join(json.dumps({"text": t, "label": int(y), "length": int(n)}, ensure_ascii=False)
                    + "\n" for t, y, n in zip(split.texts, split.labels, lengths))
