@@ -1,9 +1,14 @@
-"""The pull request report: `python -m textclf.pr_report` in a temporary git + DVC repository
-whose two commits differ in params and metrics, and the workflow that posts it."""
+"""The pull request report: `python -m textclf.commands.pr_report` in temporary git + DVC
+repositories whose branches are the kinds of PR it reports on, its charts, and the workflow that
+posts it.
 
-import ast
+The repositories hold a toy pipeline (pipeline.py below): its numbers are arithmetic on the
+params, so `dvc repro` takes a fraction of a second and no model is trained.
+"""
+
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,118 +17,389 @@ import pytest
 import yaml
 
 import tiny
-from textclf import pr_report
+from textclf.commands import pr_plots, pr_report
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / ".github" / "workflows" / "pr-report.yml"
-ENV = {**tiny.ENV, "DVC_NO_ANALYTICS": "1"}
+ENV = {**tiny.ENV, "DVC_NO_ANALYTICS": "1",
+       "PYTHONPATH": os.pathsep.join([str(REPO / "src"), tiny.ENV.get("PYTHONPATH", "")])}
+LIMIT = 60_000  # the issue's bound: GitHub rejects a comment over 65,536 characters
 
-# A pipeline declaration is all `dvc params/metrics diff` need: nothing is ever run.
+# train writes a model file (DVC-cached, so never in a CI checkout), train.json and a dvclive-style
+# loss log; evaluate reads the model and writes the headline metrics and the plot CSVs.
+PIPELINE = '''\
+import json, math, sys
+from pathlib import Path
+import yaml
+
+params = yaml.safe_load(open("params.yaml"))
+if sys.argv[1] == "train":
+    quality = {"lora": 0.80, "full": 0.86}[params["method"]] + params["train"]["lr"]
+    Path("model.txt").write_text(f"{quality}\\n")
+    steps = 10 * params["train"]["epochs"]
+    log = Path("metrics/train_log/plots/metrics/train")
+    log.mkdir(parents=True, exist_ok=True)
+    log.joinpath("loss.tsv").write_text("timestamp\\tstep\\tloss\\n" + "".join(
+        f"0\\t{s}\\t{(1.2 - quality) * math.exp(-s / steps) + 0.01 * (s % 3):.6f}\\n"
+        for s in range(steps)))
+    Path("metrics/train.json").write_text(json.dumps({"best_epoch": params["train"]["epochs"]}))
+else:
+    q = float(Path("model.txt").read_text())
+    Path("metrics/eval.json").write_text(json.dumps({
+        "accuracy": round(q, 6), "accuracy_ci_low": round(q - 0.021, 6),
+        "accuracy_ci_high": round(q + 0.019, 6), "f1": round(q - 0.01, 6),
+        "f1_ci_low": round(q - 0.03, 6), "f1_ci_high": round(q + 0.01, 6),
+        "loss": round(1.1 - q, 6), "n": 500}))
+    Path("metrics/plots").mkdir(parents=True, exist_ok=True)
+    Path("metrics/plots/roc.csv").write_text("fpr,tpr\\n" + "".join(
+        f"{f / 50:.6f},{(f / 50) ** (2 * (1 - q)):.6f}\\n" for f in range(51)))
+    Path("metrics/plots/length_accuracy.csv").write_text(  # the last bin is empty
+        f"length_bin,accuracy,n\\n0-256,{q + 0.02:.4f},300\\n256-512,{q - 0.03:.4f},150\\n"
+        ">512,,0\\n")
+'''
+
 DVC_YAML = """\
 stages:
+  train:
+    cmd: python pipeline.py train
+    deps: [pipeline.py]
+    params: [method, train]
+    outs: [model.txt]
+    metrics:
+      - metrics/train.json:
+          cache: false
+    plots:
+      - metrics/train_log:
+          cache: false
   evaluate:
-    cmd: python evaluate.py
-    params:
-      - method
-      - train.lr
+    cmd: python pipeline.py evaluate
+    deps: [pipeline.py, model.txt]
     metrics:
       - metrics/eval.json:
           cache: false
+    plots:
+      - metrics/plots:
+          cache: false
 """
+PARAMS = {"method": "lora", "train": {"lr": 0.01, "epochs": 3}}
+
+# compare/: a DVC project of its own (as the lead is making it) whose one stage writes RUNS runs'
+# metrics, many of them with long names: a PR that changes them all makes a huge diff.
+RUNS, METRICS_PER_RUN = 10, 80
+COMPARE_SCRIPT = f'''\
+import json
+from pathlib import Path
+import yaml
+
+scale = yaml.safe_load(open("params.yaml"))["scale"]
+for run in range({RUNS}):
+    metrics = {{f"length_bin_{{b:03d}}_precision_of_the_positive_class_on_the_test_split":
+                round(scale * (run + 1) * (b + 1) / 1e4, 6) for b in range({METRICS_PER_RUN})}}
+    accuracy = 0.5 + scale * (run + 1) / 100
+    metrics.update(accuracy=round(accuracy, 6), accuracy_ci_low=round(accuracy - 0.02, 6),
+                   accuracy_ci_high=round(accuracy + 0.02, 6))
+    Path(f"results/run_{{run:02d}}").mkdir(parents=True, exist_ok=True)
+    Path(f"results/run_{{run:02d}}/eval.json").write_text(json.dumps(metrics))
+'''
+COMPARE_DVC_YAML = "stages:\n  runs:\n    cmd: python compare.py\n    deps: [compare.py]\n" \
+    "    params: [scale]\n    metrics:\n" + "".join(
+        f"      - results/run_{run:02d}/eval.json:\n          cache: false\n"
+        for run in range(RUNS))
 
 
 def git(root: Path, *args: str) -> str:
     return tiny.sh(root, "git", *args)
 
 
-def commit(root: Path, params: dict, metrics: dict, message: str) -> None:
+def write_params(root: Path, params: dict) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (root / "metrics").mkdir(exist_ok=True)
-    (root / "metrics" / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def commit(root: Path, message: str) -> None:
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", message)
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """main: lora at lr 5e-4, accuracy 0.81; branch `feature` (checked out): lr 1e-3,
-    accuracy 0.875; f1 and method unchanged."""
-    root = tmp_path_factory.mktemp("pr_repo")
+def new_repo(root: Path) -> Path:
+    """The toy pipeline run and committed on main."""
+    root.mkdir()
     git(root, "init", "-q", "-b", "main")
     git(root, "config", "user.email", "test@example.com")
     git(root, "config", "user.name", "test")
     tiny.sh(root, "dvc", "init", "-q")
+    (root / "pipeline.py").write_text(PIPELINE)
     (root / "dvc.yaml").write_text(DVC_YAML)
-    commit(root, {"method": "lora", "train": {"lr": 0.0005, "epochs": 3}},
-           {"accuracy": 0.81, "f1": 0.8}, "baseline")
-    git(root, "checkout", "-q", "-b", "feature")
-    commit(root, {"method": "lora", "train": {"lr": 0.001, "epochs": 3}},
-           {"accuracy": 0.875, "f1": 0.8}, "higher lr")
-    (root / "sub").mkdir()
+    write_params(root, PARAMS)
+    tiny.sh(root, "dvc", "repro", "-q")
+    commit(root, "baseline")
+    return root
+
+
+def branch(root: Path, name: str) -> Path:
+    """A worktree of `root` on a new branch `name` from main: one PR, its own directory. DVC's
+    cache (model.txt) is not shared, as in a CI checkout."""
+    tree = root.parent / name
+    git(root, "worktree", "add", "-q", "-b", name, str(tree), "main")
+    return tree
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """main, and three PRs: `params-only` (train.lr changed, nothing rerun), `method`
+    (method: full, rerun) and `nothing` (no change)."""
+    root = new_repo(tmp_path_factory.mktemp("pr") / "main")
+    params_only = branch(root, "params-only")
+    write_params(params_only, {**PARAMS, "train": {**PARAMS["train"], "lr": 0.02}})
+    commit(params_only, "higher lr, not rerun")
+    method = branch(root, "method")
+    write_params(method, {**PARAMS, "method": "full"})
+    tiny.sh(method, "dvc", "repro", "-q")
+    commit(method, "full fine-tuning, rerun")
+    branch(root, "nothing")
     return root
 
 
 def run_report(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "textclf.pr_report", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "textclf.commands.pr_report", *args], cwd=cwd,
                           capture_output=True, text=True, env=ENV)
 
 
-def table_row(markdown: str, *cells: str) -> bool:
-    """Whether a row of a Markdown table holds `cells`, in this order (e.g. old, then new)."""
-    for line in markdown.splitlines():
-        if not line.startswith("|"):
-            continue
-        row = [c.strip() for c in line.strip("|").split("|")]
-        if all(c in row for c in cells):
-            positions = [row.index(c) for c in cells]
-            if positions == sorted(positions):
-                return True
-    return False
+def section(md: str, title: str) -> str:
+    """The text of a `### title` section, up to the next section or folded block."""
+    return re.split(r"\n### |\n<details>", md.split(f"### {title}", 1)[1], maxsplit=1)[0]
 
 
-@pytest.mark.parametrize("base", ["main", "first_commit"])
-def test_report_shows_changed_params_and_metrics(repo, base):
-    if base == "first_commit":
-        base = git(repo, "rev-parse", "HEAD~1").strip()
-    result = run_report(repo / "sub", "--base", base)  # from a subdirectory: runs at the root
+def table(markdown: str) -> list[list[str]]:
+    """The data rows of the Markdown tables in `markdown`, as lists of cells."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in markdown.splitlines() if line.startswith("|")]
+    return [row for row in rows if not set("".join(row)) <= set("- ") and row[0] != "metric"
+            and row[0] not in ("stage", "file")]
+
+
+def value_and_ci(text: str) -> tuple[float, float, float]:
+    """"0.87 (0.849-0.889)" -> (0.87, 0.849, 0.889)."""
+    value, low, high = re.fullmatch(r"([\d.]+) \(([\d.]+)-([\d.]+)\)", text).groups()
+    return float(value), float(low), float(high)
+
+
+def metrics_at(root: Path, rev: str) -> dict:
+    return json.loads(git(root, "show", f"{rev}:metrics/eval.json"))
+
+
+# ---------------------------------------------------------------- the three kinds of PR
+
+def test_params_changed_but_not_rerun_is_reported_stale(repo):
+    """The issue: train.lr changed without `dvc repro` used to read "No metrics changed"."""
+    tree = repo.parent / "params-only"
+    result = run_report(tree, "--base", "main")
     assert result.returncode == 0, result.stderr
     md = result.stdout
-    assert md.splitlines()[0] == pr_report.MARKER == "<!-- textclf-pr-report -->"
-    assert md.splitlines()[2].startswith("## ") and f"`{base}`" in md.splitlines()[2]
-    params, metrics = md.split("### Params")[1].split("### Metrics")
-    assert table_row(params, "params.yaml", "train.lr", "0.0005", "0.001")
-    assert table_row(metrics, "metrics/eval.json", "accuracy", "0.81", "0.875")
-    # only what changed
-    assert not table_row(params, "method") and not table_row(metrics, "f1")
-    assert "No params changed" not in md and "No metrics changed" not in md
+    stale = section(md, "⚠️ Stale results")
+    assert "[!WARNING]" in stale and "dvc repro" in stale
+    assert ["`train`", "params `train.lr`"] in table(stale)
+    # evaluate reads train's model: stale too, though a checkout without the DVC cache (as here
+    # and in CI) has no model for `dvc status` to compare; the missing model is no change itself
+    assert "Downstream of these, stale too: `evaluate`." in stale
+    assert not any(row[0] == "`evaluate`" for row in table(stale))
+    assert md.index("Stale results") < md.index("### Headline")
+    assert "No metrics changed against `main`." in md
+    params = md.split("<summary>Params:", 1)[1].split("</details>")[0]
+    assert ["params.yaml", "train.lr", "0.01", "0.02"] in table(params)
+    # --fail-on-stale: test_workflow_report_step_runs_here[params-only-True]
 
 
-def test_report_says_plainly_when_nothing_changed(repo):
-    result = run_report(repo, "--base", "feature", "--plots-url", "https://example.com/plots")
+def test_method_change_headline_ci_delta_and_charts(repo):
+    tree = repo.parent / "method"
+    (tree / "sub").mkdir(exist_ok=True)
+    result = run_report(tree / "sub", "--base", "main", "--fail-on-stale")  # runs at the root
     assert result.returncode == 0, result.stderr
     md = result.stdout
-    assert "No params changed against `feature`." in md
-    assert "No metrics changed against `feature`." in md
-    assert "|" not in md  # no empty tables
-    assert "[download](https://example.com/plots)" in md
+    lines = md.splitlines()
+    assert lines[0] == pr_report.MARKER == "<!-- textclf-pr-report -->"
+    assert lines[2].startswith("## ") and "`main`" in lines[2]
+    assert "Stale results" not in md
+    # The headline comes first, after the title
+    assert lines[4] == "### Headline: `metrics/eval.json`"
+    rows = {row[0]: row for row in table(section(md, "Headline: `metrics/eval.json`"))}
+    old, new = metrics_at(repo, "main"), metrics_at(repo, "method")
+    assert set(rows) == {"accuracy", "f1", "loss", "n"}  # the CI bounds are no rows of their own
+    for name in ("accuracy", "f1"):
+        _, base_cell, pr_cell, change = rows[name]
+        for cell, values in ((base_cell, old), (pr_cell, new)):
+            assert value_and_ci(cell) == pytest.approx(
+                (values[name], values[f"{name}_ci_low"], values[f"{name}_ci_high"]), abs=1e-4)
+        assert float(change) == pytest.approx(new[name] - old[name], abs=1e-4)
+        assert change.startswith("+")  # full fine-tuning scores higher in the toy pipeline
+    assert rows["n"][1:] == [str(old["n"]), str(new["n"]), "0"]
+    # the other metric file and the method param in the folded details
+    assert "<summary>Other metrics: 0" not in md
+    assert ["params.yaml", "method", "lora", "full"] in table(
+        md.split("<summary>Params:", 1)[1].split("</details>")[0])
+
+    # The charts: base and PR series on one grid, drawn by GitHub (Mermaid)
+    plots = section(md, "Plots")
+    charts = re.findall(r"```mermaid\n(.*?)```", plots, re.S)
+    assert len(charts) == len(pr_plots.CHARTS)
+    roc = next(c for c in charts if "ROC curve" in c)
+    assert "xychart-beta" in roc
+    labels = re.search(r"x-axis .*\[(.*)\]", roc).group(1).split(", ")
+    series = [[float(v) for v in line.split(", ")] for line in re.findall(r"line \[(.*)\]", roc)]
+    assert len(series) == 2 and all(len(s) == len(labels) <= 25 for s in series)
+    assert all(0 <= v <= 1 for s in series for v in s)
+    assert series[0] != series[1]
+    assert "grey: `main`, blue: this PR" in plots
+
+
+@pytest.mark.parametrize("base", ["main", "sha"])
+def test_nothing_changed_says_so_plainly(repo, base):
+    if base == "sha":
+        base = git(repo, "rev-parse", "main").strip()
+    result = run_report(repo.parent / "nothing", "--base", base)
+    assert result.returncode == 0, result.stderr
+    md = result.stdout
+    assert f"No params changed against `{base}`." in md
+    assert f"No metrics changed against `{base}`." in md
+    assert "<details>" not in md and "Stale" not in md
+    for cell in table(section(md, "Headline: `metrics/eval.json`")):
+        assert cell[1] == cell[2] and cell[3] == "0"
+
+
+# ---------------------------------------------------------------- the size limit
+
+@pytest.fixture(scope="module", params=["own project", "same project"])
+def big_repo(request, tmp_path_factory) -> Path:
+    """main with compare/, a DVC project of its own (where the lead is taking it) or a second
+    dvc.yaml of the root project (as before); the PR reruns every compare run with another
+    scale (RUNS x METRICS_PER_RUN rows change) and changes train.lr without rerunning."""
+    root = new_repo(tmp_path_factory.mktemp("big") / "main")
+    compare = root / "compare"
+    compare.mkdir()
+    if request.param == "own project":
+        tiny.sh(compare, "dvc", "init", "--subdir", "-q")
+    (compare / "compare.py").write_text(COMPARE_SCRIPT)
+    (compare / "dvc.yaml").write_text(COMPARE_DVC_YAML)
+    (compare / "params.yaml").write_text("scale: 1\n")
+    tiny.sh(compare, "dvc", "repro", "-q")
+    commit(root, "compare runs")
+    tree = branch(root, "everything")
+    (tree / "compare" / "params.yaml").write_text("scale: 2\n")
+    tiny.sh(tree / "compare", "dvc", "repro", "-q")
+    write_params(tree, {**PARAMS, "train": {**PARAMS["train"], "lr": 0.05}})
+    commit(tree, "rescale every compare run; higher lr, not rerun")
+    return tree
+
+
+def compare_block(md: str) -> str:
+    return md.split("<summary>`compare/` metrics:", 1)[1].split("</details>", 1)[0]
+
+
+def test_a_huge_diff_is_cut_to_fit_and_says_what_was_left_out(big_repo):
+    found = pr_report.gather("main", big_repo)  # what the command reads, rendered twice below
+    uncut = pr_report.render(found, max_chars=0)
+    assert len(uncut) > 1.5 * LIMIT  # the test is meaningful: this would be rejected
+    every_row = table(compare_block(uncut))
+    assert len(every_row) == RUNS * (METRICS_PER_RUN + 1)  # accuracy's CI is in its own row
+
+    md = pr_report.render(found)  # the command's default
+    assert pr_report.MAX_CHARS <= LIMIT and len(md) <= LIMIT
+    # what was left out, and how to see it
+    block = compare_block(md)
+    shown = table(block)
+    left_out = int(re.search(r"\*\*(\d+) more rows not shown\*\*", block).group(1))
+    assert shown == every_row[:len(shown)] and len(shown) + left_out == len(every_row)
+    assert len(shown) > 0 and left_out > 0
+    assert "textclf pr-report --base main --max-chars 0" in block
+    # the headline, the stale section and the charts all survive the cut
+    assert section(md, "Headline: `metrics/eval.json`") == \
+        section(uncut, "Headline: `metrics/eval.json`")
+    assert ["`train`", "params `train.lr`"] in table(section(md, "⚠️ Stale results"))
+    assert md.count("```mermaid") == len(pr_plots.CHARTS)
+    # the nested project's params count once each, however many projects read the file
+    params = table(md.split("<summary>Params:", 1)[1].split("</details>")[0])
+    assert params == [["compare/params.yaml", "scale", "1", "2"],
+                      ["params.yaml", "train.lr", "0.01", "0.05"]]
+
+
+# ---------------------------------------------------------------- charts, errors, imports
+
+def roc_csv(quality: float) -> str:
+    return "fpr,tpr\n" + "".join(f"{f / 200},{(f / 200) ** (1 - quality)}\n" for f in range(201))
+
+
+def loss_tsv(steps: int) -> str:
+    return "timestamp\tstep\tloss\n" + "".join(f"0\t{s}\t{1 / (1 + s) + 0.05 * (s % 2)}\n"
+                                               for s in range(steps))
+
+
+def chart(title: str) -> pr_plots.Chart:
+    return next(c for c in pr_plots.CHARTS if c.title.startswith(title))
+
+
+def series(block: str) -> tuple[list[str], list[list[float]]]:
+    labels = re.search(r"x-axis .*\[(.*)\]", block).group(1).split(", ")
+    lines = [[float(v) for v in line.split(", ")] for line in re.findall(r"line \[(.*)\]", block)]
+    return [label.strip('"') for label in labels], lines
+
+
+def test_chart_thins_a_curve_to_a_shared_grid():
+    block = pr_plots.mermaid(chart("ROC"), roc_csv(0.5), roc_csv(0.9), "main")
+    labels, (base, pr) = series(block)
+    assert len(labels) == pr_plots.POINTS and float(labels[0]) == 0 and float(labels[-1]) == 1
+    for x, b, p in zip(map(float, labels), base, pr):  # the curve's own values on the grid
+        assert b == pytest.approx(x ** 0.5, abs=0.01) and p == pytest.approx(x ** 0.1, abs=0.01)
+
+
+def test_chart_of_runs_of_different_lengths_uses_the_fraction_of_each_run():
+    block = pr_plots.mermaid(chart("Training loss"), loss_tsv(60), loss_tsv(200), "main")
+    labels, (base, pr) = series(block)
+    assert labels[0] == "0%" and labels[-1] == "100%" and len(base) == len(pr) == len(labels)
+    assert "step: main 0 to 59, this PR 0 to 199" in block
+    assert base[-1] < base[0] and pr[-1] < pr[0]  # smoothed, the loss still falls
+
+
+def test_chart_of_categories_keeps_bins_with_values_on_every_side():
+    base = "length_bin,accuracy,n\n0-256,0.9,10\n256-512,0.8,5\n>512,,0\n"
+    pr = "length_bin,accuracy,n\n0-256,0.92,10\n256-512,0.85,5\n>512,0.5,1\n"
+    labels, lines = series(pr_plots.mermaid(chart("Accuracy by review length"), base, pr, "main"))
+    assert labels == ["0-256", "256-512"] and lines == [[0.9, 0.8], [0.92, 0.85]]
+
+
+def test_chart_with_one_side_says_which_and_none_without_files():
+    block = pr_plots.mermaid(chart("ROC"), None, roc_csv(0.7), "main")
+    assert len(series(block)[1]) == 1
+    assert "blue: this PR (`main`: no data in `metrics/plots/roc.csv`)" in block
+    assert pr_plots.mermaid(chart("ROC"), None, None, "main") is None
+    assert pr_plots.mermaid(chart("ROC"), "fpr,tpr\n", "fpr,tpr\n", "main") is None
 
 
 def test_unknown_base_is_one_error_line(repo):
     result = run_report(repo, "--base", "no-such-branch")
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.startswith("error: `dvc params diff no-such-branch --md` failed")
+    assert result.stderr.startswith("error: `no-such-branch` is not a git revision")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_report_imports_only_the_standard_library():
-    """CI installs dvc alone: no torch, transformers or numpy may be imported."""
-    tree = ast.parse(Path(pr_report.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
-                if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
-    assert imported and imported <= sys.stdlib_module_names, imported - sys.stdlib_module_names
-    assert not any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(tree))
+    """CI installs dvc alone: importing the report may pull in nothing outside the standard
+    library and textclf's own light modules (no torch, numpy or yaml)."""
+    code = ("import sys, textclf.commands.pr_report; "
+            "print(sorted({m.split('.')[0] for m in sys.modules}))")
+    env = {**ENV, "PYTHONPATH": str(REPO / "src")}
+    imported = json.loads(subprocess.run([sys.executable, "-S", "-c", code], env=env, text=True,
+                                         capture_output=True, check=True).stdout.replace("'", '"'))
+    outside = set(imported) - sys.stdlib_module_names - {"textclf", "__main__"}
+    assert not outside, outside
+
+
+# ---------------------------------------------------------------- the workflow
+
+NODE24_MAJORS = {"actions/checkout": 5, "actions/setup-python": 6, "actions/github-script": 8,
+                 "actions/upload-artifact": 6}  # the first majors that run on Node 24
+
+
+def steps() -> list[dict]:
+    return yaml.safe_load(WORKFLOW.read_text())["jobs"]["report"]["steps"]
 
 
 def test_workflow():
@@ -132,46 +408,53 @@ def test_workflow():
     (job,) = workflow["jobs"].values()
     assert workflow["permissions"]["pull-requests"] == "write"
     assert "gpu" not in json.dumps(job["runs-on"]).lower()
-    steps = job["steps"]
-    runs = "\n".join(step.get("run", "") for step in steps)
-    uses = {step["uses"].split("@")[0]: step for step in steps if "uses" in step}
+    runs = "\n".join(step.get("run", "") for step in job["steps"])
+    uses = {step["uses"].split("@")[0]: step for step in job["steps"] if "uses" in step}
+
+    # Actions on majors that run on Node 24 (GitHub retired the Node 20 ones)
+    for step in job["steps"]:
+        if "uses" in step:
+            action, version = step["uses"].split("@")
+            assert int(version.lstrip("v").split(".")[0]) >= NODE24_MAJORS[action], step["uses"]
 
     # Full history and the base branch fetched; Python and dvc installed, nothing else
     assert uses["actions/checkout"]["with"]["fetch-depth"] == 0
     assert "git fetch" in runs and "${BASE_REF}" in runs
     assert job["env"]["BASE_REF"] == "${{ github.base_ref }}"
     assert "actions/setup-python" in uses
-    installs = [step["run"] for step in steps if "pip install" in step.get("run", "")]
+    installs = [step["run"] for step in job["steps"] if "pip install" in step.get("run", "")]
     assert len(installs) == 1 and "dvc" in installs[0]
     assert not any(name in installs[0] for name in ("torch", "transformers", " -e", "textclf"))
     assert "dvc pull" not in runs and "dvc remote" not in runs  # metrics live in git
 
-    # The report against the base branch, posted as one comment found by its marker
-    assert 'python -m textclf.pr_report --base "origin/${BASE_REF}"' in runs
-    script = uses["actions/github-script"]["with"]["script"]
-    assert pr_report.MARKER in script
-    assert "updateComment" in script and "createComment" in script
+    # The report against the base branch, failing on stale results only after it is posted
+    (report,) = [s for s in job["steps"] if "textclf.commands.pr_report" in s.get("run", "")]
+    assert 'python -m textclf.commands.pr_report --base "origin/${BASE_REF}" --fail-on-stale' \
+        in report["run"]
+    assert report["env"]["PYTHONPATH"] == "src" and "$GITHUB_STEP_SUMMARY" in report["run"]
+    post = uses["actions/github-script"]
+    script = post["with"]["script"]
+    assert pr_report.MARKER in script and "updateComment" in script and "createComment" in script
+    assert "head.repo.full_name == github.repository" in post["if"]  # forks: summary only
+    last = job["steps"][-1]
+    assert job["steps"].index(post) < len(job["steps"]) - 1
+    assert last["if"] == f"steps.{report['id']}.outputs.stale == 'true'" and "exit 1" in last["run"]
+    # no zip of HTML: the charts are in the Markdown
+    assert "actions/upload-artifact" not in uses and "dvc plots diff" not in runs
 
-    # dvc plots diff against the base, uploaded as an artifact
-    (plots,) = [step for step in steps if "dvc plots diff" in step.get("run", "")]
-    out_dir = plots["run"].split("--out")[1].split()[0]
-    upload = uses["actions/upload-artifact"]["with"]
-    assert upload["path"].rstrip("/") == out_dir and upload["name"]
-    assert "origin/${BASE_REF}" in plots["run"]
 
-
-def test_workflow_report_step_runs_here(repo, tmp_path):
-    """The workflow's own report command, with the base branch as CI names it (a remote ref)."""
+@pytest.mark.parametrize("pr, stale", [("method", False), ("params-only", True)])
+def test_workflow_report_step_runs_here(repo, tmp_path, pr, stale):
+    """The workflow's report step in a fresh clone (no DVC cache, the base as a remote ref)."""
     clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", "-b", "feature", str(repo), str(clone)], check=True,
+    subprocess.run(["git", "clone", "-q", "-b", pr, str(repo), str(clone)], check=True,
                    capture_output=True)
-    (step,) = [s for s in yaml.safe_load(WORKFLOW.read_text())["jobs"]["report"]["steps"]
-               if "textclf.pr_report" in s.get("run", "")]
-    env = {**ENV, "BASE_REF": "main", "PLOTS_URL": "", "GITHUB_STEP_SUMMARY": str(tmp_path / "s"),
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), ENV.get("PYTHONPATH", "")])}
-    subprocess.run(["bash", "-e", "-c", step["run"]], cwd=clone, env=env, check=True)
+    (step,) = [s for s in steps() if "textclf.commands.pr_report" in s.get("run", "")]
+    summary, output = tmp_path / "summary", tmp_path / "output"
+    env = {**ENV, "BASE_REF": "main", "GITHUB_STEP_SUMMARY": str(summary),
+           "GITHUB_OUTPUT": str(output)}
+    subprocess.run(["bash", "-eo", "pipefail", "-c", step["run"]], cwd=clone, env=env, check=True)
     md = (clone / "pr-report.md").read_text()
-    assert md == (tmp_path / "s").read_text()
-    assert table_row(md, "train.lr", "0.0005", "0.001")
-    assert table_row(md, "accuracy", "0.81", "0.875")
-    assert "### Plots" not in md  # no artifact URL, no link
+    assert md.startswith(pr_report.MARKER) and md == summary.read_text()
+    assert ("stale=true" in (output.read_text() if output.exists() else "")) == stale
+    assert ("Stale results" in md) == stale
