@@ -8,6 +8,7 @@ import gzip
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,7 @@ def check_sides(results: dict, model: str, method: str) -> None:
                                   results[f"{model}.{method}.plain.samples_per_s"], rel=0.01)
 
 
+@pytest.mark.slow
 def test_bench_writes_well_formed_json(tmp_path, tiny_dirs, reviews_gz, capsys):
     out = tmp_path / "metrics" / "bench.json"
     returned = bench_script().main([*TINY, "--data", str(reviews_gz), "--tokenizer",
@@ -105,11 +107,88 @@ def test_bad_settings_fail_with_one_message(tmp_path):
 
 
 def test_imports_only_what_a_gpu_box_has():
-    """The H100 machines lack the pipeline's data tools: importing the benchmark must not need
+    """A GPU machine may lack the pipeline's data tools: importing the benchmark must not need
     them."""
-    code = ("import sys, textclf.benchmark; "
+    code = ("import sys, speed; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'datasets', 'dvc', 'dvclive', 'sklearn', 'pandas', 'scipy', 'pyarrow'}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+                            check=True, cwd=REPO / "benchmarks")
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("method", ["finetune", "lora"])
+def test_flops_with_the_cache_leave_out_the_frozen_blocks_forward(tiny_dirs, data_dir, method):
+    """The tiny GPT-2 has 4 blocks, the last 2 trained: with the frozen-block cache the forward
+    pass skips blocks 0 and 1, so the FLOPs per token drop by 2 x their parameters."""
+    import speed
+    from textclf.families import FAMILIES
+    from textclf.models import build_classifier
+    from textclf.params import parse_params
+
+    params = parse_params(tiny.tiny_params(tiny_dirs["gpt2"], data_dir, method=method))
+    clf = build_classifier(params, FAMILIES["gpt2"], 2)
+    uncached = speed.flops_per_token(clf, FAMILIES["gpt2"], training=True)
+    cached = speed.flops_per_token(clf, FAMILIES["gpt2"], training=True, cached=True)
+    base = clf.backbone.get_base_model() if method == "lora" else clf.backbone
+    frozen = sum(p.numel() for block in base.h[:2] for p in block.parameters())
+    assert frozen > 0 and uncached["flops_per_token"] - cached["flops_per_token"] == 2 * frozen
+    assert uncached["n_forward"] == uncached["n_model"]
+    assert cached["n_forward"] == cached["n_through"] == uncached["n_model"] - frozen
+    scoring = speed.flops_per_token(clf, FAMILIES["gpt2"], training=False, cached=True)
+    assert scoring["flops_per_token"] == 2 * scoring["n_model"]  # scoring never uses the cache
+
+
+@pytest.mark.slow
+def test_the_frozen_block_cache_is_not_credited_with_the_frozen_blocks(tmp_path):
+    """With train.cache_frozen our training forward runs through the trainable blocks only: the
+    FLOPs counted per token drop by the frozen blocks' forward share (2 x their parameters), the
+    plain side (no cache) keeps them, and the one-time cache build is reported apart."""
+    import yaml
+
+    from textclf.params import deep_merge
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(deep_merge(
+        yaml.safe_load((REPO / "params.yaml").read_text()), {"train": {"cache_frozen": True}})))
+    results = bench_script().main([*TINY, "--model", "gpt2", "--methods", "last2", "--data",
+                                   str(tmp_path / "absent.jsonl.gz"), "--params", str(params),
+                                   "--out", str(tmp_path / "bench.json")])
+    check_sides(results, "gpt2", "last2")
+    ours = {k.removeprefix("gpt2.last2.ours."): v for k, v in results.items()
+            if k.startswith("gpt2.last2.ours.")}
+    plain = {k.removeprefix("gpt2.last2.plain."): v for k, v in results.items()
+             if k.startswith("gpt2.last2.plain.")}
+    assert "cache_frozen true" in ours["recipe"]
+    # the tiny benchmark GPT-2 has 3 blocks, the last 2 trained: block 0 is frozen and cached
+    frozen = ours["n_model"] - ours["n_through"]
+    assert 0 < frozen < ours["n_model"] and ours["n_forward"] == ours["n_through"]
+    assert plain["flops_per_token"] - ours["flops_per_token"] == 2 * frozen
+    assert ours["flops_per_token"] == 2 * ours["n_through"] + 2 * ours["n_through"] + \
+        2 * ours["n_trained"]
+    assert ours["tflops"] == pytest.approx(
+        ours["flops_per_token"] * ours["tokens"] / ours["seconds"] / 1e12, rel=1e-2)
+    assert ours["cache_build_flops"] > 0 and ours["cache_build_flops"] % (2 * frozen) == 0
+
+
+def test_describe_path():
+    """Results name an input as a path relative to the repository or as the package that
+    installed it: the same on every machine."""
+    import yaml
+    from speed import describe_path
+
+    assert describe_path(REPO / "params.yaml") == "params.yaml"
+    assert describe_path(REPO / "tests" / "fixtures") == "tests/fixtures"
+    assert describe_path(REPO.parent) == ".."
+    assert describe_path(Path(yaml.__file__).parent) == "PyYAML (PyPI package)"
+    assert describe_path("bert-base-uncased") == "bert-base-uncased"  # a hub id, not a path
+
+
+def test_bench_records_no_absolute_paths(tmp_path, tiny_dirs, reviews_gz, capsys):
+    results = bench_script().main([*TINY, "--model", "bert", "--methods", "eval", "--data",
+                                   str(reviews_gz), "--tokenizer", str(tiny_dirs["bert"]),
+                                   "--out", str(tmp_path / "bench.json")])
+    assert results["settings.params"] == "params.yaml"
+    absolute = {k: v for k, v in results.items()
+                if isinstance(v, str) and re.search(r"(^|\s)/", v)}
+    assert not absolute

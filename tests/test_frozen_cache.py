@@ -5,12 +5,13 @@ import pytest
 import torch
 
 import tiny
-from textclf.batching import Collator
-from textclf.inference import PrefixCache
+from textclf.batching import Collator, sorted_batches
+from textclf.families import FAMILIES
+from textclf.frozen_cache import FrozenCache, frozen_prefix, model_inputs
 from textclf.models import build_classifier, checked_model
 from textclf.params import parse_params
 from textclf.prepared import load_prepared
-from textclf.tokenization import classifier_format, load_tokenizer
+from textclf.tokenization import classifier_format, load_tokenizer, tokenize_split
 from textclf.training import make_accelerator, make_optimizer, train_classifier
 
 
@@ -33,7 +34,7 @@ def test_a_training_step_on_the_cache_equals_one_on_the_full_model(tiny_dirs, da
         _, clf = classifier(tiny_dirs, data_dir, family, method)
         optimizer = make_optimizer(clf, 1e-3, 0.01, fused=False)
         clf.train()
-        prefix = clf.frozen_prefix(ids, mask) if use_cache else None
+        prefix = frozen_prefix(clf, ids, mask) if use_cache else None
         torch.manual_seed(1)  # the same dropout masks in the trainable blocks
         logits = clf(ids, mask, prefix_hidden=prefix)
         torch.nn.functional.cross_entropy(logits, labels).backward()
@@ -53,7 +54,7 @@ def test_the_prefix_skips_the_frozen_blocks(tiny_dirs, data_dir):
     for i, block in enumerate(clf.backbone.h):  # the blocks' attention: computed or not
         block.attn.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
     ids, mask = torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long)
-    prefix = clf.frozen_prefix(ids, mask)
+    prefix = frozen_prefix(clf, ids, mask)
     assert calls == [0, 1]  # stops before the first trainable block (of 4, last 2 trainable)
     calls.clear()
     clf(ids, mask, prefix_hidden=prefix)
@@ -71,7 +72,7 @@ def test_training_with_the_cache_gives_the_same_model(tiny_dirs, data_dir, tmp_p
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(tiny.tiny_params(tiny_dirs["gpt2"], data_dir)))
     subprocess.run([sys.executable, str(repo / "stages/prepare.py"), "--params", str(params_file),
-                    "--out", str(tmp_path / "prepared"), "--report", str(tmp_path / "p.json")],
+                    "--out", str(tmp_path / "prepared")],
                    check=True, capture_output=True)
     prepared = load_prepared(tmp_path / "prepared")
     weights = []
@@ -97,8 +98,66 @@ def test_training_with_the_cache_gives_the_same_model(tiny_dirs, data_dir, tmp_p
 
 
 def test_cache_pads_each_batch_to_its_width():
-    cache = PrefixCache([torch.ones(3, 2), 2 * torch.ones(1, 2)])
+    cache = FrozenCache([torch.ones(3, 2), 2 * torch.ones(1, 2)])
     out = cache.batch(torch.tensor([1, 0]), width=4)
     assert out.shape == (2, 4, 2)
     assert out[0, 0].tolist() == [2, 2] and out[0, 1:].abs().sum() == 0
     assert out[1, :3].eq(1).all() and out[1, 3].abs().sum() == 0
+
+
+class CpuBf16:
+    """What FrozenCache.compute needs of an Accelerator with mixed_precision="bf16", on the CPU
+    (a real one would fix the precision of every Accelerator later in this process)."""
+    device = torch.device("cpu")
+    mixed_precision = "bf16"
+    is_main_process = True
+
+    @staticmethod
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("method", ["finetune", "lora"])
+@pytest.mark.parametrize("family", ["gpt2", "bert", "gpt_neox"])
+def test_the_cache_is_exact_under_bf16_autocast(tiny_dirs, data_dir, family, method):
+    """The cache holds what the uncached forward feeds the first trainable block under bf16
+    autocast (the fp32 residual stream), so logits, loss and the updated weights agree as in
+    fp32. A bf16 copy of the states was off by up to ~4e-3 in the logits of the tiny GPT-2."""
+    texts = ["A wonderful film, I loved every minute of it.", "Terrible and far too long.",
+             "Great.", "The acting is superb and the story kept me hooked to the very end."]
+    labels = torch.tensor([1, 0, 1, 1])
+    tok = load_tokenizer(str(tiny_dirs[family]), FAMILIES[family])
+    collator = Collator(classifier_format(tok), tok.pad_id)
+    split = tokenize_split(tok, texts, labels.numpy(), 64, "left", 0)
+    # The batch the cache is built from (longest first), so both paths see the same shapes
+    batch = collator([(i, split.ids[i], int(split.labels[i]))
+                      for i in sorted_batches(split.lengths, len(texts))[0]])
+    results = []
+    for use_cache in (False, True):
+        _, clf = classifier(tiny_dirs, data_dir, family, method)
+        with torch.no_grad():  # make the LoRA adapters do something
+            for name, p in clf.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5)
+        optimizer = make_optimizer(clf, 1e-3, 0.01, fused=False)
+        clf.eval()
+        cache = (FrozenCache.compute(clf, split, collator, len(texts), CpuBf16())
+                 if use_cache else None)
+        assert cache is None or cache.states[0].dtype == torch.float32
+        with torch.no_grad(), CpuBf16.autocast():
+            eval_logits = clf(**model_inputs(batch, cache)).float()
+        clf.train()
+        torch.manual_seed(1)  # the same dropout masks in the trainable blocks
+        with CpuBf16.autocast():
+            logits = clf(**model_inputs(batch, cache))
+        loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+        loss.backward()
+        optimizer.step()
+        results.append((eval_logits, loss.detach(), {n: p.detach().clone() for n, p in
+                                                     clf.named_parameters() if p.requires_grad}))
+    (full_logits, full_loss, full_weights), (cached_logits, cached_loss, cached_weights) = results
+    torch.testing.assert_close(cached_logits, full_logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(cached_loss, full_loss, rtol=0, atol=1e-6)
+    for name in full_weights:
+        torch.testing.assert_close(cached_weights[name], full_weights[name], rtol=0, atol=1e-6,
+                                   msg=name)

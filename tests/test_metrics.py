@@ -98,6 +98,33 @@ def test_bootstrap_multiclass_macro_f1_and_zero_resamples():
     assert bootstrap_ci(labels, labels, 3, 0, seed=0) == {}
 
 
+def test_bootstrap_macro_f1_leaves_out_a_class_a_resample_misses():
+    """A class of 1 text in 100 is absent from about a third of the resamples. The point
+    estimate (sklearn, macro over the classes present) is 1.0 when every prediction is right;
+    so is every resample's, rather than 2/3 for a class counted as F1 = 0."""
+    labels = np.array([0] * 50 + [1] * 49 + [2])
+    point = classification_metrics(labels, np.eye(3)[labels])
+    ci = bootstrap_ci(labels, labels.copy(), 3, 200, seed=0)
+    assert point["f1"] == 1.0
+    assert (ci["f1_ci_low"], ci["f1_ci_high"]) == (1.0, 1.0)
+
+
+def test_bootstrap_f1_is_sklearns_on_each_resample():
+    """With errors and a rare class: the interval is the percentiles of sklearn's macro F1 over
+    the same resamples (one chunk: the draws are rng.integers(0, n, (resamples, n)))."""
+    from sklearn.metrics import f1_score
+
+    labels = np.array([0] * 30 + [1] * 27 + [2] * 3)
+    preds = labels.copy()
+    preds[[0, 5, 31, 40, 58]] = [1, 2, 0, 2, 1]
+    resamples, seed = 300, 3
+    draws = np.random.default_rng(seed).integers(0, len(labels), size=(resamples, len(labels)))
+    f1 = [f1_score(labels[i], preds[i], average="macro", zero_division=0) for i in draws]
+    ci = bootstrap_ci(labels, preds, 3, resamples, seed=seed, chunk=resamples)
+    assert ci["f1_ci_low"] == pytest.approx(np.percentile(f1, 2.5), abs=1e-6)
+    assert ci["f1_ci_high"] == pytest.approx(np.percentile(f1, 97.5), abs=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # Accuracy by review length
 

@@ -9,14 +9,16 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from helpers import accelerator, one_thread  # noqa: F401  (fixtures)
 from helpers import batch_of, logits_of, run_params
 from textclf.batching import Collator
+from textclf.errors import ParamsError
 from textclf.families import FAMILIES
 from textclf.inference import predict_logits, softmax
-from textclf.models import (Classifier, base_model, blocks_of, build_classifier, load_backbone,
-                            load_model, parameter_counts, save_model)
-from textclf.tokenization import classifier_format, load_tokenizer, tokenize_split
+from textclf.models import (Classifier, base_model, blocks_of, build_classifier, checked_model,
+                            load_backbone, load_model, model_problems, parameter_counts,
+                            resolve_model, save_model)
+from textclf.saved_model import SavedModel
+from textclf.tokenization import classifier_format, load_tokenizer, prompt_format, tokenize_split
 from textclf.zero_shot import zero_shot_classifier
 
 TEXTS = ["A wonderful film.", "Terrible, boring and far too long for what it is.", "Great.",
@@ -87,7 +89,7 @@ def test_finetune_trains_the_last_blocks_and_final_norm(tiny_dirs, data_dir, fam
 
 
 def test_full_size_gpt2_trainable_figure(tmp_path, data_dir):
-    """The README's figure: GPT-2 124M with the last 2 blocks and ln_f trainable has 14,177,280
+    """The figure in docs/design.md: GPT-2 124M with the last 2 blocks and ln_f trainable has 14,177,280
     trainable parameters before the head (a random GPT2Config() model: no download)."""
     from transformers import GPT2Config, GPT2Model
 
@@ -127,7 +129,7 @@ def test_lora_leaves_pretrained_weights_untouched_and_starts_as_a_no_op(tiny_dir
 @pytest.mark.parametrize("blocks", [1, 2, "all"])
 def test_lora_adapters_only_in_the_last_blocks(tiny_dirs, data_dir, family, blocks):
     fam = FAMILIES[family]
-    clf = build(tiny_dirs, data_dir, family, method="lora", lora={"blocks": blocks})
+    clf = build(tiny_dirs, data_dir, family, method="lora", lora={"trainable_blocks": blocks})
     names = lora_names(clf)
     block_of = re.compile(re.escape(fam.blocks) + r"\.(\d+)\.")
     found = {int(block_of.search(n).group(1)) for n in names}
@@ -276,8 +278,10 @@ def test_save_load_round_trip(tiny_dirs, data_dir, tmp_path, family, method, mer
     clf.eval()
     tok = tokenizer_of(tiny_dirs, family)
     batch = batch_of(Collator(fmt, tok.pad_id), tok.encode(TEXTS))
-    info = {"base_model": str(tiny_dirs[family]), "family": family, "method": method,
-            "label_names": ["neg", "pos"]}
+    info = SavedModel(base_model=str(tiny_dirs[family]), base_revision=None, family=family,
+                      method=method, label_names=["neg", "pos"], tokenizer=tok.name,
+                      input_prefix=list(fmt.prefix), input_suffix=list(fmt.suffix),
+                      pad_id=tok.pad_id, max_tokens=64, truncation="left", head_tokens=0)
     save_model(clf, tmp_path / "model", info)
     loaded, loaded_info = load_model(tmp_path / "model", merge_lora=merge_lora)
     assert loaded_info == info and not loaded.training
@@ -333,3 +337,47 @@ def test_calibration_divides_by_the_content_free_probabilities(tiny_dirs, data_d
     expected /= expected.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(softmax(logits_of(calibrated, batch).numpy()), expected,
                                rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input length against the model's position limit (the tiny models have 512 positions)
+
+POSITIONS = 512
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_max_tokens_beyond_the_position_limit_fails_before_any_weights(tiny_dirs, data_dir,
+                                                                       family):
+    fits = run_params(tiny_dirs[family], data_dir, data={"max_tokens": POSITIONS})
+    assert checked_model(fits)[1] is FAMILIES[family]
+    too_long = run_params(tiny_dirs[family], data_dir, data={"max_tokens": POSITIONS + 1})
+    with pytest.raises(ParamsError) as error:
+        checked_model(too_long)
+    key = "n_positions" if family == "gpt2" else "max_position_embeddings"
+    assert (f"data.max_tokens is {POSITIONS + 1}, but {str(tiny_dirs[family])!r} takes at most "
+            f"{POSITIONS} tokens ({key} in its config): set data.max_tokens to at most "
+            f"{POSITIONS}") in str(error.value)
+
+
+@pytest.mark.parametrize("family", CAUSAL)
+def test_zero_shot_counts_the_prompt_against_the_position_limit(tiny_dirs, data_dir, family):
+    """The zero-shot input is data.max_tokens plus the prompt's words: with max_tokens at the
+    limit it does not fit; the tokens the stage passes are what the scored inputs hold."""
+    tok = tokenizer_of(tiny_dirs, family)
+    params = run_params(tiny_dirs[family], data_dir, method="zero_shot",
+                        data={"max_tokens": POSITIONS})
+    fmt = prompt_format(tok, params.zero_shot.template)
+    prompt = fmt.extra - tok.n_special  # what a stage passes as extra_tokens
+    split = tokenize_split(tok, ["great " * 2 * POSITIONS], np.zeros(1, dtype=np.int64),
+                           POSITIONS, "left", 0)
+    assert len(fmt.apply(split.ids[0].tolist())) == POSITIONS + prompt
+    config, fam = resolve_model(params.model)
+    assert model_problems(params, config, fam) == []  # the text alone fits
+    problems = model_problems(params, config, fam, extra_tokens=prompt)
+    assert problems == [f"data.max_tokens is {POSITIONS} plus {prompt} of the zero-shot prompt, "
+                        f"but {params.model!r} takes at most {POSITIONS} tokens "
+                        f"({'n_positions' if family == 'gpt2' else 'max_position_embeddings'} "
+                        f"in its config): set data.max_tokens to at most {POSITIONS - prompt}"]
+    shorter = run_params(tiny_dirs[family], data_dir, method="zero_shot",
+                         data={"max_tokens": POSITIONS - prompt})
+    checked_model(shorter, extra_tokens=prompt)  # no error

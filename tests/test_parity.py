@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import tiny
-from helpers import REPO, one_thread  # noqa: F401  (fixture)
-from textclf.parity import SIDES, paired_difference
+from helpers import REPO
+from parity import SIDES, paired_difference
 
 
 def accuracy_script():
@@ -42,6 +42,8 @@ def test_every_side_runs_on_a_tiny_model(tmp_path, tiny_dirs, family, capsys):
         "--batch-size", "4", "--out", str(out)])
     assert json.loads(out.read_text()) == results
     assert (results["train"], results["val"], results["test"]) == (16, 8, 12)
+    assert results["data"] == "tests/fixtures/reviews.jsonl"  # relative to the repository
+    assert not results["model"].startswith("/")
     for side in SIDES:
         assert 0.0 <= results[f"{side}.test_accuracy"] <= 1.0
         assert results[f"{side}.train_seconds"] >= 0
@@ -69,7 +71,7 @@ def test_bad_arguments_are_one_clear_error(tmp_path, tiny_dirs, capsys, args, fr
 
 @pytest.mark.parametrize("precision", ["auto", "bf16"])
 def test_fast_side_keeps_the_params_precision_plain_side_is_fp32(tmp_path, tiny_dirs, precision):
-    from textclf.parity import side_params
+    from parity import side_params
 
     text = (REPO / "params.yaml").read_text()
     assert "  mixed_precision: auto " in text

@@ -15,6 +15,7 @@ import yaml
 import tiny
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # stage subprocesses, interrupted and multi-process runs
 TIMING = {"train_seconds", "eval_seconds", "resumed_at_step"}
 
 
@@ -25,16 +26,7 @@ def write_params(path: Path, params: dict) -> Path:
 
 def stage_cmd(stage: str, params: Path, run: Path) -> list[str]:
     """The stage script with every path inside `run` (as the compare pipeline passes them)."""
-    paths = {
-        "prepare": ["--out", run / "prepared", "--report", run / "metrics/prepare.json"],
-        "train": ["--prepared", run / "prepared", "--out", run / "models",
-                  "--metrics", run / "metrics/train.json", "--log-dir", run / "metrics/train_log",
-                  "--checkpoints", run / "checkpoints"],
-        "evaluate": ["--prepared", run / "prepared", "--model-dir", run / "models",
-                     "--metrics-dir", run / "metrics", "--predictions", run / "predictions.jsonl"],
-    }[stage]
-    return [sys.executable, str(REPO / "stages" / f"{stage}.py"), "--params", str(params),
-            *map(str, paths)]
+    return tiny.stage_command(stage, params, run)
 
 
 def run_stage(stage: str, params: Path, run: Path) -> subprocess.CompletedProcess:
@@ -50,7 +42,7 @@ def quality(run: Path) -> dict:
     return {
         "train": {k: v for k, v in train.items() if k not in TIMING},
         "eval": {k: v for k, v in evaluation.items() if k not in TIMING},
-        "predictions": (run / "predictions.jsonl").read_text(),
+        "predictions": (run / "outputs/evaluate/predictions.jsonl").read_text(),
     }
 
 
@@ -69,7 +61,7 @@ def prepared_run(tmp_path_factory, tiny_dirs, data_dir):
 def copy_prepared(src: Path, dst: Path) -> None:
     import shutil
 
-    shutil.copytree(src / "prepared", dst / "prepared")
+    shutil.copytree(src / "data/prepared", dst / "data/prepared")
 
 
 def test_same_seed_same_numbers(prepared_run, tmp_path):
@@ -103,7 +95,7 @@ def test_interrupted_training_resumes_to_the_same_result(prepared_run, tmp_path,
 
     resumed = run_stage("train", params, run)
     assert "resuming from" in resumed.stdout
-    assert json.loads((run / "metrics/train.json").read_text())["resumed_at_step"] > 0
+    assert json.loads((run / "outputs/train/run.json").read_text())["resumed_at_step"] > 0
     assert not checkpoint.exists()  # a finished run forgets its checkpoint
     run_stage("evaluate", params, run)
     assert quality(run) == quality(root / "reference")
@@ -126,7 +118,7 @@ def test_checkpoint_of_other_params_is_not_resumed(prepared_run, tmp_path):
     result = run_stage("train", other_params, run)
     assert "ignoring stale checkpoint" in result.stdout
     assert "resuming" not in result.stdout
-    assert json.loads((run / "metrics/train.json").read_text())["resumed_at_step"] is None
+    assert json.loads((run / "outputs/train/run.json").read_text())["resumed_at_step"] is None
 
 
 def test_failed_run_keeps_the_previous_outputs(prepared_run, tmp_path):
@@ -165,7 +157,9 @@ def test_two_processes_train_like_one(prepared_run, tmp_path):
     two = json.loads((run / "metrics/train.json").read_text())
     one = json.loads((root / "reference/metrics/train.json").read_text())
     # Each process takes every other batch: half the optimizer steps of one process.
-    assert two["steps"] == one["steps"] // 2
+    steps = [json.loads((r / "outputs/train/run.json").read_text())["steps"]
+             for r in (run, root / "reference")]
+    assert steps[0] == steps[1] // 2
     # Both see the whole validation split; tiny fixture data, so a loose tolerance (2 of 7).
     assert abs(two["best_val_accuracy"] - one["best_val_accuracy"]) <= 2 / 7 + 1e-9
     assert not (run / "checkpoints/last.pt").exists()

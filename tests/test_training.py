@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import accelerator, one_thread  # noqa: F401  (fixtures)
 from helpers import run_params, trainable_state
 from textclf import training
-from textclf.batching import Collator
+from textclf.batching import Collator, LengthGroupedBatches
 from textclf.data import load_corpus
+from textclf.errors import DataError
 from textclf.families import FAMILIES
 from textclf.inference import predict_logits
 from textclf.models import build_classifier
@@ -81,6 +81,50 @@ def test_schedule_warms_up_from_zero_then_decays_to_zero():
         scheduler.step()
     assert lrs[0] == 0.0 and lrs[10] == pytest.approx(1.0) and lrs[5] == pytest.approx(0.5)
     assert lrs[55] == pytest.approx(0.5) and scheduler.get_last_lr()[0] == pytest.approx(0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches: reshuffled every epoch, shared among processes, resumable mid-epoch
+
+def epoch_shares(lengths, processes: int, epoch: int, **kwargs) -> list[list[list[int]]]:
+    """Each process's batches of `epoch`, as the sampler of that process yields them."""
+    shares = []
+    for rank in range(processes):
+        sampler = LengthGroupedBatches(lengths, 4, seed=0, processes=processes, rank=rank,
+                                       **kwargs)
+        sampler.set_epoch(epoch)
+        shares.append(list(sampler))
+        assert len(shares[-1]) == len(sampler)
+    return shares
+
+
+@pytest.mark.parametrize("texts, processes", [(21, 1), (21, 2), (24, 2), (26, 3), (9, 4)])
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_processes_share_each_epochs_texts_once(texts, processes, group_by_length):
+    lengths = np.random.default_rng(0).integers(1, 300, texts)
+    epochs = [epoch_shares(lengths, processes, epoch, group_by_length=group_by_length,
+                           window=2) for epoch in range(3)]
+    for shares in epochs:
+        assert len({len(share) for share in shares}) == 1  # the same number of steps
+        assert sorted(i for share in shares for batch in share for i in batch) == \
+            list(range(texts))
+        assert all(0 < len(batch) <= 4 for share in shares for batch in share)
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+
+
+def test_too_few_texts_for_the_processes_is_an_error():
+    with pytest.raises(DataError, match="3 training texts cannot make one batch per process"):
+        LengthGroupedBatches(np.ones(3), 4, seed=0, group_by_length=True, processes=4, rank=0)
+
+
+def test_a_resumed_epoch_yields_its_remaining_batches():
+    lengths = np.random.default_rng(1).integers(1, 300, 50)
+    sampler = LengthGroupedBatches(lengths, 4, seed=0, group_by_length=True, processes=2,
+                                   rank=1)
+    sampler.set_epoch(2)
+    whole = list(sampler)
+    sampler.set_epoch(2, start=3)
+    assert list(sampler) == whole[3:] and len(sampler) == len(whole)
 
 
 # ---------------------------------------------------------------------------------------------

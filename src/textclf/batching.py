@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import DataError
 from .tokenization import InputFormat, TokenizedSplit
 
 
@@ -20,29 +21,51 @@ class TokenDataset(torch.utils.data.Dataset):
 
 
 class LengthGroupedBatches(torch.utils.data.Sampler):
-    """Shuffled training batches of similar length, so per-batch padding wastes little.
+    """Shuffled training batches of similar length, so per-batch padding wastes little; with
+    several processes, this process's share of them.
 
     Each epoch draws a seeded permutation, cuts it into windows of `window` batches, sorts each
     window by length and cuts it into batches, then shuffles the batch order. The order depends on
     (seed, epoch) only, so a resumed run sees exactly the batches an uninterrupted one would.
+
+    Under `accelerate launch` the sampler shards itself and the training loader is not passed
+    to `accelerator.prepare`: accelerate's shard wrapper would hide `set_epoch` (every epoch
+    would repeat the first one's batches) and drops or repeats texts around a short batch.
+    Process `rank` of `processes` takes batches rank, rank + processes, ... of the epoch. When
+    the batch count is not a multiple of `processes`, the largest batches are split in two until
+    it is, so every process makes the same number of optimizer steps (as DDP needs) and each
+    text is seen once per epoch.
     """
 
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, group_by_length: bool,
-                 window: int = 64):
+                 window: int = 64, processes: int = 1, rank: int = 0):
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.seed = seed
         self.group_by_length = group_by_length
         self.window = window
+        self.processes = processes
+        self.rank = rank
         self.epoch = 0
+        self.start = 0  # batches of this epoch already trained on (a resumed run skips them)
+        # ceil(n / batch_size) batches, rounded up to a multiple of the processes
+        batches = -(-len(self.lengths) // batch_size)
+        self.total = -(-batches // processes) * processes
+        if self.total > len(self.lengths):
+            raise DataError(f"{len(self.lengths)} training texts cannot make one batch per "
+                            f"process for {processes} processes: use fewer processes")
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate over `epoch`'s batches of this process from its batch number `start` on."""
         self.epoch = epoch
+        self.start = start
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        """This process's batches per epoch (a resumed epoch still counts its skipped ones)."""
+        return self.total // self.processes
 
     def batches(self, epoch: int) -> list[list[int]]:
+        """Every process's batches of `epoch`, in order: process r takes r, r + processes, ..."""
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.lengths))
         if self.group_by_length:
@@ -52,12 +75,17 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
                 [w[np.argsort(-self.lengths[w], kind="stable")] for w in windows])
         batches = [order[i:i + self.batch_size].tolist()
                    for i in range(0, len(order), self.batch_size)]
+        while len(batches) < self.total:  # split the first largest batch in two
+            i = max(range(len(batches)), key=lambda j: len(batches[j]))
+            half = len(batches[i]) // 2
+            batches[i:i + 1] = [batches[i][:half], batches[i][half:]]
         if self.group_by_length:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
     def __iter__(self):
-        return iter(self.batches(self.epoch))
+        mine = self.batches(self.epoch)[self.rank::self.processes]
+        return iter(mine[self.start:])
 
 
 def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
@@ -72,6 +100,11 @@ def pad_multiple_for(device, compiled: bool = False) -> int:
     if compiled:
         return 32
     return 8 if device.type == "cuda" else 1
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A collated batch on `device` (the training loader is not prepared by accelerate)."""
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 class Collator:

@@ -50,7 +50,13 @@ def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
 
 def bootstrap_ci(labels: np.ndarray, preds: np.ndarray, num_labels: int, resamples: int,
                  seed: int, chunk: int = 100) -> dict:
-    """95% percentile-bootstrap intervals of accuracy and F1 (binary: class 1; else macro)."""
+    """95% percentile-bootstrap intervals of accuracy and F1 (binary: class 1; else macro).
+
+    Each resample's F1 follows the point estimate's rule (`classification_metrics`, i.e.
+    sklearn's f1_score): binary F1 is 0 when class 1 is neither a label nor a prediction; the
+    macro average is over the classes present in the resample's labels or predictions, so a
+    rare class that a resample misses is left out rather than counted as F1 = 0.
+    """
     if resamples == 0:
         return {}
     rng = np.random.default_rng(seed)
@@ -61,12 +67,16 @@ def bootstrap_ci(labels: np.ndarray, preds: np.ndarray, num_labels: int, resampl
         idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
         y, p = labels[idx], preds[idx]
         acc.append((y == p).mean(axis=1))
-        per_class = []
+        scores, present = [], []
         for c in classes:
             tp = ((p == c) & (y == c)).sum(axis=1)
             denom = (p == c).sum(axis=1) + (y == c).sum(axis=1)
-            per_class.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
-        f1.append(np.mean(per_class, axis=0))
+            scores.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
+            present.append(denom > 0)
+        if num_labels == 2:
+            f1.append(scores[0])
+        else:
+            f1.append(np.sum(scores, axis=0) / np.maximum(np.sum(present, axis=0), 1))
     acc, f1 = np.concatenate(acc), np.concatenate(f1)
     return {
         "accuracy_ci_low": _round(np.percentile(acc, 2.5)),

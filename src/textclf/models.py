@@ -8,21 +8,16 @@ so scoring "Review: ... Sentiment:" by its next-token logits is the same forward
 
 from __future__ import annotations
 
-import contextlib
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from .errors import ModelLoadError, ParamsError
 from .families import Family, family_for
-from .params import LoraParams, Params, ParamsError
-
-
-class ModelLoadError(OSError):
-    pass
+from .params import LoraParams, Params
+from .saved_model import SavedModel
 
 
 def resolve_model(model: str):
@@ -45,19 +40,58 @@ def _load_help(model: str, error: Exception) -> str:
             "use a copy already in the Hugging Face cache.")
 
 
+def hub_revision(model: str, cache_dir: str | Path | None = None) -> str | None:
+    """The commit hash of the hub checkout `model` loads from; None for a local directory or
+    when it cannot be found.
+
+    transformers 5 configs no longer carry `_commit_hash`: the hash is read from the path of
+    config.json in the Hugging Face cache (.../snapshots/<commit>/config.json), which
+    from_pretrained filled, so it works offline once the model was loaded.
+    """
+    if Path(model).is_dir():
+        return None
+    from transformers.utils.hub import cached_file, extract_commit_hash
+
+    try:
+        path = cached_file(model, "config.json", cache_dir=cache_dir)
+    except OSError:  # not cached and no network, or no such repository
+        return None
+    return extract_commit_hash(path, None)
+
+
 def n_blocks(config) -> int:
     return int(config.num_hidden_layers)
 
 
-def model_problems(params: Params, config, family: Family) -> list[str]:
-    """Params that contradict the model: checked after reading config.json, before the weights."""
+def position_limit(config) -> tuple[int | None, str]:
+    """The longest input the model's position embeddings take, and the config key that says so
+    (GPT-2: n_positions; BERT, GPT-NeoX: max_position_embeddings); None if there is none."""
+    key = getattr(config, "attribute_map", {}).get("max_position_embeddings",
+                                                    "max_position_embeddings")
+    limit = getattr(config, key, None)
+    return (int(limit) if limit else None), key
+
+
+def model_problems(params: Params, config, family: Family, extra_tokens: int = 0) -> list[str]:
+    """Params that contradict the model: checked after reading config.json, before the weights.
+
+    `extra_tokens`: tokens the model sees on top of data.max_tokens (special tokens included
+    in it): for zero-shot, the prompt template's words, `prompt_format(...).extra -
+    tokenizer.n_special`; 0 for finetune and lora."""
     out = []
+    limit, key = position_limit(config)
+    length = params.data.max_tokens + extra_tokens
+    if limit is not None and length > limit:
+        prompt = f" plus {extra_tokens} of the zero-shot prompt" if extra_tokens else ""
+        out.append(f"data.max_tokens is {params.data.max_tokens}{prompt}, but {params.model!r} "
+                   f"takes at most {limit} tokens ({key} in its config): set data.max_tokens "
+                   f"to at most {limit - extra_tokens}")
     if params.method == "zero_shot" and not family.causal:
         out.append(f"method: zero_shot needs a causal language model (gpt2, gpt_neox); "
                    f"{params.model!r} is a {family.name} encoder: use finetune or lora")
     blocks = n_blocks(config)
     active = {"finetune": ("finetune.trainable_blocks", params.finetune.trainable_blocks),
-              "lora": ("lora.blocks", params.lora.blocks)}
+              "lora": ("lora.trainable_blocks", params.lora.trainable_blocks)}
     if params.method in active:
         key, value = active[params.method]
         if value != "all" and value > blocks:
@@ -88,35 +122,17 @@ class Classifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 prefix_hidden: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits. `prefix_hidden`, if given, holds the hidden states entering the first
-        trainable block (see `frozen_prefix`): the frozen blocks are then skipped."""
+        trainable block (textclf.frozen_cache): the frozen blocks are then skipped."""
         if prefix_hidden is None:
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         else:
-            with _skip_frozen_prefix(self, prefix_hidden):
+            # imported here: frozen_cache builds on this module
+            from .frozen_cache import skipping_frozen_blocks
+
+            with skipping_frozen_blocks(self, prefix_hidden):
                 hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         pooled = pool(hidden.last_hidden_state, attention_mask, self.family.pooling)
         return self.head(self.dropout(pooled))
-
-    @torch.no_grad()
-    def frozen_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The hidden states entering the first trainable block: the output of the frozen
-        embeddings and blocks, which a run can compute once and reuse every epoch. The model's
-        own forward runs (its masks, positions, rotary embeddings) and stops at that block."""
-        first = blocks_of(base_model(self), self.family)[self.first_trainable_block]
-        captured = []
-
-        def capture(module, args, kwargs):
-            captured.append(args[0] if args else kwargs["hidden_states"])
-            raise _PrefixReady
-
-        handle = first.register_forward_pre_hook(capture, with_kwargs=True)
-        try:
-            self.backbone(input_ids=input_ids, attention_mask=attention_mask)
-        except _PrefixReady:
-            pass
-        finally:
-            handle.remove()
-        return captured[0]
 
     def train(self, mode: bool = True) -> "Classifier":
         """Frozen modules stay in eval mode while training: their dropout is off, so they are a
@@ -126,33 +142,6 @@ class Classifier(nn.Module):
             for module in frozen_modules(self):
                 module.eval()
         return self
-
-
-class _PrefixReady(Exception):
-    """Stops a forward pass once the frozen prefix's output is captured."""
-
-
-@contextlib.contextmanager
-def _skip_frozen_prefix(clf: Classifier, prefix_hidden: torch.Tensor):
-    """During one forward: the embeddings' output is replaced by `prefix_hidden` and the frozen
-    blocks pass their input through, so only the trainable blocks compute."""
-    model = base_model(clf)
-    last_embedding = model.get_submodule(clf.family.embeddings[-1])
-    frozen = list(blocks_of(model, clf.family)[: clf.first_trainable_block])
-
-    def passthrough(*args, **kwargs):
-        return args[0] if args else kwargs["hidden_states"]
-
-    handle = last_embedding.register_forward_hook(
-        lambda module, args, output: prefix_hidden.to(output.dtype))
-    for block in frozen:
-        block.forward = passthrough
-    try:
-        yield
-    finally:
-        handle.remove()
-        for block in frozen:
-            del block.forward  # back to the class's forward
 
 
 def base_model(clf: Classifier) -> nn.Module:
@@ -216,11 +205,11 @@ def build_classifier(params: Params, family: Family, num_labels: int) -> Classif
         for module in trainable:
             module.requires_grad_(True)
     elif params.method == "lora":
-        first = 0 if params.lora.blocks == "all" else total - params.lora.blocks
+        first = 0 if params.lora.trainable_blocks == "all" else total - params.lora.trainable_blocks
         backbone = add_lora(backbone, family, params.lora, first, total)
     else:
         raise ValueError(f"build_classifier does not build method {params.method!r}")
-    return Classifier(backbone, family, num_labels, params.finetune.head_dropout, first)
+    return Classifier(backbone, family, num_labels, params.train.head_dropout, first)
 
 
 def lora_config(family: Family, lora: LoraParams, first: int, total: int):
@@ -287,50 +276,45 @@ def parameter_counts(clf: Classifier) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------
 # Save only what was trained; reload it on top of the base model.
 
-INFO_FILE = "textclf.json"  # how to rebuild the model and its inputs
 HEAD_FILE = "head.safetensors"
 TRAINED_FILE = "trained.safetensors"  # finetune: the trained blocks (and final norm)
 ADAPTER_DIR = "adapter"  # lora: the peft adapter, loadable with PeftModel.from_pretrained
 
 
-def save_model(clf: Classifier, out_dir: Path, info: dict[str, Any]) -> None:
+def save_model(clf: Classifier, out_dir: Path, info: SavedModel) -> None:
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(_cpu(clf.head.state_dict()), out_dir / HEAD_FILE)
-    if info["method"] == "finetune":
+    if info.method == "finetune":
         trained = {n: p for n, p in clf.backbone.named_parameters() if p.requires_grad}
         save_file(_cpu(trained), out_dir / TRAINED_FILE)
-    elif info["method"] == "lora":
+    elif info.method == "lora":
         clf.backbone.save_pretrained(out_dir / ADAPTER_DIR)
-    (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    info.save(out_dir)
 
 
-def load_model(model_dir: Path, merge_lora: bool = True) -> tuple[Classifier, dict[str, Any]]:
-    """The saved classifier in eval mode, and its info (label names, input format, ...)."""
+def load_model(model_dir: Path, merge_lora: bool = True) -> tuple[Classifier, SavedModel]:
+    """The saved classifier in eval mode, and its description (labels, input format, ...)."""
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
-    info_path = model_dir / INFO_FILE
-    if not info_path.is_file():
-        raise FileNotFoundError(f"{model_dir} holds no trained model ({INFO_FILE} is missing); "
-                                "run the train stage first (dvc repro train)")
-    info = json.loads(info_path.read_text())
-    family = family_for(info["family"])
-    backbone = load_backbone(info["base_model"], family)
-    if info["method"] == "lora":
+    info = SavedModel.load(model_dir)
+    family = family_for(info.family)
+    backbone = load_backbone(info.base_model, family)
+    if info.method == "lora":
         from peft import PeftModel
 
         backbone = PeftModel.from_pretrained(backbone, model_dir / ADAPTER_DIR)
         if merge_lora:
             backbone = backbone.merge_and_unload()
-    elif info["method"] == "finetune":
+    elif info.method == "finetune":
         trained = load_file(model_dir / TRAINED_FILE)
         missing, unexpected = backbone.load_state_dict(trained, strict=False)
         if unexpected:
-            raise ValueError(f"{model_dir / TRAINED_FILE} does not fit {info['base_model']!r}: "
+            raise ValueError(f"{model_dir / TRAINED_FILE} does not fit {info.base_model!r}: "
                              f"unexpected weights {unexpected[:3]}")
-    clf = Classifier(backbone, family, len(info["label_names"]), 0.0, 0)
+    clf = Classifier(backbone, family, len(info.label_names), 0.0, 0)
     clf.head.load_state_dict(load_file(model_dir / HEAD_FILE))
     return clf.eval().requires_grad_(False), info
 
@@ -339,10 +323,11 @@ def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
-def checked_model(params: Params):
-    """Config and family of params.model after checking params against it (no weights loaded)."""
+def checked_model(params: Params, extra_tokens: int = 0):
+    """Config and family of params.model after checking params against it (no weights loaded);
+    `extra_tokens` as in model_problems."""
     config, family = resolve_model(params.model)
-    problems = model_problems(params, config, family)
+    problems = model_problems(params, config, family, extra_tokens)
     if problems:
         raise ParamsError("invalid params for this model:\n  - " + "\n  - ".join(problems))
     return config, family

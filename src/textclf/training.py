@@ -22,27 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .batching import Collator, LengthGroupedBatches, TokenDataset
-from .inference import PrefixCache, model_inputs, predict_logits
+from .errors import NonFiniteLossError, TrainingInterrupted
+from .batching import Collator, LengthGroupedBatches, TokenDataset, to_device
+from .frozen_cache import FrozenCache, cache_applies, model_inputs
+from .inference import predict_logits
+from .progress import progress_bar
 from .params import TrainParams
 from .tokenization import TokenizedSplit
-
-
-class NonFiniteLossError(RuntimeError):
-    def __init__(self, step: int, checkpoint: Path | None):
-        kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint kept"
-        super().__init__(f"the training loss became NaN/inf at step {step}; training stopped and "
-                         f"{kept}. Lower train.lr (or lora.lr), or keep train.grad_clip > 0.")
-        self.step = step
-
-
-class TrainingInterrupted(RuntimeError):
-    def __init__(self, signum: int, step: int, checkpoint: Path | None):
-        name = signal.Signals(signum).name
-        where = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint (disabled)"
-        super().__init__(f"{name} received at step {step}: {where}; run `dvc repro` (or the same "
-                         "`dvc exp run`) again to resume")
-        self.signum = signum
 
 
 def make_accelerator(mixed_precision: str):
@@ -205,11 +191,14 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
                      live=None, log: Callable[[str], None] = print) -> TrainResult:
     """Train `model` in place; on return it holds the weights of the best validation epoch."""
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     set_seed(seed)
     optimizer = make_optimizer(model, lr, tp.weight_decay, accelerator.device.type == "cuda")
-    sampler = LengthGroupedBatches(train.lengths, tp.batch_size, seed, tp.group_by_length)
+    # This process's share of each epoch's batches. The loader is not given to
+    # accelerator.prepare: its shard wrapper would hide set_epoch (see LengthGroupedBatches).
+    sampler = LengthGroupedBatches(train.lengths, tp.batch_size, seed, tp.group_by_length,
+                                   processes=accelerator.num_processes,
+                                   rank=accelerator.process_index)
     # A generator of its own: creating an iterator then draws no number from the global RNG,
     # so dropout sees the same random stream whether or not a run was resumed mid-epoch.
     loader = torch.utils.data.DataLoader(TokenDataset(train), batch_sampler=sampler,
@@ -217,8 +206,8 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
                                          generator=torch.Generator().manual_seed(seed))
     if tp.compile:
         model = torch.compile(model)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    steps_per_epoch = len(loader)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    steps_per_epoch = len(sampler)
     total_steps = steps_per_epoch * tp.epochs
     # Not passed to accelerator.prepare: that would step it once per process.
     scheduler = make_scheduler(optimizer, tp.schedule, tp.warmup_ratio, total_steps)
@@ -226,10 +215,12 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
     trainable = [p for p in model.parameters() if p.requires_grad]
     started = time.perf_counter()  # train_seconds include building the cache
     train_cache = val_cache = None
-    if tp.cache_frozen and unwrapped.first_trainable_block > 0:
+    if cache_applies(tp.cache_frozen, unwrapped):
         unwrapped.eval()
-        train_cache = PrefixCache.compute(unwrapped, train, collator, eval_batch_size, accelerator)
-        val_cache = PrefixCache.compute(unwrapped, val, collator, eval_batch_size, accelerator)
+        train_cache = FrozenCache.compute(unwrapped, train, collator, eval_batch_size,
+                                          accelerator, desc="cache train")
+        val_cache = FrozenCache.compute(unwrapped, val, collator, eval_batch_size, accelerator,
+                                        desc="cache val")
         log(f"cached the frozen blocks' output of {len(train) + len(val)} texts "
             f"({(train_cache.nbytes + val_cache.nbytes) / 1e9:.2f} GB) in "
             f"{time.perf_counter() - started:.1f} s")
@@ -265,17 +256,15 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
                                      checkpointer.path.exists() else None)
         return values.tolist()
 
-    bar = tqdm(total=total_steps, initial=global_step, desc="train", unit="step",
-               disable=not accelerator.is_main_process, mininterval=1.0, dynamic_ncols=True)
+    bar = progress_bar(total=total_steps, initial=global_step, desc="train", unit="step",
+                       enabled=accelerator.is_main_process)
     with StopSignals() as stop:
         while epoch < tp.epochs:
             model.train()
-            loader.set_epoch(epoch)
-            batches = accelerator.skip_first_batches(loader, step) if step else loader
-            if step:
-                batches.set_epoch(epoch)
+            sampler.set_epoch(epoch, start=step)  # resumed mid-epoch: its remaining batches
             window: list[torch.Tensor] = []
-            for batch in batches:
+            for batch in loader:
+                batch = to_device(batch, accelerator.device)
                 with accelerator.autocast():
                     logits = model(**model_inputs(batch, train_cache))
                 loss = F.cross_entropy(logits.float(), batch["labels"])
@@ -310,7 +299,8 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
                     raise TrainingInterrupted(stop.received, global_step,
                                             checkpointer.path if checkpointer else None)
 
-            logits = predict_logits(model, val, collator, eval_batch_size, accelerator, val_cache)
+            logits = predict_logits(model, val, collator, eval_batch_size, accelerator, val_cache,
+                                    desc="validate")
             labels = torch.from_numpy(val.labels)
             val_loss = F.cross_entropy(torch.from_numpy(logits), labels).item()
             val_accuracy = float((logits.argmax(1) == val.labels).mean())

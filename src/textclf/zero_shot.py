@@ -6,9 +6,18 @@ from __future__ import annotations
 import torch
 
 from .models import Classifier, build_zero_shot, calibrate
-from .params import Params, ParamsError
+from .errors import ParamsError
+from .params import Params
 from .families import Family
 from .tokenization import InputFormat, TextTokenizer, prompt_format, truncate
+
+
+def prompt_tokens(params: Params, tokenizer: TextTokenizer) -> int:
+    """Tokens the zero-shot prompt adds to each input on top of data.max_tokens (which counts
+    the special tokens only); 0 for the other methods."""
+    if params.method != "zero_shot":
+        return 0
+    return prompt_format(tokenizer, params.zero_shot.template).extra - tokenizer.n_special
 
 
 def zero_shot_classifier(params: Params, family: Family, tokenizer: TextTokenizer,
