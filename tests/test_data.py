@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from helpers import PARAMS_YAML
+from hub_cache import NEWSGROUPS
 from textclf.data import DataError, clean_text, load_corpus
 from textclf.params import load_params
 
@@ -134,6 +135,53 @@ def test_three_classes(tmp_path):
     assert Counter(corpus.train.labels.tolist()) == {0: 16, 1: 16, 2: 16}
     for text, label in zip(corpus.test.texts, corpus.test.labels):
         assert text.endswith(corpus.label_names[label])
+
+
+# ---------------------------------------------------------------------------------------------
+# Class names of integer labels
+
+def test_hub_names_column_names_the_classes(offline_hub):
+    # SetFit/20_newsgroups: plain integer labels, the newsgroup in label_text
+    params = load_params(PARAMS_YAML, {"data": {"source": "SetFit/20_newsgroups"}})
+    corpus = load_corpus(params.data, seed=0)
+    assert corpus.label_names == NEWSGROUPS
+    for text, label in zip(corpus.test.texts, corpus.test.labels):  # "Post 0 to <group>: ..."
+        assert text.split()[3].rstrip(":") == corpus.label_names[label]
+    assert corpus.report["dropped_empty"] == {"train": 1, "test": 0}
+
+
+def test_hub_class_label_names_and_other_splits(offline_hub):
+    sst2 = {"source": "stanfordnlp/sst2", "text_column": "sentence", "test_split": "validation"}
+    corpus = load_corpus(load_params(PARAMS_YAML, {"data": sst2}).data, seed=0)
+    assert corpus.label_names == ["negative", "positive"] and len(corpus.test) == 12
+    with pytest.raises(DataError, match=r"SST-2: validation"):  # its test labels are hidden
+        load_corpus(load_params(PARAMS_YAML, {"data": {**sst2, "test_split": "test"}}).data, 0)
+    with pytest.raises(DataError) as error:
+        load_corpus(load_params(PARAMS_YAML, {"data": {**sst2, "test_split": "dev"}}).data, 0)
+    assert "has no split 'dev' (splits: train, validation, test); set data.test_split" in str(
+        error.value)
+
+
+@pytest.mark.parametrize("column", ["label_text", "label_name"])
+def test_local_names_column_names_the_classes(tmp_path, column):
+    names = {0: "negative", 1: "positive"}
+    train, test = ([{**r, column: names[r["label"]]} for r in records]
+                   for records in (rows(5, 5), rows(2, 2, tag="test")))
+    corpus = load(jsonl_dir(tmp_path, train, test))
+    assert corpus.label_names == ["negative", "positive"]
+    assert [corpus.label_names[y] for y in corpus.test.labels] == [
+        "positive" if "pos" in t else "negative" for t in corpus.test.texts]
+
+
+@pytest.mark.parametrize("label_text", [
+    lambda i, label: f"note {i % 3}",  # several names for one class: not class names
+    lambda i, label: "same",  # one name for both classes
+])
+def test_names_column_that_is_not_one_to_one_is_ignored(tmp_path, label_text):
+    train, test = ([{**r, "label_text": label_text(i, r["label"])} for i, r in enumerate(records)]
+                   for records in (rows(5, 5), rows(2, 2, tag="test")))
+    corpus = load(jsonl_dir(tmp_path, train, test))
+    assert corpus.label_names == ["0", "1"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,16 +1,21 @@
-"""Truncation on literal ids, special tokens kept around truncated text, and zero-shot prompts
-that tokenize exactly like the whole prompt string."""
+"""Truncation on literal ids, special tokens kept around truncated text, zero-shot prompts
+that tokenize exactly like the whole prompt string, and which tokenizer a model gets."""
+
+import io
+import shutil
 
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
 from helpers import batch_of
+from hub_cache import OTHER_VOCAB_GPT2, commit_of
 from textclf.batching import Collator
+from textclf.errors import ModelLoadError
 from textclf.families import FAMILIES
 from textclf.params import ParamsError
-from textclf.tokenization import (InputFormat, TokenizedSplit, classifier_format, load_tokenizer,
-                                  prompt_format, tokenize_split, truncate)
+from textclf.tokenization import (TIKTOKEN_GPT2, InputFormat, TokenizedSplit, classifier_format,
+                                  load_tokenizer, prompt_format, tokenize_split, truncate)
 
 IDS = list(range(10))
 LONG_TEXT = " ".join(["The acting is superb and the story kept me hooked."] * 20)
@@ -121,3 +126,71 @@ def test_single_token_answers(tiny_dirs, family):
         tok.single_token(" Supercalifragilistic")
     assert "zero_shot.answers: answer word ' Supercalifragilistic' is" in str(error.value)
     assert "single-token answer words" in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which tokenizer a model gets: its own, or tiktoken in its place when it is GPT-2's
+
+def test_gpt2_architecture_with_another_vocabulary_gets_its_own_tokenizer(offline_hub):
+    # A GPT-2 model on the hub whose vocabulary is not GPT-2's (tests/tiny.py's small BPE)
+    tok = load_tokenizer(OTHER_VOCAB_GPT2, FAMILIES["gpt2"])
+    assert tok.name == OTHER_VOCAB_GPT2
+    hf = AutoTokenizer.from_pretrained(OTHER_VOCAB_GPT2)
+    assert tok.encode([LONG_TEXT])[0] == hf(" " + LONG_TEXT, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("where", ["hub id", "local directory"])
+def test_gpt2_tokenizer_is_replaced_by_tiktoken_with_the_same_ids(offline_hub, where):
+    snapshot = offline_hub.hf_home / "hub" / "models--gpt2" / "snapshots" / commit_of("gpt2")
+    model = "gpt2" if where == "hub id" else str(snapshot)
+    tok = load_tokenizer(model, FAMILIES["gpt2"])
+    assert tok.name == TIKTOKEN_GPT2
+    hf = AutoTokenizer.from_pretrained(model)
+    texts = [LONG_TEXT, "Ünïcödé, 東京 and emoji 🙂!", "  spaced\n\nout\t"]
+    assert tok.encode(texts) == [hf(" " + t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert tok.pad_id == hf.eos_token_id and tok.n_special == 0
+
+
+@pytest.mark.parametrize("family, special", [("bert", "[SEP]"), ("gpt2", "<|endoftext|>")])
+def test_special_token_text_inside_a_review_is_plain_text(tiny_dirs, family, special):
+    # A review quoting "[SEP]" must not put a separator inside BERT's input (nor a GPT-2 text an
+    # end-of-text token), as tiktoken's encode_ordinary never does
+    tok = load_tokenizer(str(tiny_dirs[family]), FAMILIES[family])
+    hf = AutoTokenizer.from_pretrained(tiny_dirs[family])
+    special_id = hf.convert_tokens_to_ids(special)
+    ids = tok.encode([f"the {special} token"])[0]
+    assert special_id not in ids and len(ids) > 3
+
+
+def test_model_without_tokenizer_files_is_a_load_error(tiny_dirs, tmp_path):
+    # config.json and weights only: transformers would build an empty tokenizer of GPT-2's type
+    model = tmp_path / "weights_only"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_dirs["gpt2"] / name, model / name)
+    with pytest.raises(ModelLoadError, match="has no usable tokenizer.*tokenizer.save_pretrained"):
+        load_tokenizer(str(model), FAMILIES["gpt2"])
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("n_texts, ci, shown", [
+    (3, None, True),
+    (3, "true", False),  # under CI
+    (2, None, False),  # one chunk: too short to bother
+])
+def test_tokenization_progress_on_a_terminal(tiny_dirs, monkeypatch, n_texts, ci, shown):
+    tok = load_tokenizer(str(tiny_dirs["gpt2"]), FAMILIES["gpt2"])
+    terminal = FakeTerminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    monkeypatch.setattr("textclf.tokenization.ENCODE_CHUNK", 2)
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    split = tokenize_split(tok, ["A wonderful film."] * n_texts, np.zeros(n_texts), 16, "left", 0)
+    assert len(split) == n_texts
+    assert ("tokenize: 100%" in terminal.getvalue()) == shown

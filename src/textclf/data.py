@@ -5,6 +5,10 @@ Sources (`data.source`):
 - any other hub dataset id (with `data.hub_config`, the text/label column names and split names);
 - a local aclImdb-style directory: <split>/pos/*.txt and <split>/neg/*.txt;
 - a local directory with <split>.jsonl, .jsonl.gz, .csv or .parquet files (text and label columns).
+
+Class names come from string labels (sorted), or for integer labels from the hub dataset's
+ClassLabel feature, a `<label column>_text` / `_name` column that pairs them one to one
+(SetFit/20_newsgroups' label_text), aclImdb's neg/pos folders; else they are the numbers.
 """
 
 from __future__ import annotations
@@ -19,16 +23,16 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DataError
 from .params import DataParams
 
 IMDB_HUB_ID = "stanfordnlp/imdb"
 TABLE_SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".parquet")
-_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
-_SPACES = re.compile(r"\s+")
-
-
-class DataError(ValueError):
-    """The data cannot be used as configured: the message says what, where and what to do."""
+HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+WHITESPACE = re.compile(r"\s+")
+# Columns beside an integer label column that may name its classes: SetFit's datasets have
+# label_text beside label (20_newsgroups: 3 -> comp.sys.ibm.pc.hardware)
+NAMES_COLUMN_SUFFIXES = ("_text", "_name")
 
 
 @dataclass
@@ -54,7 +58,7 @@ class Corpus:
 
 def clean_text(text: str) -> str:
     """HTML line breaks become spaces (so "end.<br />Next" reads "end. Next"); whitespace collapses."""
-    return _SPACES.sub(" ", _BREAK.sub(" ", text)).strip()
+    return WHITESPACE.sub(" ", HTML_BREAK.sub(" ", text)).strip()
 
 
 def load_corpus(p: DataParams, seed: int) -> Corpus:
@@ -140,18 +144,38 @@ def encode_labels(train: list, test: list, names_hint: list[str] | None, source:
     return train_ids, test_ids, names
 
 
-def _label_kind(values: list, source: str) -> str:
-    def is_int(v):
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) or (
-            isinstance(v, float) and v.is_integer())
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) or (
+        isinstance(v, float) and v.is_integer())
 
-    if all(is_int(v) for v in values):
+
+def _label_kind(values: list, source: str) -> str:
+    if all(_is_int(v) for v in values):
         return "int"
     if all(isinstance(v, str) and v.strip() for v in values):
         return "str"
-    bad = next(v for v in values if not is_int(v) and not (isinstance(v, str) and v.strip()))
+    bad = next(v for v in values if not _is_int(v) and not (isinstance(v, str) and v.strip()))
     raise DataError(f"data.source {source!r}: a label {bad!r} ({type(bad).__name__}) is neither "
                     "an integer class id nor a class name; fix or drop those rows")
+
+
+def _names_beside(raw: dict, name_values: dict[str, list]) -> list[str] | None:
+    """Class names of integer labels 0..K-1 from the first column (of `name_values`, each
+    holding a value per row of every split of `raw`) that pairs each integer with one name and
+    each name with one integer; else None (a column that means something else, and the classes
+    keep their numbers)."""
+    labels = [v for _, split_labels in raw.values() for v in split_labels]
+    if not labels or not all(_is_int(v) for v in labels):
+        return None
+    for values in name_values.values():
+        if len(values) != len(labels) or not all(isinstance(n, str) and n.strip() for n in values):
+            continue
+        pairs = {(int(v), n.strip()) for v, n in zip(labels, values)}
+        by_id = dict(pairs)
+        one_to_one = len(by_id) == len(pairs) == len(set(by_id.values()))
+        if one_to_one and set(by_id) == set(range(len(by_id))):
+            return [by_id[i] for i in range(len(by_id))]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +212,7 @@ def _read_aclimdb(root: Path, splits: dict[str, str]):
 
 
 def _read_tables(root: Path, splits: dict[str, str], text_col: str, label_col: str):
-    raw, report = {}, {"invalid_utf8": {}}
+    raw, report, name_values = {}, {"invalid_utf8": {}}, {}
     for split, name in splits.items():
         found = [root / (name + s) for s in TABLE_SUFFIXES if (root / (name + s)).is_file()]
         if len(found) != 1:
@@ -207,7 +231,9 @@ def _read_tables(root: Path, splits: dict[str, str], text_col: str, label_col: s
                                 "data.label_column")
         raw[split] = ([r.get(text_col) for r in rows], [r.get(label_col) for r in rows])
         report["invalid_utf8"][split] = invalid
-    return raw, None, report
+        for col in (label_col + suffix for suffix in NAMES_COLUMN_SUFFIXES):
+            name_values.setdefault(col, []).extend(r.get(col) for r in rows)
+    return raw, _names_beside(raw, name_values), report
 
 
 def read_table(path: Path) -> tuple[list[dict], int]:
@@ -272,22 +298,29 @@ def _read_hub(p: DataParams, splits: dict[str, str]):
     from datasets import load_dataset
 
     hub_id = IMDB_HUB_ID if p.source == "imdb" else p.source
-    raw, names = {}, None
+    try:
+        # All splits in one call: datasets downloads and prepares the whole configuration anyway
+        dataset = load_dataset(hub_id, p.hub_config)
+    except Exception as e:  # network, unknown dataset or configuration: many exception types
+        raise DataError(
+            f"data.source {p.source!r}: could not load hub dataset {hub_id!r} "
+            f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}). Check the id and "
+            "data.hub_config, or point data.source at a local directory.") from None
+    raw, names, name_values = {}, None, {}
     for split, name in splits.items():
-        try:
-            ds = load_dataset(hub_id, p.hub_config, split=name)
-        except Exception as e:  # network, unknown dataset or split: many exception types
-            raise DataError(
-                f"data.source {p.source!r}: could not load split {name!r} of hub dataset "
-                f"{hub_id!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). Check the id, "
-                "data.hub_config and the split names, or point data.source at a local directory."
-            ) from None
+        if name not in dataset:
+            raise DataError(f"hub dataset {hub_id!r} has no split {name!r} (splits: "
+                            f"{', '.join(dataset)}); set data.{split}_split")
+        ds = dataset[name]
         for col in (p.text_column, p.label_column):
             if col not in ds.column_names:
                 raise DataError(f"hub dataset {hub_id!r}: no column {col!r} (columns: "
                                 f"{', '.join(ds.column_names)}); set data.text_column / "
                                 "data.label_column")
-        feature = ds.features[p.label_column]
-        names = names or getattr(feature, "names", None)
+        # Class names: the label feature's (a ClassLabel), else a names column beside it
+        names = names or getattr(ds.features[p.label_column], "names", None)
         raw[split] = (list(ds[p.text_column]), list(ds[p.label_column]))
-    return raw, names, {}
+        for col in (p.label_column + suffix for suffix in NAMES_COLUMN_SUFFIXES):
+            if col in ds.column_names:
+                name_values.setdefault(col, []).extend(ds[col])
+    return raw, names or _names_beside(raw, name_values), {}
