@@ -1,10 +1,14 @@
 """Predict gives the evaluate stage's probabilities: the real stages (prepare, train, evaluate) run
-as subprocesses on tiny models, then textclf.predict scores the same test texts."""
+as subprocesses on tiny models, then textclf.commands.predict scores the same test texts, from
+models/ and from an export of it. And predict as a tool files are piped through: lines split on
+"\n" only, one record per input line with its id, error records for bad lines, output streamed
+chunk by chunk."""
 
 import io
 import json
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,8 +17,10 @@ import pytest
 import yaml
 
 import tiny
-from helpers import REPO, one_thread  # noqa: F401  (fixture)
-from textclf.predict import load_predictor, main, predict_texts
+from helpers import REPO
+from textclf.commands.predict import load_predictor, main, predict_texts, progress_bar
+from textclf.export import check_export, export_model
+from textclf.models import load_model
 
 EVAL_BATCH = 8  # tiny.tiny_params' eval.batch_size
 # fp32 everywhere, also on a GPU: this process may already hold Accelerate's one global state
@@ -63,16 +69,16 @@ def runs(tmp_path_factory, tiny_dirs, data_dir) -> dict[str, Path]:
             train={"epochs": 1, "mixed_precision": PRECISION}, eval={"bootstrap": 0}),
             sort_keys=False))
     one_per_family = {family: name for name, (family, _) in RUNS.items()}.values()
-    run_commands(*[stage("prepare.py", params[name], "--out", prepared_dir(dirs[name]),
-                         "--report", prepared_dir(dirs[name]).with_suffix(".json"))
+    run_commands(*[stage("prepare.py", params[name], "--out", prepared_dir(dirs[name]))
                    for name in one_per_family])
     run_commands(*[stage("train.py", params[name], "--prepared", prepared_dir(run_dir),
                          "--out", run_dir / "models", "--metrics", run_dir / "train.json",
-                         "--log-dir", run_dir / "train_log", "--checkpoints", run_dir / "ckpt")
+                         "--outputs", run_dir / "train", "--log-dir", run_dir / "train_log",
+                         "--checkpoints", run_dir / "ckpt")
                    for name, run_dir in dirs.items()])
     run_commands(*[stage("evaluate.py", params[name], "--prepared", prepared_dir(run_dir),
-                         "--model-dir", run_dir / "models", "--metrics-dir", run_dir / "metrics",
-                         "--predictions", run_dir / "predictions.jsonl")
+                         "--model-dir", run_dir / "models", "--metrics", run_dir / "eval.json",
+                         "--plots-dir", run_dir / "plots", "--outputs", run_dir / "evaluate")
                    for name, run_dir in dirs.items()])
     return dirs
 
@@ -89,17 +95,17 @@ def prepared_texts(run_dir: Path) -> list[str]:
 
 def evaluated(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in
-            (run_dir / "predictions.jsonl").read_text().splitlines()]
+            (run_dir / "evaluate" / "predictions.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_predict_equals_evaluate(runs, name):
     run_dir = runs[name]
-    report = json.loads(prepared_dir(run_dir).with_suffix(".json").read_text())
+    report = json.loads((prepared_dir(run_dir) / "report.json").read_text())
     assert report["truncated"]["test"] == 12  # every test text was cut
     texts, reference = prepared_texts(run_dir), evaluated(run_dir)
     predictor = load_predictor(run_dir / "models", "auto", PRECISION)  # evaluate's device
-    assert predictor.info["method"] == name.split("_", 1)[1]
+    assert predictor.info.method == name.split("_", 1)[1]
 
     # The evaluate stage's batches: the same bits
     records = predictor.predict(texts, batch_size=EVAL_BATCH)
@@ -134,50 +140,59 @@ def test_cli_arguments_file_and_stdin(runs, tmp_path):
     """The three ways to pass texts, as a user runs them: same lines for the same texts."""
     run_dir = runs["gpt2_finetune"]
     texts = prepared_texts(run_dir)[:3]
-    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n\n")  # blank lines are skipped
-    base = [sys.executable, "-m", "textclf.predict", "--model-dir", str(run_dir / "models"),
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+    base = [sys.executable, "-m", "textclf.commands.predict", "--model-dir", str(run_dir / "models"),
             "--batch-size", str(EVAL_BATCH), "--mixed-precision", PRECISION]
     calls = {
         "args": (base + texts, None),
         "file": (base + ["--file", str(tmp_path / "texts.txt")], None),
-        "stdin": (base, "\n".join(texts) + "\n"),
+        "stdin": (base, "\n".join(texts)),  # no newline after the last line: still a line
     }
 
-    def call(argv, stdin):
-        return subprocess.run(argv, input=stdin, capture_output=True, text=True, env=tiny.ENV,
-                              cwd=tmp_path)
-
     with ThreadPoolExecutor(len(calls)) as pool:
-        results = dict(zip(calls, pool.map(lambda c: call(*c), calls.values())))
+        results = dict(zip(calls, pool.map(lambda c: call(*c, cwd=tmp_path), calls.values())))
     for form, result in results.items():
         assert result.returncode == 0, f"{form}: {result.stderr}"
+        assert result.stderr == ""  # no progress bar: stderr is not a terminal
     lines = results["args"].stdout.splitlines()
     assert len(lines) == 3
     assert results["file"].stdout == results["stdin"].stdout == results["args"].stdout
     reference = evaluated(run_dir)
-    for line, ref in zip(lines, reference):
+    for number, (line, ref) in enumerate(zip(lines, reference), start=1):
         record = json.loads(line)
-        assert set(record) == {"predicted", "probability", "probs"}
+        assert set(record) == {"id", "predicted", "probability", "probs"}
+        assert record["id"] == number
         assert list(record["probs"].values()) == ref["probs"]
+
+
+def call(argv: list[str], stdin: str | None, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, env=tiny.ENV,
+                          cwd=cwd)
 
 
 def test_main_reads_jsonl_files(runs, data_dir, capsys):
     """A .jsonl file's "text" fields (here the raw test file, which has labels too)."""
     run_dir = runs["gpt2_finetune"]
-    main(["--model-dir", str(run_dir / "models"), "--file", str(data_dir / "test.jsonl"),
-          "--batch-size", str(EVAL_BATCH), "--mixed-precision", PRECISION])
-    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    code, out, _ = run_main(["--model-dir", str(run_dir / "models"), "--file",
+                             str(data_dir / "test.jsonl"), "--batch-size", str(EVAL_BATCH),
+                             "--mixed-precision", PRECISION], capsys)
+    records = records_of(out)
+    assert code == 0 and [r["id"] for r in records] == list(range(1, 13))  # no "id" field
     assert [list(r["probs"].values()) for r in records] == \
         [r["probs"] for r in evaluated(run_dir)]
 
 
-def run_main(argv: list[str], capsys, stdin: str | None = None, monkeypatch=None):
+def run_main(argv: list[str], capsys, stdin: str | bytes | None = None, monkeypatch=None):
     if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    with pytest.raises(SystemExit) as exit_info:
+        data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+    try:
         main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
     out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
+    return code, out, err
 
 
 @pytest.mark.parametrize("case, fragment", [
@@ -185,23 +200,169 @@ def run_main(argv: list[str], capsys, stdin: str | None = None, monkeypatch=None
     ("dir_without_model", "holds no trained model"),
     ("empty_stdin", "no texts to predict: stdin holds none"),
     ("empty_file", "no texts to predict: --file"),
-    ("empty_text", "text 2 of 2 is empty"),
-    ("bad_jsonl", "line 1: expected a JSON object with a string 'text' field"),
+    ("missing_file", "no such file"),
+    ("not_an_export", "it is not a model exported by textclf"),
 ])
-def test_errors_are_one_clear_line(runs, tmp_path, capsys, monkeypatch, case, fragment):
+def test_errors_are_one_clear_line(runs, tiny_dirs, tmp_path, capsys, monkeypatch, case,
+                                   fragment):
+    """Failures of the whole run: one line on stderr, exit status 2, nothing on stdout."""
     models = str(runs["gpt2_finetune"] / "models")
-    (tmp_path / "empty.txt").write_text("\n\n")
-    (tmp_path / "bad.jsonl").write_text('{"review": "no text field"}\n')
+    (tmp_path / "empty.txt").write_text("")
     (tmp_path / "empty_dir").mkdir()
     argv, stdin = {
         "no_model_dir": (["--model-dir", str(tmp_path / "missing"), "hello"], None),
         "dir_without_model": (["--model-dir", str(tmp_path / "empty_dir"), "hello"], None),
-        "empty_stdin": (["--model-dir", models], "\n  \n"),
+        "empty_stdin": (["--model-dir", models], ""),
         "empty_file": (["--model-dir", models, "--file", str(tmp_path / "empty.txt")], None),
-        "empty_text": (["--model-dir", models, "fine", "<br />"], None),
-        "bad_jsonl": (["--model-dir", models, "--file", str(tmp_path / "bad.jsonl")], None),
+        "missing_file": (["--model-dir", models, "--file", str(tmp_path / "nope.txt")], None),
+        # a Hugging Face model directory, but not one stages/export.py wrote
+        "not_an_export": (["--model-dir", str(tiny_dirs["gpt2"]), "hello"], None),
     }[case]
     code, out, err = run_main(argv, capsys, stdin, monkeypatch)
     assert code == 2 and out == ""
     assert err.startswith("error: ") and fragment in err, err
     assert "Traceback" not in err
+
+
+def scored(runs, texts: list[str]) -> list[list[float]]:
+    """The probabilities predict gives `texts` on their own, as a list."""
+    predictor = load_predictor(runs["gpt2_finetune"] / "models", "auto", PRECISION)
+    return predictor.probabilities(texts, EVAL_BATCH).tolist()
+
+
+def records_of(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines()]
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_lines_split_on_newline_only(runs, tmp_path, capsys, monkeypatch, source):
+    """U+2028, U+0085 (both in real IMDb reviews) and a lone "\r" are not line ends: three
+    lines give three records, each scored as the whole line; a "\r\n" ending is one end."""
+    texts = ["A fine film\u2028with a twist at the end.", "Dull\x85and far too long.",
+             "Sharp\rwriting and a great cast."]
+    raw = texts[0] + "\n" + texts[1] + "\r\n" + texts[2] + "\n"
+    (tmp_path / "reviews.txt").write_bytes(raw.encode("utf-8"))
+    argv = ["--model-dir", str(runs["gpt2_finetune"] / "models"), "--batch-size", "2",
+            "--mixed-precision", PRECISION]
+    if source == "file":
+        code, out, err = run_main(argv + ["--file", str(tmp_path / "reviews.txt")], capsys)
+    else:
+        code, out, err = run_main(argv, capsys, raw, monkeypatch)
+    assert code == 0, err
+    records = records_of(out)
+    assert len(records) == 3  # str.splitlines() made 6 lines of them
+    assert [r["id"] for r in records] == [1, 2, 3]
+    np.testing.assert_allclose([list(r["probs"].values()) for r in records],
+                               scored(runs, texts), rtol=0, atol=1e-6)
+
+
+def test_bad_lines_give_error_records_in_place(runs, tmp_path, capsys):
+    """JSON lines: the input's ids, else line numbers; a bad line gives an error record in its
+    place and every other line is still scored; the exit status says some failed."""
+    good = prepared_texts(runs["gpt2_finetune"])[:3]
+    lines = [json.dumps({"id": "r-1", "text": good[0]}).encode(),
+             b"",
+             b"{not json",
+             json.dumps({"id": 7, "text": "<br /> "}).encode(),
+             json.dumps({"review": good[1]}).encode(),
+             json.dumps({"text": good[1]}).encode(),
+             b'{"id": "bytes", "text": "caf\xe9"}',  # Latin-1, not UTF-8
+             json.dumps({"id": ["a", 1], "text": good[2]}).encode()]
+    (tmp_path / "reviews.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    code, out, err = run_main(["--model-dir", str(runs["gpt2_finetune"] / "models"),
+                               "--file", str(tmp_path / "reviews.jsonl"), "--batch-size", "2",
+                               "--mixed-precision", PRECISION], capsys)
+    assert code == 1 and "Traceback" not in err
+    records = records_of(out)
+    assert [r["id"] for r in records] == ["r-1", 2, 3, 7, 5, 6, 7, ["a", 1]]
+    errors = {i: r["error"] for i, r in enumerate(records, start=1) if "error" in r}
+    assert sorted(errors) == [2, 3, 4, 5, 7]
+    assert errors[2].startswith("line 2: empty line")
+    assert errors[3].startswith("line 3: invalid JSON")
+    assert errors[4].startswith("line 4: empty text")
+    assert errors[5] == 'line 5: expected a JSON object with a string "text" field'
+    assert errors[7].startswith("line 7: invalid UTF-8")
+    np.testing.assert_allclose([list(records[i - 1]["probs"].values()) for i in (1, 6, 8)],
+                               scored(runs, good), rtol=0, atol=1e-6)
+
+
+def test_empty_text_lines_and_arguments_give_error_records(runs, tmp_path, capsys):
+    models = str(runs["gpt2_finetune"] / "models")
+    (tmp_path / "texts.txt").write_text("A good film.\n\n  <br />\nA bad film.\n")
+    code, out, _ = run_main(["--model-dir", models, "--file", str(tmp_path / "texts.txt"),
+                             "--mixed-precision", PRECISION], capsys)
+    records = records_of(out)
+    assert code == 1 and [r["id"] for r in records] == [1, 2, 3, 4]
+    assert [("error" in r) for r in records] == [False, True, True, False]
+    assert records[1]["error"].startswith("line 2: empty text")
+    code, out, _ = run_main(["--model-dir", models, "fine", "<br />", "--mixed-precision",
+                             PRECISION], capsys)
+    assert code == 1 and records_of(out)[1] == {
+        "id": 2, "error": "text 2: empty text (after removing HTML line breaks and whitespace); "
+                          "nothing to classify"}
+
+
+def test_output_file(runs, tmp_path, capsys):
+    texts = prepared_texts(runs["gpt2_finetune"])[:3]
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+    code, out, _ = run_main(["--model-dir", str(runs["gpt2_finetune"] / "models"),
+                             "--file", str(tmp_path / "texts.txt"), "--output",
+                             str(tmp_path / "scored.jsonl"), "--mixed-precision", PRECISION],
+                            capsys)
+    assert code == 0 and out == ""
+    records = records_of((tmp_path / "scored.jsonl").read_text())
+    assert [r["id"] for r in records] == [1, 2, 3]
+    np.testing.assert_allclose([list(r["probs"].values()) for r in records],
+                               scored(runs, texts), rtol=0, atol=1e-6)
+
+
+def test_records_stream_out_while_the_input_is_still_open(runs, tmp_path):
+    """A chunk of --batch-size lines is scored and written (flushed) as soon as it is read: the
+    first records come out while stdin is still open, as they must for a 25,000-line file."""
+    texts = prepared_texts(runs["gpt2_finetune"])[:5]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "textclf.commands.predict", "--model-dir",
+         str(runs["gpt2_finetune"] / "models"), "--batch-size", "2", "--mixed-precision",
+         PRECISION], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**tiny.ENV, "CI": ""}, cwd=tmp_path)
+    try:
+        process.stdin.write(("\n".join(texts[:2]) + "\n").encode())
+        process.stdin.flush()
+        first = []
+        reader = threading.Thread(target=lambda: first.append(process.stdout.readline()),
+                                  daemon=True)
+        reader.start()
+        reader.join(timeout=120)  # loading the model takes seconds; the old code waits for EOF
+        assert first and first[0], "no record came out before the input ended"
+        assert json.loads(first[0])["id"] == 1
+        process.stdin.write(("\n".join(texts[2:]) + "\n").encode())
+        process.stdin.close()
+        rest = process.stdout.read().decode().splitlines()
+        assert process.wait(timeout=60) == 0, process.stderr.read().decode()
+    finally:
+        process.kill()
+    assert [json.loads(line)["id"] for line in rest] == [2, 3, 4, 5]
+
+
+def test_progress_only_on_a_terminal_and_never_under_ci(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert progress_bar(None).disable
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert not progress_bar(None).disable
+    monkeypatch.setenv("CI", "true")
+    assert progress_bar(None).disable
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_predict_from_an_export_equals_evaluate(runs, tmp_path, name):
+    """`--model-dir` takes an export (stages/export.py) as it takes models/: the same
+    probabilities as the evaluate stage, head_tail truncation (bert_finetune) included."""
+    run_dir = runs[name]
+    model, info = load_model(run_dir / "models")
+    export_model(model, info, tmp_path / "export")
+    texts = prepared_texts(run_dir)
+    check_export(tmp_path / "export", model, info, texts)
+    predictor = load_predictor(tmp_path / "export", "auto", PRECISION)
+    np.testing.assert_allclose(predictor.probabilities(texts, EVAL_BATCH),
+                               [r["probs"] for r in evaluated(run_dir)], rtol=0, atol=1e-6)

@@ -1,34 +1,46 @@
-"""Predict: label new texts with a trained model, one JSON line per text.
+"""Predict: label texts with a trained or exported model, one JSON line per input line.
 
-    textclf-predict "A wonderful film." "Dull and lifeless."     # texts as arguments
-    textclf-predict --file reviews.txt                            # one text per line
-    textclf-predict --file reviews.jsonl                          # JSON lines with a "text" field
-    cat reviews.txt | python -m textclf.predict --model-dir models --device cpu
+    textclf predict "A wonderful film." "Dull and lifeless."     # texts as arguments
+    textclf predict --file reviews.txt                            # one text per line
+    textclf predict --file reviews.jsonl --output scored.jsonl    # JSON lines: "text", "id"
+    cat reviews.txt | textclf predict --model-dir export --device cpu
 
-Reads the model directory written by the train stage (models/ by default: what was trained and
-textclf.json, which names the base model and the input format). Each text is cleaned, tokenized
-and truncated exactly as for training and evaluation, and scored as the evaluate stage scores the
-test split, so with --batch-size equal to eval.batch_size (and the same device and precision) the
-probabilities are those of outputs/predictions.jsonl, bit for bit.
+Reads a model directory: models/ as the train stage wrote it (what was trained, and textclf.json
+naming the base model and the input format), or an export of stages/export.py. Each text is
+cleaned, tokenized and truncated exactly as for training and evaluation (head_tail included, also
+from an export), and scored as the evaluate stage scores the test split: with --batch-size equal
+to eval.batch_size (and the same device and precision) the probabilities are those of
+outputs/evaluate/predictions.jsonl, to float32 rounding.
 
-Prints, per text and in input order:
-    {"predicted": "pos", "probability": 0.93, "probs": {"neg": 0.07, "pos": 0.93}}
-Errors (no model, no texts, an empty text) print one `error:` line on stderr and exit with 2.
+Input is split into lines on "\\n" only (reviews may hold U+2028 or U+0085, which are not line
+ends here); a line's trailing "\\r" is dropped. JSON lines (--format jsonl, the default for a
+*.jsonl file) hold one object per line with a "text" string and, optionally, an "id".
+Output: one record per input line, in input order, written and flushed chunk by chunk (a chunk is
+--batch-size texts) while the rest is still being read:
+    {"id": 1, "predicted": "pos", "probability": 0.93, "probs": {"neg": 0.07, "pos": 0.93}}
+"id" is the input's "id" (JSON lines) or else its line number (for texts given as arguments,
+their position). A line that cannot be scored (empty after cleaning, invalid JSON, no "text",
+invalid UTF-8) gives {"id": ..., "error": "..."} and the others are scored; the exit status is
+then 1. Progress is shown on stderr when it is a terminal (never under CI). Failures of the whole
+run (no model, no input) print one `error:` line on stderr and exit with 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, BinaryIO, Iterable, Iterator, NoReturn, Sequence
 
 import numpy as np
 
-from . import paths
-from .data import DataError, clean_text, jsonl_rows
+from .. import paths
+from ..data import DataError, clean_text
+from . import HelpFormatter
 
 # torch and transformers are imported inside the functions that need them: bad arguments and
 # empty input fail at once, before seconds of imports.
@@ -44,29 +56,29 @@ class PredictError(ValueError):
 class Predictor:
     """A trained classifier on its device, with the input pipeline it was trained with."""
 
-    model: Any  # textclf.models.Classifier, in eval mode
-    info: dict[str, Any]  # textclf.json: base model, labels, input format, truncation
+    model: Any  # textclf.models.Classifier or textclf.export.ExportedClassifier, in eval mode
+    info: Any  # textclf.saved_model.SavedModel: base model, labels, input format
     tokenizer: Any  # textclf.tokenization.TextTokenizer
     accelerator: Any  # accelerate.Accelerator: device and autocast, as in the evaluate stage
 
     @property
     def label_names(self) -> list[str]:
-        return self.info["label_names"]
+        return self.info.label_names
 
     def probabilities(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         """(N, K) float32 class probabilities of `texts`, in their order."""
-        from .batching import Collator, pad_multiple_for
-        from .inference import predict_logits, softmax
-        from .tokenization import InputFormat, tokenize_split
+        from ..batching import Collator, pad_multiple_for
+        from ..inference import predict_logits, softmax
+        from ..tokenization import tokenize_split
 
         cleaned = cleaned_texts(texts)
         if batch_size < 1:
             raise PredictError(f"--batch-size must be a positive integer, got {batch_size}")
         info = self.info
         split = tokenize_split(self.tokenizer, cleaned, np.zeros(len(cleaned), dtype=np.int64),
-                               info["max_tokens"], info["truncation"], info["head_tokens"])
-        collator = Collator(InputFormat(tuple(info["input_prefix"]), tuple(info["input_suffix"])),
-                            info["pad_id"], pad_multiple_for(self.accelerator.device))
+                               info.max_tokens, info.truncation, info.head_tokens)
+        collator = Collator(info.input_format, info.pad_id,
+                            pad_multiple_for(self.accelerator.device))
         logits = predict_logits(self.model, split, collator, batch_size, self.accelerator)
         return softmax(logits)
 
@@ -90,7 +102,7 @@ def cleaned_texts(texts: Sequence[str]) -> list[str]:
 
 
 def prediction_record(probs: np.ndarray, names: list[str]) -> dict:
-    # float() of each float32, as the evaluate stage writes outputs/predictions.jsonl
+    # float() of each float32, as the evaluate stage writes its predictions.jsonl
     best = int(np.argmax(probs))
     return {"predicted": names[best], "probability": float(probs[best]),
             "probs": {name: float(p) for name, p in zip(names, probs)}}
@@ -113,7 +125,7 @@ def make_device_accelerator(device: str, mixed_precision: str = "auto"):
     the device asked for: auto (a GPU if there is one), cpu or cuda."""
     import torch
 
-    from .training import make_accelerator
+    from ..training import make_accelerator
 
     check_device(device, mixed_precision)
     if device == "cpu" and torch.cuda.is_available():
@@ -127,27 +139,32 @@ def make_device_accelerator(device: str, mixed_precision: str = "auto"):
 
 def load_predictor(model_dir: str | Path = paths.MODEL_DIR, device: str = "auto",
                    mixed_precision: str = "auto") -> Predictor:
-    """Load a trained model directory (see textclf.models.save_model) for prediction.
+    """Load a model directory for prediction: the train stage's (textclf.models.save_model) or
+    an export (textclf.export.export_model).
 
     Accelerate keeps one device and precision per process: after an Accelerator with other
     settings was built in this process, building this one fails (accelerate's ValueError).
     """
-    from .families import family_for
-    from .models import load_model
-    from .tokenization import load_tokenizer
+    from ..export import is_export, load_export
+    from ..families import family_for
+    from ..models import load_model
+    from ..tokenization import load_tokenizer
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {str(model_dir)!r} does not exist; train a "
                                 "model first (dvc repro) or pass --model-dir")
     check_device(device, mixed_precision)  # before seconds of loading
-    model, info = load_model(model_dir)
+    if is_export(model_dir):
+        model, info, tokenizer = load_export(model_dir)
+    else:
+        model, info = load_model(model_dir)
+        tokenizer = load_tokenizer(info.base_model, family_for(info.family))
+        if tokenizer.name != info.tokenizer:
+            # e.g. trained on a local GPT-2 directory's tokenizer, now resolved to tiktoken
+            raise PredictError(f"{model_dir} was trained with tokenizer {info.tokenizer!r}, but "
+                               f"{info.base_model!r} now loads {tokenizer.name!r}")
     accelerator = make_device_accelerator(device, mixed_precision)
-    tokenizer = load_tokenizer(info["base_model"], family_for(info["family"]))
-    if tokenizer.name != info["tokenizer"]:
-        # e.g. trained on a local GPT-2 directory's tokenizer, now resolved to tiktoken
-        raise PredictError(f"{model_dir} was trained with tokenizer {info['tokenizer']!r}, but "
-                           f"{info['base_model']!r} now loads {tokenizer.name!r}")
     return Predictor(model.to(accelerator.device), info, tokenizer, accelerator)
 
 
@@ -159,31 +176,119 @@ def predict_texts(model_dir: str | Path, texts: Sequence[str],
     return load_predictor(model_dir, device, mixed_precision).predict(texts, batch_size)
 
 
-def read_texts(path: Path) -> list[str]:
-    """Texts of a file: a .jsonl file's "text" fields, else one text per line (blank lines
-    skipped)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--file {path}: no such file")
-    text = path.read_text(encoding="utf-8-sig")
-    if path.suffix == ".jsonl":
-        return [row["text"] for row in jsonl_rows(text, path, string_field="text")]
-    return [line for line in text.splitlines() if line.strip()]
+# ---------------------------------------------------------------------------------------------
+# Lines in, records out
+
+@dataclass
+class InputRecord:
+    """One input line: its id and cleaned text, or why it cannot be scored."""
+
+    id: Any  # the input's "id", else its line (or argument) number
+    text: str | None = None  # cleaned, non-empty
+    error: str | None = None
+
+
+def text_record(ident: Any, text: str, where: str) -> InputRecord:
+    cleaned = clean_text(text)
+    if not cleaned:
+        return InputRecord(ident, error=f"{where}: empty text (after removing HTML line breaks "
+                                        "and whitespace); nothing to classify")
+    return InputRecord(ident, cleaned)
+
+
+def parse_line(raw: bytes, number: int, jsonl: bool) -> InputRecord:
+    """The record of input line `number` (1-based), its "\\n" (and a "\\r" before it) removed."""
+    where = f"line {number}"
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return InputRecord(number, error=f"{where}: invalid UTF-8 at byte {e.start}")
+    if number == 1:
+        line = line.removeprefix("\ufeff")  # a byte order mark (Windows editors)
+    line = line.removesuffix("\n").removesuffix("\r")
+    if not jsonl:
+        return text_record(number, line, where)
+    if not line.strip():
+        return InputRecord(number, error=f"{where}: empty line; expected a JSON object")
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        return InputRecord(number, error=f"{where}: invalid JSON ({e.msg} at column {e.colno})")
+    ident = row.get("id", number) if isinstance(row, dict) else number
+    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+        return InputRecord(ident, error=f"{where}: expected a JSON object with a string "
+                                        "\"text\" field")
+    return text_record(ident, row["text"], where)
+
+
+def read_records(stream: BinaryIO, jsonl: bool) -> Iterator[InputRecord]:
+    """Records of a byte stream, read lazily: iterating a binary stream splits on b"\\n" only,
+    and a text is decoded line by line, so one bad line spoils nothing else."""
+    for number, raw in enumerate(stream, start=1):
+        yield parse_line(raw, number, jsonl)
+
+
+def predict_records(predictor: Predictor, records: Iterable[InputRecord],
+                    batch_size: int) -> Iterator[list[dict]]:
+    """Output records chunk by chunk, in input order: a chunk closes when it holds
+    `batch_size` texts to score (or the input ends), so output follows input closely."""
+    pending: list[InputRecord] = []
+    n_texts = 0
+    for record in records:
+        pending.append(record)
+        n_texts += record.error is None
+        if n_texts == batch_size:
+            yield _scored(predictor, pending, batch_size)
+            pending, n_texts = [], 0
+    if pending:
+        yield _scored(predictor, pending, batch_size)
+
+
+def _scored(predictor: Predictor, records: list[InputRecord], batch_size: int) -> list[dict]:
+    texts = [r.text for r in records if r.error is None]
+    probs = iter(predictor.probabilities(texts, batch_size) if texts else [])
+    return [{"id": r.id, "error": r.error} if r.error is not None else
+            {"id": r.id, **prediction_record(next(probs), predictor.label_names)}
+            for r in records]
+
+
+def count_lines(path: Path) -> int:
+    """Lines of a file, as read_records splits them (for the progress bar's total)."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")
+
+
+def progress_bar(total: int | None):
+    """Texts done, on stderr; silent when stderr is not a terminal or under CI (logs)."""
+    from tqdm.auto import tqdm
+
+    quiet = not sys.stderr.isatty() or bool(os.environ.get("CI"))
+    return tqdm(total=total, unit="line", file=sys.stderr, disable=quiet, dynamic_ncols=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="textclf-predict",
+    parser = argparse.ArgumentParser(prog="textclf predict",
                                      description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     formatter_class=HelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("texts", nargs="*", help="texts to classify (default: --file or stdin)")
     parser.add_argument("--file", type=Path, default=None,
-                        help="one text per line, or a .jsonl file with a \"text\" field")
+                        help="one text per line, or JSON lines with \"text\" (and \"id\")")
+    parser.add_argument("--format", choices=("auto", "text", "jsonl"), default="auto",
+                        help="how to read --file or stdin: auto = jsonl for a *.jsonl file, "
+                             "else text")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="write the JSON lines to this file instead of stdout")
     parser.add_argument("--model-dir", type=Path, default=paths.MODEL_DIR,
-                        help="trained model directory (default: %(default)s)")
+                        help="trained model directory (models/) or an export")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help="texts per batch (default: %(default)s, eval.batch_size's default)")
+                        help="texts per batch, and per output chunk (eval.batch_size's default)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto = a GPU if there is one (default: %(default)s)")
+                        help="auto = a GPU if there is one")
     parser.add_argument("--mixed-precision", choices=("auto", "bf16", "no"), default="auto",
                         help="as train.mixed_precision: auto = bf16 on GPUs that support it")
     args = parser.parse_args(argv)
@@ -193,38 +298,68 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--batch-size must be a positive integer, got {args.batch_size}")
 
     try:
-        texts = input_texts(args.texts, args.file)
+        records, total = input_records(args.texts, args.file, args.format)
+        first = next(records, None)  # empty input fails here, before the model loads
+        if first is None:
+            raise PredictError(f"no texts to predict: "
+                               f"{f'--file {args.file}' if args.file else 'stdin'} holds none")
     except (PredictError, DataError, OSError) as e:
         fail(str(e))
-    from .cli import EXPECTED_ERRORS, quiet_libraries  # imports torch
+    from ..errors import EXPECTED_ERRORS
+    from ..stage import quiet_libraries
 
     quiet_libraries()
     try:
-        records = predict_texts(args.model_dir, texts, args.batch_size, args.device,
-                                args.mixed_precision)
+        predictor = load_predictor(args.model_dir, args.device, args.mixed_precision)
+        failed = write_records(predict_records(predictor, itertools.chain([first], records),
+                                               args.batch_size), args.output, total)
     except (PredictError, OSError, *EXPECTED_ERRORS) as e:
         fail(str(e))
     except Exception as e:
         if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
             fail("the GPU ran out of memory; lower --batch-size")
         raise
-    sys.stdout.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    sys.exit(1 if failed else 0)
 
 
-def input_texts(texts: list[str], file: Path | None) -> list[str]:
-    """The texts of the command line: its arguments, else --file, else stdin (one per line)."""
-    if not texts:
-        if file:
-            texts = read_texts(file)
-        else:
-            if sys.stdin.isatty():
-                print("reading texts from stdin, one per line (end with Ctrl-D)", file=sys.stderr)
-            texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
-    if not texts:
-        raise PredictError(f"no texts to predict: {f'--file {file}' if file else 'stdin'} "
-                           "holds none")
-    cleaned_texts(texts)  # an empty one fails here, before the model loads
-    return texts
+def input_records(texts: list[str], file: Path | None,
+                  fmt: str) -> tuple[Iterator[InputRecord], int | None]:
+    """The records to score, read lazily, and their number when known: the arguments, else
+    --file, else stdin."""
+    if texts:
+        return (text_record(i, t, f"text {i}") for i, t in enumerate(texts, start=1)), len(texts)
+    jsonl = fmt == "jsonl" or (fmt == "auto" and file is not None and file.suffix == ".jsonl")
+    if file is not None:
+        if not file.is_file():
+            raise FileNotFoundError(f"--file {file}: no such file")
+        return _file_records(file, jsonl), count_lines(file)
+    if sys.stdin.isatty():
+        print("reading texts from stdin, one per line (end with Ctrl-D)", file=sys.stderr)
+    return read_records(sys.stdin.buffer, jsonl), None
+
+
+def _file_records(path: Path, jsonl: bool) -> Iterator[InputRecord]:
+    with open(path, "rb") as f:
+        yield from read_records(f, jsonl)
+
+
+def write_records(chunks: Iterable[list[dict]], output: Path | None, total: int | None) -> int:
+    """Write each chunk as JSON lines and flush it; returns the number of error records."""
+    out = open(output, "w", encoding="utf-8", newline="\n") if output else sys.stdout
+    failed = 0
+    try:
+        with progress_bar(total) as bar:
+            for chunk in chunks:
+                out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chunk))
+                out.flush()
+                failed += sum("error" in r for r in chunk)
+                bar.update(len(chunk))
+    except BrokenPipeError:  # the reader stopped early (`| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        if output:
+            out.close()
+    return failed
 
 
 def fail(message: str) -> NoReturn:

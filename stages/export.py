@@ -1,0 +1,86 @@
+"""Export: the trained model as a standard Hugging Face model directory, with its model card.
+
+    python stages/export.py                  # what `dvc repro export` runs
+
+Then, from Python or the shell (the card, export/README.md, says which and why):
+    pipeline("text-classification", model="export", truncation=True, top_k=None)
+    textclf predict --model-dir export --file reviews.txt
+
+Reads params: all of them (seed, model, method, data, zero_shot, finetune, lora, train, eval): the
+model card reports them and compares them with the published reference run's.
+Reads: models/ (what train saved), data/prepared (test texts for the check), metrics/eval.json,
+metrics/train.json, outputs/evaluate/length_bins.json and compare/params.yaml (the published
+reference rows).
+Writes: export/ — config.json (class names, textclf's input description), model.safetensors
+(full weights, LoRA merged), the tokenizer files, README.md (the model card) and, for BERT's
+masked mean pooling, hf_pooling.py (load with trust_remote_code=True). Before it replaces the
+previous export, the new one is loaded back with transformers and its probabilities compared with
+the trained model's on the shortest and longest test texts (at most 1e-4 apart, or it fails).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from textclf import paths
+from textclf.export import check_export, export_model
+from textclf.model_card import CardInputs, find_reference, model_card
+from textclf.models import hub_revision, load_model
+from textclf.outputs import read_json, staged_dir, write_text
+from textclf.prepared import load_prepared
+from textclf.stage import log, params_from_args, run_stage, stage_parser
+
+CHECK_TEXTS = 32  # test texts the export is checked on: half the shortest, half the longest
+
+
+def main() -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--prepared", type=Path, default=paths.PREPARED)
+    parser.add_argument("--model-dir", type=Path, default=paths.MODEL_DIR)
+    parser.add_argument("--eval-metrics", type=Path, default=paths.METRICS / "eval.json")
+    parser.add_argument("--train-metrics", type=Path, default=paths.METRICS / "train.json")
+    parser.add_argument("--length-bins", type=Path,
+                        default=paths.EVAL_OUTPUTS / "length_bins.json")
+    parser.add_argument("--compare-config", type=Path, default=Path("compare/params.yaml"))
+    parser.add_argument("--out", type=Path, default=paths.EXPORT)
+    args = parser.parse_args()
+    params = params_from_args(args)
+
+    # Load the trained model, the texts to check the export on, and the run's results
+    model, info = load_model(args.model_dir)
+    prepared = load_prepared(args.prepared, with_train=False)
+    order = np.argsort(prepared.test_lengths, kind="stable")
+    half = CHECK_TEXTS // 2
+    picked = sorted(set(order[:half].tolist()) | set(order[-half:].tolist()))
+    texts = [prepared.test_texts[i] for i in picked]
+    revision = info.base_revision or hub_revision(info.base_model)
+    compare_config = yaml.safe_load(args.compare_config.read_text())
+
+    # Export, check it as a user loads it, and write its card; then swap it into place
+    with staged_dir(args.out) as tmp:
+        notes = export_model(model, info, tmp, revision)
+        check = check_export(tmp, model, info, texts)
+        card = CardInputs(params=params, info=info, notes=notes, check=check,
+                          evaluation=read_json(args.eval_metrics),
+                          length_bins=read_json(args.length_bins),
+                          training=read_json(args.train_metrics),
+                          reference=find_reference(params, compare_config,
+                                                   Path(args.params)))
+        write_text(tmp / "README.md", model_card(card))
+
+    loader = " (trust_remote_code=True)" if notes.remote_code else ""
+    log(f"wrote {args.out}/: {notes.architecture}{loader}; probabilities within "
+        f"{check.max_diff:.1e} of the trained model on {check.n_texts} test texts "
+        f"({check.n_cut} truncated)")
+    if not notes.exact_truncation:
+        seen = ("" if check.max_diff_head_tail is None else
+                f" (probabilities up to {check.max_diff_head_tail:.2f} apart on the checked ones)")
+        log(f"warning: head_tail truncation cannot be expressed by a tokenizer: the export keeps "
+            f"the {'last' if notes.truncation_side == 'left' else 'first'} {notes.max_length} "
+            f"tokens of longer texts{seen}; `textclf predict --model-dir {args.out}` cuts them "
+            "as in training")
+
+
+if __name__ == "__main__":
+    run_stage(main)
