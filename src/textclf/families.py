@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from .errors import UnsupportedModelError
+
 
 @dataclass(frozen=True)
 class Family:
@@ -68,10 +70,6 @@ FAMILIES: dict[str, Family] = {
         ),
     )
 }
-
-
-class UnsupportedModelError(ValueError):
-    pass
 
 
 def family_for(model_type: str) -> Family:
