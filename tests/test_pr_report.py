@@ -458,3 +458,28 @@ def test_workflow_report_step_runs_here(repo, tmp_path, pr, stale):
     assert md.startswith(pr_report.MARKER) and md == summary.read_text()
     assert ("stale=true" in (output.read_text() if output.exists() else "")) == stale
     assert ("Stale results" in md) == stale
+
+
+def test_a_nested_project_that_never_ran_is_not_stale(tmp_path):
+    """compare/ in a fresh clone has a dvc.yaml and no dvc.lock: none of its stages has results,
+    so none is stale, and the report does not fail on it."""
+    root = new_repo(tmp_path / "main")
+    compare = root / "compare"
+    compare.mkdir()
+    tiny.sh(compare, "dvc", "init", "--subdir", "-q")
+    (compare / "compare.py").write_text(COMPARE_SCRIPT)
+    (compare / "dvc.yaml").write_text(COMPARE_DVC_YAML.replace("deps: [compare.py]",
+                                                              "deps: [compare.py, ../pipeline.py]"))
+    (compare / "params.yaml").write_text("scale: 1\n")
+    commit(root, "a comparison, not run yet")
+    result = run_report(root, "--base", "main", "--fail-on-stale")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Stale" not in result.stdout
+    # once it ran, a change to a file outside it (../pipeline.py) makes it stale, named as the
+    # repository names it
+    tiny.sh(compare, "dvc", "repro", "-q")
+    commit(root, "the comparison ran")
+    (root / "pipeline.py").write_text(PIPELINE + "\n# an edit\n")
+    md = run_report(root, "--base", "main").stdout
+    stale = table(section(md, "⚠️ Stale results"))
+    assert [row for row in stale if "runs" in row[0] and "files `pipeline.py`" in row[1]], md

@@ -88,8 +88,22 @@ class Project:
     prefix: str  # "" for the root project, "compare/" for a nested one
 
     def name(self, path: str) -> str:
-        """A file or stage as seen from the root project ("../metrics/x" -> "metrics/x")."""
+        """A file or stage as seen from the root project ("../metrics/x" -> "metrics/x"; dvc
+        names a dependency outside a nested project by its absolute path)."""
+        if posixpath.isabs(path):
+            root = self.path.joinpath(*[".."] * len(PurePosixPath(self.prefix).parts)).resolve()
+            return Path(path).resolve().relative_to(root).as_posix() \
+                if Path(path).resolve().is_relative_to(root) else path
         return posixpath.normpath(self.prefix + path) if self.prefix else path
+
+    def stages_run(self) -> set[str]:
+        """Stages with results: the entries of the project's dvc.lock ("train",
+        "train@gpt2_lora"). A stage that never ran has no results to be stale."""
+        lock = self.path / "dvc.lock"
+        if not lock.is_file():
+            return set()
+        # dvc.lock as DVC writes it: "stages:", then one two-space-indented key per stage
+        return set(re.findall(r"^  ([^\s:#][^:]*):\s*$", lock.read_text(), re.MULTILINE))
 
 
 def project_root() -> Path:
@@ -229,9 +243,10 @@ def what_changed(entries: list, project: Project, changed_params: list[str]) -> 
 
 def stale_stages(status: dict, project: Project, params: list[Row]) -> list[Stale]:
     changed = [r.name if r.file == "params.yaml" else f"{r.file}:{r.name}" for r in params]
+    ran = project.stages_run()
     stale = [Stale(stage_name(stage, project), what_changed(entries, project, changed),
                    rerun_command(stage, project))
-             for stage, entries in status.items()]
+             for stage, entries in status.items() if stage.rpartition(":")[2] in ran]
     return [s for s in stale if s.changes]
 
 
