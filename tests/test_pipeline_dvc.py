@@ -137,6 +137,14 @@ def test_repro_exp_run_switch_back_and_metrics_diff(project, tmp_path):
                                                  "best_epoch", "best_val_accuracy"}
     loss_log = project / "metrics/train_log/plots/metrics/train/loss.tsv"
     assert len(loss_log.read_text().splitlines()) > 1
+    # every file the stages leave under metrics/ is declared (so DVC restores it from the
+    # run-cache), apart from dvclive's summary, which git ignores
+    declared = {next(iter(out)) if isinstance(out, dict) else out
+                for stage in stages_of(project / "dvc.yaml").values()
+                for kind in ("metrics", "plots") for out in stage.get(kind, [])}
+    written = {p.relative_to(project).as_posix() for p in (project / "metrics").rglob("*")
+               if p.is_file()} - {"metrics/train_log/metrics.json"}
+    assert written <= declared, written - declared
 
     # Nothing changed: nothing reruns
     assert "didn't change" in sh(project, "dvc", "repro") or "up to date" in sh(project, "dvc", "status")

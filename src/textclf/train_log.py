@@ -1,7 +1,7 @@
 """The training log that `dvc plots` draws: dvclive's per-step files under metrics/train_log.
 
-dvc.yaml declares two of dvclive's files as plots: plots/metrics/train/loss.tsv (the mean loss
-every train.log_every steps) and plots/metrics/val/accuracy.tsv (after each epoch). A zero-shot
+dvc.yaml declares dvclive's files as plots: plots/metrics/train/loss.tsv (the mean loss every
+train.log_every steps), plots/metrics/val/accuracy.tsv and val/loss.tsv (after each epoch). A zero-shot
 run trains nothing and writes both with a header only, so its plots are empty rather than the
 previous run's curves.
 """
@@ -15,7 +15,8 @@ from .outputs import write_text
 
 # (dvclive metric name, file under the log directory); the plots dvc.yaml declares
 LOGGED = (("train/loss", Path("plots/metrics/train/loss.tsv")),
-          ("val/accuracy", Path("plots/metrics/val/accuracy.tsv")))
+          ("val/accuracy", Path("plots/metrics/val/accuracy.tsv")),
+          ("val/loss", Path("plots/metrics/val/loss.tsv")))
 
 
 def step_logger(log_dir: Path, resume: bool):
