@@ -335,11 +335,9 @@ def test_export_stage_after_the_real_pipeline(tiny_dirs, data_dir, tmp_path):
     params.write_text(yaml.safe_dump(tiny.tiny_params(
         tiny_dirs["gpt_neox"], data_dir, data={"max_tokens": MAX_TOKENS},
         train={"epochs": 1, "mixed_precision": "no"}), sort_keys=False))
-    extra = {"export": ["--compare-config", str(REPO / "compare/params.yaml")]}
     for script in ("prepare", "train", "evaluate", "export"):
-        result = subprocess.run([sys.executable, str(REPO / "stages" / f"{script}.py"),
-                                 "--params", str(params), *extra.get(script, [])],
-                                cwd=tmp_path, capture_output=True, text=True, env=tiny.ENV)
+        result = subprocess.run(tiny.stage_command(script, params, tmp_path),
+                                capture_output=True, text=True, env=tiny.ENV)
         assert result.returncode == 0, f"{script}:\n{result.stdout}\n{result.stderr}"
     assert "probabilities within" in result.stdout
     export_dir = tmp_path / "export"

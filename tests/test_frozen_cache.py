@@ -62,19 +62,12 @@ def test_the_prefix_skips_the_frozen_blocks(tiny_dirs, data_dir):
 
 
 def test_training_with_the_cache_gives_the_same_model(tiny_dirs, data_dir, tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     import yaml
 
-    repo = Path(__file__).resolve().parents[1]
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(tiny.tiny_params(tiny_dirs["gpt2"], data_dir)))
-    subprocess.run([sys.executable, str(repo / "stages/prepare.py"), "--params", str(params_file),
-                    "--out", str(tmp_path / "prepared")],
-                   check=True, capture_output=True)
-    prepared = load_prepared(tmp_path / "prepared")
+    tiny.run_stages(tmp_path, params_file, stages=("prepare",))
+    prepared = load_prepared(tmp_path / "data" / "prepared")
     weights = []
     for cache in (False, True):
         raw = tiny.tiny_params(tiny_dirs["gpt2"], data_dir, train={"cache_frozen": cache})

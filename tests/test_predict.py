@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 import tiny
-from helpers import REPO
 from textclf.commands.predict import load_predictor, main, predict_texts, progress_bar
 from textclf.export import check_export, export_model
 from textclf.models import load_model
@@ -39,11 +38,6 @@ RUNS = {  # name: (family, method); the zero-shot prompt comes around the trunca
 }
 
 
-def stage(script: str, params: Path, *args: Path | str) -> list[str]:
-    return [sys.executable, str(REPO / "stages" / script), "--params", str(params),
-            *map(str, args)]
-
-
 def run_commands(*commands: list[str]) -> None:
     """Run the commands side by side (they are independent); fail with the first error."""
     def run(cmd):
@@ -56,8 +50,8 @@ def run_commands(*commands: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_dirs, data_dir) -> dict[str, Path]:
-    """The real stages with explicit paths: prepare once per model, then train and evaluate
-    each run (prepare reads no method params, so the GPT-2 runs share its output)."""
+    """The real stages, the runs side by side, each in its own directory laid out as dvc.yaml
+    lays out the repository (tests/tiny.py)."""
     root = tmp_path_factory.mktemp("predict_runs")
     dirs, params = {}, {}
     for name, (family, method) in RUNS.items():
@@ -68,24 +62,14 @@ def runs(tmp_path_factory, tiny_dirs, data_dir) -> dict[str, Path]:
             tiny_dirs[family], data_dir, method=method, data=DATA[family],
             train={"epochs": 1, "mixed_precision": PRECISION}, eval={"bootstrap": 0}),
             sort_keys=False))
-    one_per_family = {family: name for name, (family, _) in RUNS.items()}.values()
-    run_commands(*[stage("prepare.py", params[name], "--out", prepared_dir(dirs[name]))
-                   for name in one_per_family])
-    run_commands(*[stage("train.py", params[name], "--prepared", prepared_dir(run_dir),
-                         "--out", run_dir / "models", "--metrics", run_dir / "train.json",
-                         "--outputs", run_dir / "train", "--log-dir", run_dir / "train_log",
-                         "--checkpoints", run_dir / "ckpt")
-                   for name, run_dir in dirs.items()])
-    run_commands(*[stage("evaluate.py", params[name], "--prepared", prepared_dir(run_dir),
-                         "--model-dir", run_dir / "models", "--metrics", run_dir / "eval.json",
-                         "--plots-dir", run_dir / "plots", "--outputs", run_dir / "evaluate")
-                   for name, run_dir in dirs.items()])
+    for stage in ("prepare", "train", "evaluate"):
+        run_commands(*[tiny.stage_command(stage, params[name], run_dir)
+                       for name, run_dir in dirs.items()])
     return dirs
 
 
 def prepared_dir(run_dir: Path) -> Path:
-    """The prepare stage's output for a run: one per model family, beside the runs."""
-    return run_dir.parent / f"prepared_{RUNS[run_dir.name][0]}"
+    return run_dir / "data" / "prepared"
 
 
 def prepared_texts(run_dir: Path) -> list[str]:
@@ -95,7 +79,7 @@ def prepared_texts(run_dir: Path) -> list[str]:
 
 def evaluated(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in
-            (run_dir / "evaluate" / "predictions.jsonl").read_text().splitlines()]
+            (run_dir / "outputs" / "evaluate" / "predictions.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("name", list(RUNS))

@@ -140,6 +140,12 @@ def stage_command(stage: str, params_file: Path, run_dir: Path) -> list[str]:
         "evaluate": ["--prepared", run / "data/prepared", "--model-dir", run / "models",
                      "--metrics", run / "metrics/eval.json", "--plots-dir", run / "metrics/plots",
                      "--outputs", run / "outputs/evaluate"],
+        "export": ["--prepared", run / "data/prepared", "--model-dir", run / "models",
+                   "--eval-metrics", run / "metrics/eval.json",
+                   "--train-metrics", run / "metrics/train.json",
+                   "--length-bins", run / "outputs/evaluate/length_bins.json",
+                   "--compare-config", Path(__file__).resolve().parents[1] / "compare/params.yaml",
+                   "--out", run / "export"],
     }[stage]
     repo = Path(__file__).resolve().parents[1]
     return [sys.executable, str(repo / "stages" / f"{stage}.py"), "--params", str(params_file),
