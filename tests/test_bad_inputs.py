@@ -42,6 +42,14 @@ def prepare(tmp_path, raw, capsys):
     return run("prepare", ["--params", params, "--out", tmp_path / "prepared"], capsys)
 
 
+def train(tmp_path, params: Path, capsys):
+    """The train stage on what `prepare` wrote in `tmp_path`."""
+    return run("train", ["--params", params, "--prepared", tmp_path / "prepared",
+                         "--out", tmp_path / "models", "--metrics", tmp_path / "t.json",
+                         "--outputs", tmp_path / "train", "--log-dir", tmp_path / "log",
+                         "--checkpoints", tmp_path / "ckpt"], capsys)
+
+
 def assert_clear_error(code, err, *fragments):
     assert code == 2, err
     assert err.startswith("error: "), err
@@ -106,10 +114,7 @@ def test_answer_words_must_be_single_tokens(tmp_path, tiny_dirs, data_dir, capsy
                            zero_shot={"answers": [" Negative", " Positively wonderful"]})
     assert prepare(tmp_path, raw, capsys)[0] == 0
     params = write_params(tmp_path, raw)
-    code, _, err = run("train", ["--params", params, "--prepared", tmp_path / "prepared",
-                                 "--out", tmp_path / "models", "--metrics", tmp_path / "t.json",
-                                 "--outputs", tmp_path / "train", "--log-dir", tmp_path / "log",
-                                 "--checkpoints", tmp_path / "ckpt"], capsys)
+    code, _, err = train(tmp_path, params, capsys)
     assert_clear_error(code, err, "answer word ' Positively wonderful' is", "single-token")
     assert not (tmp_path / "models").exists()
 
@@ -179,10 +184,7 @@ def test_train_refuses_prepared_data_cut_another_way(tmp_path, tiny_dirs, data_d
     assert prepare(tmp_path, raw, capsys)[0] == 0
     params = write_params(tmp_path, {**raw, "data": {**raw["data"], "max_tokens": 48,
                                                      "truncation": "right"}})
-    code, _, err = run("train", ["--params", params, "--prepared", tmp_path / "prepared",
-                                 "--out", tmp_path / "models", "--metrics", tmp_path / "t.json",
-                                 "--outputs", tmp_path / "train", "--log-dir", tmp_path / "log",
-                                 "--checkpoints", tmp_path / "ckpt"], capsys)
+    code, _, err = train(tmp_path, params, capsys)
     assert_clear_error(code, err, "does not match params.yaml", "max_tokens is 64 there, 48 in",
                        "truncation is 'left' there, 'right' in", "run the prepare stage again")
     assert not (tmp_path / "models").exists()
@@ -196,10 +198,7 @@ def test_zero_shot_prompt_beyond_the_position_limit_fails_before_scoring(tmp_pat
                            data={"max_tokens": 512})
     assert prepare(tmp_path, raw, capsys)[0] == 0
     params = write_params(tmp_path, raw)
-    code, _, err = run("train", ["--params", params, "--prepared", tmp_path / "prepared",
-                                 "--out", tmp_path / "models", "--metrics", tmp_path / "t.json",
-                                 "--outputs", tmp_path / "train", "--log-dir", tmp_path / "log",
-                                 "--checkpoints", tmp_path / "ckpt"], capsys)
+    code, _, err = train(tmp_path, params, capsys)
     assert_clear_error(code, err, "data.max_tokens is 512 plus", "of the zero-shot prompt",
                        "takes at most 512 tokens")
     assert not (tmp_path / "models").exists()
