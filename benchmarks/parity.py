@@ -7,7 +7,7 @@ size of params.yaml) is trained three ways, and each is scored on the same held-
 - fast: `textclf.training.train_classifier` with length-grouped batches and the frozen-block
   cache, and the params file's `train.mixed_precision` (by default bf16 autocast on a GPU that
   supports it, fp32 otherwise): the engine's speed-ups, all on;
-- engine_plain: the same loop with them off: shuffled batches, every step through the whole
+- no_speedups: the same loop with them off: shuffled batches, every step through the whole
   model, fp32;
 - trainer: `transformers.Trainer` on `AutoModelForSequenceClassification` (the model's own
   pooling and head: [CLS] and the pooler for BERT, the last token for GPT-2) with the same blocks
@@ -39,9 +39,10 @@ from textclf.inference import predict_logits
 from textclf.models import build_classifier, checked_model
 from textclf.params import Params, load_params
 from textclf.tokenization import TokenizedSplit, classifier_format, load_tokenizer, tokenize_split
-from textclf.training import device_name, make_accelerator, train_classifier
+from textclf.device import device_name, make_accelerator
+from textclf.training import train_classifier
 
-SIDES = ("fast", "engine_plain", "trainer")
+SIDES = ("fast", "no_speedups", "trainer")
 TRAINABLE_BLOCKS = 2  # the reference recipe: the last 2 blocks (+ final norm) and a head
 # train.schedule -> the Trainer's lr_scheduler_type (ours always warms up first)
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
@@ -83,7 +84,7 @@ def side_params(params_path: Path, model: str, side: str, overrides: dict) -> Pa
         **overrides, "model": model, "method": "finetune",
         "finetune": {"trainable_blocks": TRAINABLE_BLOCKS},
         # fast keeps the params file's train.mixed_precision (auto: bf16 on a GPU that supports
-        # it; bf16: also on a CPU); engine_plain is always fp32
+        # it; bf16: also on a CPU); no_speedups is always fp32
         "train": {**overrides.get("train", {}), "cache_frozen": fast, "group_by_length": fast,
                   **({} if fast else {"mixed_precision": "no"})},
     })

@@ -82,16 +82,20 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from textclf.batching import Collator, pad_multiple_for
+from textclf.device import device_name, make_accelerator
 from textclf.data import clean_text, read_table
 from textclf.errors import ModelLoadError
 from textclf.families import FAMILIES, Family
 from textclf.frozen_cache import cache_applies
 from textclf.inference import predict_logits
-from textclf.models import (base_model, blocks_of, build_classifier, build_zero_shot, checked_model,
+from textclf.models import (base_model, blocks_of, build_classifier, checked_model,
                      lora_config)
 from textclf.params import Params, load_params
 from textclf.tokenization import InputFormat, TokenizedSplit, load_tokenizer, tiktoken_gpt2, tokenize_split
-from textclf.training import device_name, make_accelerator, train_classifier
+from textclf.training import train_classifier
+from textclf.zero_shot import build_zero_shot
+
+from random_models import random_config, save_random_model
 
 MODELS = ("gpt2", "bert")
 METHODS = ("zero_shot", "last2", "lora", "full", "eval")
@@ -123,31 +127,16 @@ class Arch:
     first_text_id: int  # random text ids are drawn from [first_text_id, vocab) minus the pad id
 
 
-def _gpt2_config(size: dict):
-    from transformers import GPT2Config
-
-    if not size:
-        return GPT2Config()  # the defaults are GPT-2 124M
-    vocab = size.get("vocab", 50257)
-    return GPT2Config(n_layer=size["layers"], n_embd=size["width"], n_head=size["heads"],
-                      vocab_size=vocab, bos_token_id=vocab - 1, eos_token_id=vocab - 1)
-
-
-def _bert_config(size: dict):
-    from transformers import BertConfig
-
-    if not size:
-        return BertConfig()  # the defaults are bert-base-uncased
-    return BertConfig(num_hidden_layers=size["layers"], hidden_size=size["width"],
-                      num_attention_heads=size["heads"], intermediate_size=4 * size["width"],
-                      vocab_size=size.get("vocab", 30522))
+def _config(family: str):
+    """size overrides -> the family's config (random_models.random_config; none = full size)."""
+    return lambda size: random_config(family, **size)
 
 
 ARCHS = {
     # GPT-2 has no pad token: pad with <|endoftext|> (the last id); the attention mask hides it.
-    "gpt2": Arch(_gpt2_config, lambda c: c.eos_token_id, (), (), 0),
+    "gpt2": Arch(_config("gpt2"), lambda c: c.eos_token_id, (), (), 0),
     # bert-base-uncased ids: [PAD] 0, [CLS] 101, [SEP] 102; ordinary tokens start after [MASK] 103.
-    "bert": Arch(_bert_config, lambda c: c.pad_token_id, (101,), (102,), 104),
+    "bert": Arch(_config("bert"), lambda c: c.pad_token_id, (101,), (102,), 104),
 }
 # Size overrides of the configs: full = the real models; small and tiny for CPU runs.
 SIZE_OVERRIDES = {
@@ -559,7 +548,7 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
         with meter.timed():
             predict_logits(clf, case.test, collator, settings.eval_batch_size, accelerator)
         what = "textclf.inference.predict_logits" + (
-            " on textclf.models.build_zero_shot (answer-word rows of the LM head)"
+            " on textclf.zero_shot.build_zero_shot (answer-word rows of the LM head)"
             if case.method == "zero_shot" else " on textclf.models.build_classifier")
         padding = ("sorted by length, padded to the batch's longest (multiple of "
                    f"{collator.pad_multiple})")
@@ -742,19 +731,6 @@ def significant(x: float, digits: int = 4) -> float:
 # ---------------------------------------------------------------------------------------------
 # The whole benchmark
 
-def save_random_model(model: str, size: str, directory: Path, seed: int):
-    """A randomly initialised model of `model`'s architecture at `size`, saved with
-    save_pretrained (GPT-2 with its LM head, for zero-shot scoring), and its config."""
-    from transformers import BertModel, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    config = ARCHS[model].config(SIZE_OVERRIDES[size])
-    net = GPT2LMHeadModel(config) if model == "gpt2" else BertModel(config)
-    net.save_pretrained(directory)
-    del net
-    return config
-
-
 def case_params(params_path: Path, model_dir: Path, method: str, settings: Settings) -> Params:
     """params.yaml with the benchmark's overrides: every other engine knob as configured."""
     engine_method = {"zero_shot": "zero_shot", "lora": "lora"}.get(method, "finetune")
@@ -815,7 +791,8 @@ def run_benchmark(settings: Settings, params_path: Path, data_path: Path | None,
     with tempfile.TemporaryDirectory(prefix="textclf-bench-") as tmp:
         for model in settings.models:
             model_dir = Path(tmp) / model
-            config = save_random_model(model, settings.size, model_dir, settings.seed)
+            config = save_random_model(model, model_dir, settings.seed,
+                                       **SIZE_OVERRIDES[settings.size])
             log(f"{model} ({settings.size}): {config.num_hidden_layers} blocks, width "
                 f"{config.hidden_size}, vocabulary {config.vocab_size}, saved to {model_dir}")
             methods = [m for m in settings.methods

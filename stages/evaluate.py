@@ -23,7 +23,7 @@ from textclf.plots import plot_files
 from textclf.prepared import load_prepared
 from textclf.reports import errors_markdown, prediction_lines
 from textclf.stage import log, params_from_args, run_stage, stage_parser
-from textclf.training import device_name, make_accelerator
+from textclf.device import device_name, make_accelerator
 
 CONFUSION_COUNTS = ("tp", "fp", "fn", "tn")  # binary counts: in run.json, not the headline
 

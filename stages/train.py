@@ -27,8 +27,9 @@ from textclf.saved_model import SavedModel
 from textclf.stage import log, params_from_args, run_stage, stage_parser
 from textclf.tokenization import classifier_format, load_tokenizer
 from textclf.train_log import empty_log, step_logger
-from textclf.training import (Checkpointer, device_name, fingerprint, make_accelerator,
-                              train_classifier)
+from textclf.checkpoints import Checkpointer, fingerprint
+from textclf.device import device_name, make_accelerator
+from textclf.training import train_classifier
 from textclf.zero_shot import prompt_tokens, zero_shot_classifier
 
 

@@ -12,7 +12,8 @@ from textclf.models import build_classifier, checked_model
 from textclf.params import parse_params
 from textclf.prepared import load_prepared
 from textclf.tokenization import classifier_format, load_tokenizer, tokenize_split
-from textclf.training import make_accelerator, make_optimizer, train_classifier
+from textclf.device import make_accelerator
+from textclf.training import make_optimizer, train_classifier
 
 
 def classifier(tiny_dirs, data_dir, family, method):

@@ -18,7 +18,8 @@ from textclf.models import (Classifier, base_model, blocks_of, build_classifier,
                             load_backbone, load_model, model_problems, parameter_counts,
                             resolve_model, save_model)
 from textclf.saved_model import SavedModel
-from textclf.tokenization import classifier_format, load_tokenizer, prompt_format, tokenize_split
+from textclf.tokenization import classifier_format, load_tokenizer, tokenize_split
+from textclf.zero_shot import prompt_format
 from textclf.zero_shot import zero_shot_classifier
 
 TEXTS = ["A wonderful film.", "Terrible, boring and far too long for what it is.", "Great.",

@@ -24,7 +24,8 @@ from textclf.families import FAMILIES
 from textclf.models import build_classifier
 from textclf.params import load_params
 from textclf.tokenization import classifier_format, load_tokenizer, tokenize_split
-from textclf.training import make_accelerator, train_classifier
+from textclf.device import make_accelerator
+from textclf.training import train_classifier
 
 params = load_params(sys.argv[1])
 out = Path(sys.argv[2])

@@ -48,8 +48,8 @@ def test_every_side_runs_on_a_tiny_model(tmp_path, tiny_dirs, family, capsys):
         assert 0.0 <= results[f"{side}.test_accuracy"] <= 1.0
         assert results[f"{side}.train_seconds"] >= 0
     assert "cache_frozen true" in results["fast.recipe"]
-    assert "cache_frozen false" in results["engine_plain.recipe"]
-    for other in ("engine_plain", "trainer"):
+    assert "cache_frozen false" in results["no_speedups.recipe"]
+    for other in ("no_speedups", "trainer"):
         diff = results[f"fast_vs_{other}.difference"]
         assert diff == pytest.approx(results["fast.test_accuracy"] -
                                      results[f"{other}.test_accuracy"], abs=2e-6)
@@ -79,6 +79,6 @@ def test_fast_side_keeps_the_params_precision_plain_side_is_fp32(tmp_path, tiny_
     params_path.write_text(text.replace("  mixed_precision: auto ", f"  mixed_precision: {precision} "))
     model = str(tiny_dirs["bert"])
     fast = side_params(params_path, model, "fast", {}).train
-    plain = side_params(params_path, model, "engine_plain", {}).train
+    plain = side_params(params_path, model, "no_speedups", {}).train
     assert (fast.mixed_precision, fast.cache_frozen, fast.group_by_length) == (precision, True, True)
     assert (plain.mixed_precision, plain.cache_frozen, plain.group_by_length) == ("no", False, False)

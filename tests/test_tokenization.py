@@ -15,7 +15,8 @@ from textclf.errors import ModelLoadError
 from textclf.families import FAMILIES
 from textclf.params import ParamsError
 from textclf.tokenization import (TIKTOKEN_GPT2, InputFormat, TokenizedSplit, classifier_format,
-                                  load_tokenizer, prompt_format, tokenize_split, truncate)
+                                  load_tokenizer, tokenize_split, truncate)
+from textclf.zero_shot import prompt_format
 
 IDS = list(range(10))
 LONG_TEXT = " ".join(["The acting is superb and the story kept me hooked."] * 20)

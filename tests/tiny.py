@@ -61,36 +61,15 @@ def _wordpiece_tokenizer(vocab_size: int = 400):
 
 def tiny_model_dir(family: str, directory: Path, layers: int = 4, dropout: float = 0.1,
                    seed: int = 0) -> Path:
-    """Save a randomly initialised 4-block, 32-wide model of `family` with its tokenizer."""
-    import torch
-    from transformers import (BertConfig, BertModel, GPT2Config, GPT2LMHeadModel,
-                              GPTNeoXConfig, GPTNeoXForCausalLM)
+    """Save a randomly initialised 4-block, 32-wide model of `family` with its tokenizer (the
+    benchmarks' builder, benchmarks/random_models.py, at the tests' size)."""
+    from random_models import save_random_model
 
-    torch.manual_seed(seed)
     directory = Path(directory)
-    if family == "bert":
-        tok = _wordpiece_tokenizer()
-        model = BertModel(BertConfig(
-            vocab_size=len(tok), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-            intermediate_size=64, max_position_embeddings=512, hidden_dropout_prob=dropout,
-            attention_probs_dropout_prob=dropout, pad_token_id=tok.pad_token_id))
-    elif family == "gpt2":
-        tok = _bpe_tokenizer()
-        eos = tok.eos_token_id
-        model = GPT2LMHeadModel(GPT2Config(
-            vocab_size=len(tok), n_embd=32, n_layer=layers, n_head=2, n_positions=512,
-            resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=eos,
-            eos_token_id=eos))
-    elif family == "gpt_neox":
-        tok = _bpe_tokenizer()
-        eos = tok.eos_token_id
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(
-            vocab_size=len(tok), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-            intermediate_size=64, max_position_embeddings=512, attention_dropout=dropout,
-            hidden_dropout=dropout, bos_token_id=eos, eos_token_id=eos))
-    else:
-        raise ValueError(family)
-    model.save_pretrained(directory)
+    tok = _wordpiece_tokenizer() if family == "bert" else _bpe_tokenizer()
+    ids = {"pad_id": tok.pad_token_id} if family == "bert" else {"eos_id": tok.eos_token_id}
+    save_random_model(family, directory, seed, layers=layers, width=32, heads=2, vocab=len(tok),
+                      intermediate=64, positions=512, dropout=dropout, **ids)
     tok.save_pretrained(directory)
     return directory
 

@@ -76,8 +76,8 @@ def model_problems(params: Params, config, family: Family, extra_tokens: int = 0
     """Params that contradict the model: checked after reading config.json, before the weights.
 
     `extra_tokens`: tokens the model sees on top of data.max_tokens (special tokens included
-    in it): for zero-shot, the prompt template's words, `prompt_format(...).extra -
-    tokenizer.n_special`; 0 for finetune and lora."""
+    in it): for zero-shot, the prompt template's words (`zero_shot.prompt_tokens`); 0 for
+    finetune and lora."""
     out = []
     limit, key = position_limit(config)
     length = params.data.max_tokens + extra_tokens
@@ -236,31 +236,6 @@ def add_lora(backbone: nn.Module, family: Family, lora: LoraParams, first: int, 
         return get_peft_model(backbone, lora_config(family, lora, first, total))
     except ValueError as e:
         raise ParamsError(f"lora.target_modules: {e}".splitlines()[0]) from None
-
-
-def build_zero_shot(model: str, family: Family, answer_ids: list[int]) -> Classifier:
-    """A causal LM as a classifier: the head's rows are the LM head's rows of the answer words."""
-    from transformers import AutoModelForCausalLM
-
-    lm = from_pretrained(AutoModelForCausalLM, model)
-    output = lm.get_output_embeddings()
-    backbone = lm.base_model
-    backbone.requires_grad_(False)
-    clf = Classifier(backbone, family, len(answer_ids), 0.0, n_blocks(backbone.config))
-    with torch.no_grad():
-        clf.head.weight.copy_(output.weight[answer_ids])
-        clf.head.bias.copy_(output.bias[answer_ids] if output.bias is not None else 0.0)
-    clf.head.requires_grad_(False)
-    return clf
-
-
-def calibrate(clf: Classifier, content_free_logits: torch.Tensor) -> list[float]:
-    """Contextual calibration (Zhao et al., 2021): divide the answer probabilities by those of a
-    content-free input, i.e. subtract its log-probabilities from the head's bias."""
-    log_p = torch.log_softmax(content_free_logits.float(), dim=-1)
-    with torch.no_grad():
-        clf.head.bias -= log_p.to(clf.head.bias.dtype)
-    return log_p.exp().tolist()
 
 
 def parameter_counts(clf: Classifier) -> dict[str, int]:

@@ -212,18 +212,6 @@ def classifier_format(tokenizer: TextTokenizer) -> InputFormat:
     return InputFormat(tuple(tokenizer.special_prefix), tuple(tokenizer.special_suffix))
 
 
-def prompt_format(tokenizer: TextTokenizer, template: str) -> InputFormat:
-    """The zero-shot prompt around the text, e.g. "Review: {text} Sentiment:".
-
-    The text ids carry their own leading space, so the space before {text} is left to them.
-    """
-    before, after = template.split("{text}")
-    return InputFormat(
-        tuple(tokenizer.special_prefix + tokenizer.encode_plain(before.rstrip(" "))),
-        tuple(tokenizer.encode_plain(after) + tokenizer.special_suffix),
-    )
-
-
 @dataclass
 class TokenizedSplit:
     ids: list[np.ndarray]  # truncated text ids of each example (no special tokens, no prompt)

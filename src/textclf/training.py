@@ -8,20 +8,15 @@ scored on the validation split; the best epoch's weights are kept and restored a
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import random
-import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoints import Checkpointer, StopSignals, rng_state, set_rng_state
 from .errors import NonFiniteLossError, TrainingInterrupted
 from .batching import Collator, LengthGroupedBatches, TokenDataset, to_device
 from .frozen_cache import FrozenCache, cache_applies, model_inputs
@@ -29,34 +24,6 @@ from .inference import predict_logits
 from .progress import progress_bar
 from .params import TrainParams
 from .tokenization import TokenizedSplit
-
-
-def make_accelerator(mixed_precision: str):
-    """Accelerate decides the device and processes (`accelerate launch` for several).
-
-    Without a GPU, processes started by `accelerate launch --multi_gpu` or torchrun join over
-    gloo on the CPU (`cpu=True` is what selects Accelerate's multi-CPU mode).
-    """
-    from accelerate import Accelerator
-
-    cuda = torch.cuda.is_available()
-    if mixed_precision == "auto":
-        mixed_precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(mixed_precision=mixed_precision, cpu=not cuda)
-
-
-def device_name(device: torch.device) -> str:
-    """The hardware a figure was measured on, e.g. 'cuda: NVIDIA H100 80GB HBM3'."""
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
-
-        model = platform.machine()
-    return f"cpu: {model}, {torch.get_num_threads()} threads"
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, fused: bool):
@@ -76,88 +43,6 @@ def make_scheduler(optimizer, schedule: str, warmup_ratio: float, total_steps: i
     name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[schedule]
     return get_scheduler(name, optimizer, num_warmup_steps=round(warmup_ratio * total_steps),
                          num_training_steps=total_steps)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-def fingerprint(*parts: Any, files: tuple[Path, ...] = ()) -> str:
-    """A hash of the params and data a run depends on: a checkpoint resumes only a run like it."""
-    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
-    for path in files:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-class Checkpointer:
-    """`last.pt` in a directory, written atomically (temp file, then rename), main process only."""
-
-    def __init__(self, directory: Path, fingerprint: str, is_main: bool = True,
-                 log: Callable[[str], None] = print):
-        self.path = Path(directory) / "last.pt"
-        self.fingerprint = fingerprint
-        self.is_main = is_main
-        self.log = log
-
-    def load(self) -> dict | None:
-        if not self.path.is_file():
-            return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") != self.fingerprint:
-            self.log(f"ignoring stale checkpoint {self.path}: it was written with other params or "
-                     "data; starting over")
-            return None
-        return state
-
-    def save(self, state: dict) -> None:
-        if not self.is_main:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
-        os.replace(tmp, self.path)
-
-    def clear(self) -> None:
-        if self.is_main and self.path.exists():
-            self.path.unlink()
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class StopSignals:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step, so it can checkpoint."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,15 +1,53 @@
-"""Zero-shot prompt scoring with a causal LM: the answer words' next-token logits at the last
-real position of "Review: <text> Sentiment:", as a classifier (see models.build_zero_shot)."""
+"""Zero-shot prompt scoring with a causal LM, all of it: the prompt around the text, the answer
+words' next-token logits at the last real position of "Review: <text> Sentiment:" as a
+classifier's head, and contextual calibration."""
 
 from __future__ import annotations
 
 import torch
 
-from .models import Classifier, build_zero_shot, calibrate
+from .models import Classifier, from_pretrained, n_blocks
 from .errors import ParamsError
 from .params import Params
 from .families import Family
-from .tokenization import InputFormat, TextTokenizer, prompt_format, truncate
+from .tokenization import InputFormat, TextTokenizer, truncate
+
+
+def prompt_format(tokenizer: TextTokenizer, template: str) -> InputFormat:
+    """The zero-shot prompt around the text, e.g. "Review: {text} Sentiment:".
+
+    The text ids carry their own leading space, so the space before {text} is left to them.
+    """
+    before, after = template.split("{text}")
+    return InputFormat(
+        tuple(tokenizer.special_prefix + tokenizer.encode_plain(before.rstrip(" "))),
+        tuple(tokenizer.encode_plain(after) + tokenizer.special_suffix),
+    )
+
+
+def build_zero_shot(model: str, family: Family, answer_ids: list[int]) -> Classifier:
+    """A causal LM as a classifier: the head's rows are the LM head's rows of the answer words."""
+    from transformers import AutoModelForCausalLM
+
+    lm = from_pretrained(AutoModelForCausalLM, model)
+    output = lm.get_output_embeddings()
+    backbone = lm.base_model
+    backbone.requires_grad_(False)
+    clf = Classifier(backbone, family, len(answer_ids), 0.0, n_blocks(backbone.config))
+    with torch.no_grad():
+        clf.head.weight.copy_(output.weight[answer_ids])
+        clf.head.bias.copy_(output.bias[answer_ids] if output.bias is not None else 0.0)
+    clf.head.requires_grad_(False)
+    return clf
+
+
+def calibrate(clf: Classifier, content_free_logits: torch.Tensor) -> list[float]:
+    """Contextual calibration (Zhao et al., 2021): divide the answer probabilities by those of a
+    content-free input, i.e. subtract its log-probabilities from the head's bias."""
+    log_p = torch.log_softmax(content_free_logits.float(), dim=-1)
+    with torch.no_grad():
+        clf.head.bias -= log_p.to(clf.head.bias.dtype)
+    return log_p.exp().tolist()
 
 
 def prompt_tokens(params: Params, tokenizer: TextTokenizer) -> int:

@@ -125,7 +125,7 @@ def make_device_accelerator(device: str, mixed_precision: str = "auto"):
     the device asked for: auto (a GPU if there is one), cpu or cuda."""
     import torch
 
-    from ..training import make_accelerator
+    from ..device import make_accelerator
 
     check_device(device, mixed_precision)
     if device == "cpu" and torch.cuda.is_available():

@@ -1,0 +1,98 @@
+"""Checkpoints that resume an interrupted training run exactly, and the signals that ask for one.
+
+A checkpoint (checkpoints/last.pt, outside DVC's outputs) holds the trainable weights, optimizer,
+scheduler, RNG states and position in the epoch, with a fingerprint of the params and data: it
+resumes only a run like the one that wrote it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+def fingerprint(*parts: Any, files: tuple[Path, ...] = ()) -> str:
+    """A hash of the params and data a run depends on: a checkpoint resumes only a run like it."""
+    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    for path in files:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+class Checkpointer:
+    """`last.pt` in a directory, written atomically (temp file, then rename), main process only."""
+
+    def __init__(self, directory: Path, fingerprint: str, is_main: bool = True,
+                 log: Callable[[str], None] = print):
+        self.path = Path(directory) / "last.pt"
+        self.fingerprint = fingerprint
+        self.is_main = is_main
+        self.log = log
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != self.fingerprint:
+            self.log(f"ignoring stale checkpoint {self.path}: it was written with other params or "
+                     "data; starting over")
+            return None
+        return state
+
+    def save(self, state: dict) -> None:
+        if not self.is_main:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+        os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        if self.is_main and self.path.exists():
+            self.path.unlink()
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StopSignals:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step, so it can checkpoint."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
