@@ -267,7 +267,8 @@ def test_nothing_changed_says_so_plainly(repo, base):
 
 # ---------------------------------------------------------------- the size limit
 
-@pytest.fixture(scope="module", params=["own project", "same project"])
+@pytest.fixture(scope="module", params=[
+    "own project", pytest.param("same project", marks=pytest.mark.slow)])
 def big_repo(request, tmp_path_factory) -> Path:
     """main with compare/, a DVC project of its own (where the lead is taking it) or a second
     dvc.yaml of the root project (as before); the PR reruns every compare run with another
@@ -460,6 +461,7 @@ def test_workflow_report_step_runs_here(repo, tmp_path, pr, stale):
     assert ("Stale results" in md) == stale
 
 
+@pytest.mark.slow  # a DVC project inside a DVC project, run and reported three times
 def test_a_nested_project_that_never_ran_is_not_stale(tmp_path):
     """compare/ in a fresh clone has a dvc.yaml and no dvc.lock: none of its stages has results,
     so none is stale, and the report does not fail on it."""

@@ -1,5 +1,5 @@
 """Predict gives the evaluate stage's probabilities: the real stages (prepare, train, evaluate) run
-as subprocesses on tiny models, then textclf.commands.predict scores the same test texts, from
+in this process on tiny models, then textclf.commands.predict scores the same test texts, from
 models/ and from an export of it. And predict as a tool files are piped through: lines split on
 "\n" only, one record per input line with its id, error records for bad lines, output streamed
 chunk by chunk."""
@@ -9,12 +9,10 @@ import json
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 import tiny
 from textclf.commands.predict import load_predictor, main, predict_texts, progress_bar
@@ -38,34 +36,16 @@ RUNS = {  # name: (family, method); the zero-shot prompt comes around the trunca
 }
 
 
-def run_commands(*commands: list[str]) -> None:
-    """Run the commands side by side (they are independent); fail with the first error."""
-    def run(cmd):
-        result = subprocess.run(cmd, capture_output=True, text=True, env=tiny.ENV)
-        assert result.returncode == 0, f"{cmd[1]} failed:\n{result.stdout}\n{result.stderr}"
-
-    with ThreadPoolExecutor(len(commands)) as pool:
-        list(pool.map(run, commands))
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_dirs, data_dir) -> dict[str, Path]:
     """The real stages, the runs side by side, each in its own directory laid out as dvc.yaml
     lays out the repository (tests/tiny.py)."""
     root = tmp_path_factory.mktemp("predict_runs")
-    dirs, params = {}, {}
-    for name, (family, method) in RUNS.items():
-        dirs[name] = root / name
-        dirs[name].mkdir()
-        params[name] = dirs[name] / "params.yaml"
-        params[name].write_text(yaml.safe_dump(tiny.tiny_params(
-            tiny_dirs[family], data_dir, method=method, data=DATA[family],
-            train={"epochs": 1, "mixed_precision": PRECISION}, eval={"bootstrap": 0}),
-            sort_keys=False))
-    for stage in ("prepare", "train", "evaluate"):
-        run_commands(*[tiny.stage_command(stage, params[name], run_dir)
-                       for name, run_dir in dirs.items()])
-    return dirs
+    return {name: tiny.run_stages(root / name, tiny.tiny_params(
+                tiny_dirs[family], data_dir, method=method, data=DATA[family],
+                train={"epochs": 1, "mixed_precision": PRECISION}, eval={"bootstrap": 0}),
+                in_process=True)
+            for name, (family, method) in RUNS.items()}
 
 
 def prepared_dir(run_dir: Path) -> Path:
@@ -120,38 +100,31 @@ def test_raw_texts_are_cleaned_as_in_prepare(runs, data_dir):
         [r["probs"] for r in evaluated(run_dir)]
 
 
-def test_cli_arguments_file_and_stdin(runs, tmp_path):
-    """The three ways to pass texts, as a user runs them: same lines for the same texts."""
+def test_cli_arguments_file_and_stdin(runs, tmp_path, capsys, monkeypatch):
+    """The three ways to pass texts: same lines for the same texts. (As a separate process, stdin
+    is read by test_records_stream_out_while_the_input_is_still_open.)"""
     run_dir = runs["gpt2_finetune"]
     texts = prepared_texts(run_dir)[:3]
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
-    base = [sys.executable, "-m", "textclf.commands.predict", "--model-dir", str(run_dir / "models"),
-            "--batch-size", str(EVAL_BATCH), "--mixed-precision", PRECISION]
-    calls = {
-        "args": (base + texts, None),
-        "file": (base + ["--file", str(tmp_path / "texts.txt")], None),
-        "stdin": (base, "\n".join(texts)),  # no newline after the last line: still a line
+    base = ["--model-dir", str(run_dir / "models"), "--batch-size", str(EVAL_BATCH),
+            "--mixed-precision", PRECISION]
+    results = {
+        "args": run_main(base + texts, capsys),
+        "file": run_main(base + ["--file", str(tmp_path / "texts.txt")], capsys),
+        # no newline after the last line: still a line
+        "stdin": run_main(base, capsys, "\n".join(texts), monkeypatch),
     }
-
-    with ThreadPoolExecutor(len(calls)) as pool:
-        results = dict(zip(calls, pool.map(lambda c: call(*c, cwd=tmp_path), calls.values())))
-    for form, result in results.items():
-        assert result.returncode == 0, f"{form}: {result.stderr}"
-        assert result.stderr == ""  # no progress bar: stderr is not a terminal
-    lines = results["args"].stdout.splitlines()
+    for form, (code, _, err) in results.items():
+        assert code == 0, f"{form}: {err}"
+    lines = results["args"][1].splitlines()
     assert len(lines) == 3
-    assert results["file"].stdout == results["stdin"].stdout == results["args"].stdout
+    assert results["file"][1] == results["stdin"][1] == results["args"][1]
     reference = evaluated(run_dir)
     for number, (line, ref) in enumerate(zip(lines, reference), start=1):
         record = json.loads(line)
         assert set(record) == {"id", "predicted", "probability", "probs"}
         assert record["id"] == number
         assert list(record["probs"].values()) == ref["probs"]
-
-
-def call(argv: list[str], stdin: str | None, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, input=stdin, capture_output=True, text=True, env=tiny.ENV,
-                          cwd=cwd)
 
 
 def test_main_reads_jsonl_files(runs, data_dir, capsys):
@@ -323,6 +296,8 @@ def test_records_stream_out_while_the_input_is_still_open(runs, tmp_path):
         process.stdin.close()
         rest = process.stdout.read().decode().splitlines()
         assert process.wait(timeout=60) == 0, process.stderr.read().decode()
+        # no progress bar, ours or the libraries' loading bars: stderr is not a terminal
+        assert process.stderr.read().decode() == ""
     finally:
         process.kill()
     assert [json.loads(line)["id"] for line in rest] == [2, 3, 4, 5]

@@ -131,11 +131,27 @@ def stage_command(stage: str, params_file: Path, run_dir: Path) -> list[str]:
             *map(str, layout)]
 
 
+def run_stage_in_process(stage: str, params_file: Path, run_dir: Path) -> None:
+    """Run a stage script in this process, as `python stages/<stage>.py` would (same arguments,
+    run as __main__): no interpreter start and no second import of torch and transformers."""
+    import runpy
+
+    command, argv = stage_command(stage, params_file, run_dir), sys.argv
+    sys.argv = command[1:]
+    try:
+        runpy.run_path(command[1], run_name="__main__")
+    except SystemExit as e:
+        assert not e.code, f"{stage} exited with status {e.code}"
+    finally:
+        sys.argv = argv
+
+
 def run_stages(run_dir: Path, params: dict | Path, stages=("prepare", "train", "evaluate"),
-               env: dict | None = None) -> Path:
+               env: dict | None = None, in_process: bool = False) -> Path:
     """Run stage scripts one after the other in `run_dir` (the one pipeline runner of the tests,
     without DVC); fail the test with a stage's output if it fails. `params` is a params dict
-    (written to run_dir/params.yaml) or a params file."""
+    (written to run_dir/params.yaml) or a params file. `in_process` runs them in this process
+    (faster; `env` does not apply), otherwise each is a subprocess as DVC runs it."""
     import yaml
 
     run_dir = Path(run_dir)
@@ -146,6 +162,9 @@ def run_stages(run_dir: Path, params: dict | Path, stages=("prepare", "train", "
     else:
         params_file = Path(params)
     for stage in stages:
+        if in_process:
+            run_stage_in_process(stage, params_file, run_dir)
+            continue
         result = subprocess.run(stage_command(stage, params_file, run_dir), capture_output=True,
                                 text=True, env=env or ENV)
         assert result.returncode == 0, \
