@@ -3,8 +3,6 @@ work, or is handled and reported. Each case runs the real stage script in this p
 
 import gzip
 import json
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,15 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run(stage: str, args: list, capsys) -> tuple[int, str, str]:
     """Run stages/<stage>.py with `args`; returns (exit status, stdout, stderr)."""
-    argv = sys.argv
-    sys.argv = [stage, *map(str, args)]
-    try:
-        runpy.run_path(str(REPO / "stages" / f"{stage}.py"), run_name="__main__")
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = argv
+    code = tiny.run_script_in_process(REPO / "stages" / f"{stage}.py", args)
     out, err = capsys.readouterr()
     return code, out, err
 

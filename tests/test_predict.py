@@ -38,7 +38,7 @@ RUNS = {  # name: (family, method); the zero-shot prompt comes around the trunca
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_dirs, data_dir) -> dict[str, Path]:
-    """The real stages, the runs side by side, each in its own directory laid out as dvc.yaml
+    """The real stages, run in this process, each run in its own directory laid out as dvc.yaml
     lays out the repository (tests/tiny.py)."""
     root = tmp_path_factory.mktemp("predict_runs")
     return {name: tiny.run_stages(root / name, tiny.tiny_params(

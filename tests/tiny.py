@@ -131,17 +131,19 @@ def stage_command(stage: str, params_file: Path, run_dir: Path) -> list[str]:
             *map(str, layout)]
 
 
-def run_stage_in_process(stage: str, params_file: Path, run_dir: Path) -> None:
-    """Run a stage script in this process, as `python stages/<stage>.py` would (same arguments,
-    run as __main__): no interpreter start and no second import of torch and transformers."""
+def run_script_in_process(script: Path, args: list) -> int:
+    """Run a script in this process as `python script args...` would (run as __main__, with
+    sys.argv set): no interpreter start and no second import of torch and transformers. Returns
+    its exit status."""
     import runpy
 
-    command, argv = stage_command(stage, params_file, run_dir), sys.argv
-    sys.argv = command[1:]
+    argv = sys.argv
+    sys.argv = [str(script), *map(str, args)]
     try:
-        runpy.run_path(command[1], run_name="__main__")
+        runpy.run_path(str(script), run_name="__main__")
+        return 0
     except SystemExit as e:
-        assert not e.code, f"{stage} exited with status {e.code}"
+        return e.code or 0
     finally:
         sys.argv = argv
 
@@ -163,7 +165,9 @@ def run_stages(run_dir: Path, params: dict | Path, stages=("prepare", "train", "
         params_file = Path(params)
     for stage in stages:
         if in_process:
-            run_stage_in_process(stage, params_file, run_dir)
+            script, *args = stage_command(stage, params_file, run_dir)[1:]
+            code = run_script_in_process(Path(script), args)
+            assert code == 0, f"{stage} exited with status {code}"
             continue
         result = subprocess.run(stage_command(stage, params_file, run_dir), capture_output=True,
                                 text=True, env=env or ENV)
