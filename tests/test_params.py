@@ -6,7 +6,7 @@ import yaml
 
 from helpers import PARAMS_YAML, run_params
 from textclf.models import checked_model
-from textclf.params import ParamsError, load_params, parse_params
+from textclf.params import ParamsError, deep_merge, default_params, load_params, parse_params
 
 
 def test_defaults_load():
@@ -93,13 +93,53 @@ def test_several_range_errors_are_reported_together():
         assert any(key in line for line in lines)
 
 
-def test_missing_key_and_null_are_named():
+def test_a_key_params_yaml_leaves_out_takes_its_default():
     raw = yaml.safe_load(PARAMS_YAML.read_text())
-    del raw["train"]["lr"]
-    with pytest.raises(ParamsError, match=r"missing key train\.lr"):
-        parse_params(raw)
+    assert "weight_decay" not in raw["train"] and raw["lora"] == {}
+    params = parse_params(raw)
+    defaults = default_params()
+    assert params.train.weight_decay == defaults["train"]["weight_decay"] == 0.01
+    assert params.lora.r == defaults["lora"]["r"] == 8
+    # a key params.yaml sets replaces the default, its siblings keep theirs
+    params = parse_params(deep_merge(raw, {"train": {"weight_decay": 0.0}}))
+    assert params.train.weight_decay == 0.0 and params.train.grad_clip == 1.0
+
+
+def test_defaults_alone_are_a_complete_valid_params_file():
+    params = parse_params({})  # nothing set: every knob from defaults.yaml
+    assert params.model == "gpt2" and params.method == "finetune" and params.train.epochs == 3
+
+
+def test_params_yaml_holds_only_known_keys_and_stays_short():
+    """params.yaml is what `dvc exp show` lists (a column per key): the experiment's knobs only,
+    each also in defaults.yaml (where it is documented)."""
+    def leaves(d, prefix=""):
+        for key, value in d.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield prefix + key
+
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
+    known = set(leaves(default_params()))
+    keys = list(leaves(raw))
+    assert set(keys) <= known
+    assert len(keys) <= 12, keys
+
+
+def test_null_and_a_section_that_is_no_mapping_are_named():
     with pytest.raises(ParamsError, match=r"train\.lr must be a .*number, got None"):
         load_params(PARAMS_YAML, {"train": {"lr": None}})
+    with pytest.raises(ParamsError, match=r"lora must be a mapping, got list"):
+        parse_params({"lora": [1, 2]})
+    with pytest.raises(ParamsError, match=r"top level must be a mapping, got list"):
+        parse_params([1, 2])
+
+
+def test_an_empty_params_file_takes_every_default(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("# nothing set\n")
+    assert load_params(path) == parse_params({})
 
 
 @pytest.mark.parametrize("overrides", [

@@ -6,10 +6,12 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 import tiny
 from helpers import REPO
 from parity import SIDES, paired_difference
+from textclf.params import deep_merge
 
 
 def accuracy_script():
@@ -73,10 +75,9 @@ def test_bad_arguments_are_one_clear_error(tmp_path, tiny_dirs, capsys, args, fr
 def test_fast_side_keeps_the_params_precision_plain_side_is_fp32(tmp_path, tiny_dirs, precision):
     from parity import side_params
 
-    text = (REPO / "params.yaml").read_text()
-    assert "  mixed_precision: auto " in text
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
     params_path = tmp_path / "params.yaml"
-    params_path.write_text(text.replace("  mixed_precision: auto ", f"  mixed_precision: {precision} "))
+    params_path.write_text(yaml.safe_dump(deep_merge(raw, {"train": {"mixed_precision": precision}})))
     model = str(tiny_dirs["bert"])
     fast = side_params(params_path, model, "fast", {}).train
     plain = side_params(params_path, model, "no_speedups", {}).train

@@ -10,10 +10,12 @@ import pytest
 import yaml
 
 import tiny
+from textclf.params import deep_merge
 from tiny import ENV, sh
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = (REPO / "dvc.yaml", REPO / "compare" / "dvc.yaml")
+REPO_PARAMS = REPO / "params.yaml"
 
 
 @pytest.fixture()
@@ -30,6 +32,14 @@ def dvc(root: Path, *args: str) -> str:
     result = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True, env=ENV)
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
+
+
+def leaves(params: dict, prefix: str = "") -> list[str]:
+    """The dotted keys of a params dict, as `dvc exp show` names its columns."""
+    out = []
+    for key, value in params.items():
+        out += leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [prefix + key]
+    return out
 
 
 def stages_of(path: Path) -> dict:
@@ -151,6 +161,16 @@ def test_repro_exp_run_switch_back_and_metrics_diff(project, tmp_path):
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-q", "-m", "finetune baseline")
 
+    # A knob params.yaml leaves to its default, added to it later (`-S +key=value`), makes the
+    # stages that read its section stale, and only those
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for added, stale in (({"train": {"weight_decay": 0.0}}, {"train", "evaluate", "export"}),
+                         ({"lora": {"r": 4}}, {"train", "export"}),
+                         ({"data": {"truncation": "head_tail"}}, {"prepare", "train", "export"})):
+        (project / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, added)))
+        assert set(json.loads(dvc(project, "status", "--json"))) == stale, added
+    sh(project, "git", "checkout", "params.yaml")
+
     # An experiment with LoRA reruns train and evaluate, not prepare
     out = sh(project, "dvc", "exp", "run", "-S", "method=lora")
     assert "Running stage 'train'" in out and "Running stage 'prepare'" not in out
@@ -192,6 +212,19 @@ def test_repro_exp_run_switch_back_and_metrics_diff(project, tmp_path):
                  ["status"]):
         output = dvc(clone, *args)
         assert "WARNING" not in output and "ERROR" not in output, (args, output)
+
+    # `dvc exp show` there: a column per key of params.yaml (the defaults are not listed), per
+    # headline metric and per dependency; with the repository's params.yaml, at most 40 in the
+    # terminal (which shows Experiment and Created; --csv adds rev, typ and parent)
+    header = dvc(clone, "exp", "show", "--csv").splitlines()[0].split(",")
+    meta = ["Experiment", "rev", "typ", "Created", "parent"]
+    metrics = set(read(clone, "train.json")) | set(read(clone, "eval.json"))
+    deps = {d for stage in stages_of(clone / "dvc.yaml").values() for d in stage["deps"]}
+    shown_params = [c for c in header if c not in meta and c not in metrics and c not in deps]
+    assert header[:5] == meta and len(header) == 5 + len(metrics) + len(deps) + len(shown_params)
+    assert shown_params == leaves(yaml.safe_load((clone / "params.yaml").read_text()))
+    width = 2 + len(metrics) + len(deps) + len(leaves(yaml.safe_load(REPO_PARAMS.read_text())))
+    assert width <= 40, width
 
 
 @pytest.mark.slow

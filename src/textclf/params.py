@@ -1,9 +1,10 @@
-"""One typed, validated params object, loaded from params.yaml.
+"""One typed, validated params object: params.yaml deep-merged over defaults.yaml.
 
-Every key is documented where it is defined: in params.yaml. The dataclasses below only say
-which keys exist, their types and their allowed ranges; they hold no defaults of their own, so
-params.yaml is the single place a value is set. Loading fails with one message that lists every
-bad key and what is allowed, before any download or training.
+Every knob is documented where it is defined: in defaults.yaml beside this module, with its
+default. A project's params.yaml holds the experiment, the keys it sets, so that `dvc exp show`
+and `dvc params diff` list only those. The dataclasses below only say which keys exist, their
+types and their allowed ranges; they hold no defaults of their own. Loading fails with one
+message that lists every bad key and what is allowed, before any download or training.
 """
 
 from __future__ import annotations
@@ -202,26 +203,40 @@ class Params:
         return dataclasses.asdict(self)
 
 
+DEFAULTS = Path(__file__).with_name("defaults.yaml")  # every knob, its default and its meaning
+
+
 def load_params(path: str | os.PathLike = "params.yaml", overrides: dict | None = None) -> Params:
-    """Read params.yaml, deep-merge `overrides` on top, validate, return the typed object."""
+    """Read params.yaml, deep-merge `overrides` on top, validate over the defaults, return the
+    typed object."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
     with open(path, encoding="utf-8") as f:
         raw = yaml.safe_load(f) or {}
-    if overrides:
+    if overrides and isinstance(raw, dict):
         raw = deep_merge(raw, overrides)
     return parse_params(raw, source=str(path))
 
 
 def parse_params(raw: dict, source: str = "params") -> Params:
+    """`raw` (a params file's contents) merged over defaults.yaml, validated."""
     errors: list[str] = []
-    params = _build(Params, raw, "", errors)
+    if not isinstance(raw, dict):
+        raise ParamsError(f"invalid {source}: the top level must be a mapping, got "
+                          f"{type(raw).__name__}")
+    params = _build(Params, deep_merge(default_params(), raw), "", errors)
     if not errors:
         errors = params.problems()
     if errors:
         raise ParamsError(f"invalid {source}:\n  - " + "\n  - ".join(errors))
     return params
+
+
+def default_params() -> dict:
+    """defaults.yaml as a dict: every key, so a params file need only hold what it changes."""
+    with open(DEFAULTS, encoding="utf-8") as f:
+        return yaml.safe_load(f)
 
 
 def deep_merge(base: dict, overrides: dict) -> dict:
