@@ -3,7 +3,8 @@
     dvc exp run --queue -S 'seed=1,2,3' && dvc queue start   # or one `dvc exp run -S seed=N` each
     python -m textclf.commands.seeds                                  # once they have finished
 
-Experiments (and the baseline commit) whose params differ only in `seed` form one group; each
+Experiments (and the baseline commit) whose params differ only in `seed` form one group (params
+compared with the defaults filled in, so a key set to its default matches a key left out); each
 group of two or more prints the mean, sample standard deviation, min and max of its metrics.
 Reads `dvc exp show --json`; imports nothing heavy.
 """
@@ -15,6 +16,7 @@ import json
 import statistics
 import subprocess
 import sys
+from ..params import deep_merge, default_params
 from . import HelpFormatter
 
 QUALITY = ("accuracy", "f1", "precision", "recall", "roc_auc")
@@ -45,8 +47,10 @@ def experiments(exp_show: list[dict], params_file: str, metrics_file: str) -> li
 def seed_groups(runs: list[dict]) -> list[dict]:
     """Runs grouped by their params without `seed`; groups of two or more, summarised."""
     groups: dict[str, list[dict]] = {}
+    defaults = default_params()
     for run in runs:
-        key = json.dumps({k: v for k, v in run["params"].items() if k != "seed"}, sort_keys=True)
+        effective = deep_merge(defaults, run["params"])
+        key = json.dumps({k: v for k, v in effective.items() if k != "seed"}, sort_keys=True)
         groups.setdefault(key, []).append(run)
     summaries = []
     for members in groups.values():
