@@ -127,8 +127,9 @@ def test_checkpoints_are_not_a_dvc_output_and_are_ignored_by_git():
 
 @pytest.mark.slow
 def test_repro_exp_run_switch_back_and_metrics_diff(project, tmp_path):
-    out = sh(project, "dvc", "repro")
+    out = dvc(project, "repro")  # the README's first command in a repository that never ran
     assert "Running stage 'evaluate'" in out
+    assert "WARNING" not in out, out
     for name in ("train.json", "eval.json"):
         assert (project / "metrics" / name).is_file()
     for name in ("confusion.csv", "roc.csv", "precision_recall.csv", "length_accuracy.csv"):
@@ -212,6 +213,7 @@ def test_repro_exp_run_switch_back_and_metrics_diff(project, tmp_path):
                  ["status"]):
         output = dvc(clone, *args)
         assert "WARNING" not in output and "ERROR" not in output, (args, output)
+    assert sh(clone, "git", "status", "--porcelain") == ""  # dvc_plots/ (plots show) is ignored
 
     # `dvc exp show` there: a column per key of params.yaml (the defaults are not listed), per
     # headline metric and per dependency; with the repository's params.yaml, at most 40 in the
