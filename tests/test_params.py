@@ -4,6 +4,7 @@ the key and what is allowed; params that contradict the model fail before its we
 import pytest
 import yaml
 
+import tiny
 from helpers import PARAMS_YAML, run_params
 from textclf.models import checked_model
 from textclf.params import ParamsError, deep_merge, default_params, load_params, parse_params
@@ -113,16 +114,9 @@ def test_defaults_alone_are_a_complete_valid_params_file():
 def test_params_yaml_holds_only_known_keys_and_stays_short():
     """params.yaml is what `dvc exp show` lists (a column per key): the experiment's knobs only,
     each also in defaults.yaml (where it is documented)."""
-    def leaves(d, prefix=""):
-        for key, value in d.items():
-            if isinstance(value, dict):
-                yield from leaves(value, f"{prefix}{key}.")
-            else:
-                yield prefix + key
-
     raw = yaml.safe_load(PARAMS_YAML.read_text())
-    known = set(leaves(default_params()))
-    keys = list(leaves(raw))
+    known = set(tiny.dotted_keys(default_params()))
+    keys = tiny.dotted_keys(raw)
     assert set(keys) <= known
     assert len(keys) <= 12, keys
 

@@ -77,7 +77,8 @@ def test_fast_side_keeps_the_params_precision_plain_side_is_fp32(tmp_path, tiny_
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     params_path = tmp_path / "params.yaml"
-    params_path.write_text(yaml.safe_dump(deep_merge(raw, {"train": {"mixed_precision": precision}})))
+    precision_set = deep_merge(raw, {"train": {"mixed_precision": precision}})
+    params_path.write_text(yaml.safe_dump(precision_set))
     model = str(tiny_dirs["bert"])
     fast = side_params(params_path, model, "fast", {}).train
     plain = side_params(params_path, model, "no_speedups", {}).train

@@ -34,14 +34,6 @@ def dvc(root: Path, *args: str) -> str:
     return result.stdout + result.stderr
 
 
-def leaves(params: dict, prefix: str = "") -> list[str]:
-    """The dotted keys of a params dict, as `dvc exp show` names its columns."""
-    out = []
-    for key, value in params.items():
-        out += leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [prefix + key]
-    return out
-
-
 def stages_of(path: Path) -> dict:
     stages = yaml.safe_load(path.read_text())["stages"]
     return {name: stage.get("do", stage) for name, stage in stages.items()}
@@ -224,8 +216,9 @@ def test_repro_exp_run_switch_back_and_metrics_diff(project, tmp_path):
     deps = {d for stage in stages_of(clone / "dvc.yaml").values() for d in stage["deps"]}
     shown_params = [c for c in header if c not in meta and c not in metrics and c not in deps]
     assert header[:5] == meta and len(header) == 5 + len(metrics) + len(deps) + len(shown_params)
-    assert shown_params == leaves(yaml.safe_load((clone / "params.yaml").read_text()))
-    width = 2 + len(metrics) + len(deps) + len(leaves(yaml.safe_load(REPO_PARAMS.read_text())))
+    assert shown_params == tiny.dotted_keys(yaml.safe_load((clone / "params.yaml").read_text()))
+    repo_keys = tiny.dotted_keys(yaml.safe_load(REPO_PARAMS.read_text()))
+    width = 2 + len(metrics) + len(deps) + len(repo_keys)
     assert width <= 40, width
 
 
