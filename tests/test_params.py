@@ -4,10 +4,10 @@ the key and what is allowed; params that contradict the model fail before its we
 import pytest
 import yaml
 
-import tiny
 from helpers import PARAMS_YAML, run_params
 from textclf.models import checked_model
-from textclf.params import ParamsError, deep_merge, default_params, load_params, parse_params
+from textclf.params import (ParamsError, deep_merge, default_params, flat_params, load_params,
+                            parse_params)
 
 
 def test_defaults_load():
@@ -115,8 +115,8 @@ def test_params_yaml_holds_only_known_keys_and_stays_short():
     """params.yaml is what `dvc exp show` lists (a column per key): the experiment's knobs only,
     each also in defaults.yaml (where it is documented)."""
     raw = yaml.safe_load(PARAMS_YAML.read_text())
-    known = set(tiny.dotted_keys(default_params()))
-    keys = tiny.dotted_keys(raw)
+    known = set(flat_params(default_params()))
+    keys = list(flat_params(raw))
     assert set(keys) <= known
     assert len(keys) <= 12, keys
 

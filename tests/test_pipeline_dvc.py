@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import tiny
-from textclf.params import deep_merge
+from textclf.params import deep_merge, flat_params
 from tiny import ENV, sh
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,8 +216,8 @@ def test_repro_exp_run_switch_back_and_metrics_diff(project, tmp_path):
     deps = {d for stage in stages_of(clone / "dvc.yaml").values() for d in stage["deps"]}
     shown_params = [c for c in header if c not in meta and c not in metrics and c not in deps]
     assert header[:5] == meta and len(header) == 5 + len(metrics) + len(deps) + len(shown_params)
-    assert shown_params == tiny.dotted_keys(yaml.safe_load((clone / "params.yaml").read_text()))
-    repo_keys = tiny.dotted_keys(yaml.safe_load(REPO_PARAMS.read_text()))
+    assert shown_params == list(flat_params(yaml.safe_load((clone / "params.yaml").read_text())))
+    repo_keys = list(flat_params(yaml.safe_load(REPO_PARAMS.read_text())))
     width = 2 + len(metrics) + len(deps) + len(repo_keys)
     assert width <= 40, width
 

@@ -107,14 +107,6 @@ def tiny_params(model_dir: Path, data_dir: Path, **overrides) -> dict:
     return deep_merge(deep_merge(raw, small), overrides)
 
 
-def dotted_keys(params: dict, prefix: str = "") -> list[str]:
-    """The keys of a params dict as `dvc exp show` names its columns (train.lr, ...)."""
-    out = []
-    for key, value in params.items():
-        out += dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [prefix + key]
-    return out
-
-
 def stage_command(stage: str, params_file: Path, run_dir: Path) -> list[str]:
     """A stage script with its params file and every path inside `run_dir`, laid out as dvc.yaml
     lays them out in the repository (data/prepared, models, outputs/, metrics/, checkpoints)."""

@@ -18,7 +18,7 @@ from . import data
 from .comparison import QUALITY, run_params
 from .export import ExportCheck, ExportNotes, POOLING_MODULE
 from .families import family_for
-from .params import Params
+from .params import Params, flat_params
 from .saved_model import SavedModel
 
 LOSS_NOTE = "cross-entropy, nats"
@@ -52,12 +52,12 @@ class CardInputs:
 def find_reference(params: Params, compare_config: dict, base_params: Path) -> Reference | None:
     """The compare run with a published reference and the same model, method and data as
     `params` (the one differing in the fewest other params), or None."""
-    ours = _flat(params.to_dict())
+    ours = flat_params(params.to_dict())
     best = None
     for name, run in compare_config.get("runs", {}).items():
         if not run.get("reference"):
             continue
-        theirs = _flat(run_params(base_params, compare_config, name).to_dict())
+        theirs = flat_params(run_params(base_params, compare_config, name).to_dict())
         if any(ours.get(key) != theirs.get(key) for key in IDENTITY_KEYS):
             continue
         differences = [(key, ours.get(key), theirs.get(key))
@@ -66,16 +66,6 @@ def find_reference(params: Params, compare_config: dict, base_params: Path) -> R
         if best is None or len(differences) < len(best.differences):
             best = Reference(name, dict(run["reference"]), differences)
     return best
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def dataset_id(params: Params) -> str | None:

@@ -250,6 +250,17 @@ def deep_merge(base: dict, overrides: dict) -> dict:
     return merged
 
 
+def flat_params(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested params dict with dotted keys ("train.lr"), as DVC names params, in file order."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat_params(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _looks_like_path(value: str) -> bool:
     """True for values a user meant as a local path; hub ids look like 'name' or 'owner/name'."""
     return value.startswith(("/", ".", "~")) or Path(value).exists()
