@@ -24,8 +24,9 @@ except ImportError:  # a plain checkout: use its src/
 
 import parity  # noqa: E402
 from speed import default_tokenizer_dir  # noqa: E402
-from textclf.stage import quiet_libraries  # noqa: E402
-from textclf.outputs import write_json  # noqa: E402
+
+from textclf.core.outputs import write_json  # noqa: E402
+from textclf.core.runner import quiet_libraries  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "imdb" / "train.jsonl.gz"
 RESULTS = REPO / "benchmarks" / "results"

@@ -27,9 +27,10 @@ except ImportError:  # a plain checkout: use its src/
     sys.path.insert(0, str(REPO / "src"))
 
 import speed as benchmark  # noqa: E402
-from textclf.stage import quiet_libraries  # noqa: E402
-from textclf.outputs import write_json  # noqa: E402
-from textclf.params import load_params  # noqa: E402
+
+from textclf.core.outputs import write_json  # noqa: E402
+from textclf.core.params import load_params  # noqa: E402
+from textclf.core.runner import quiet_libraries  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "imdb" / "train.jsonl.gz"
 RESULTS = REPO / "benchmarks" / "results"

@@ -4,7 +4,7 @@ On real labelled reviews and a real pretrained model, the same recipe (the last 
 final norm if any and a head trained; the learning rate, schedule, weight decay, epochs and batch
 size of params.yaml) is trained three ways, and each is scored on the same held-out texts:
 
-- fast: `textclf.training.train_classifier` with length-grouped batches and the frozen-block
+- fast: `textclf.train.loop.train_classifier` with length-grouped batches and the frozen-block
   cache, and the params file's `train.mixed_precision` (by default bf16 autocast on a GPU that
   supports it, fp32 otherwise): the engine's speed-ups, all on;
 - no_speedups: the same loop with them off: shuffled batches, every step through the whole
@@ -33,14 +33,20 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from textclf.batching import Collator, pad_multiple_for
-from textclf.data import clean_text, read_table, stratified_sample
-from textclf.inference import predict_logits
-from textclf.models import build_classifier, checked_model
-from textclf.params import Params, load_params
-from textclf.tokenization import TokenizedSplit, classifier_format, load_tokenizer, tokenize_split
-from textclf.device import device_name, make_accelerator
-from textclf.training import train_classifier
+from textclf.core.data import clean_text, read_table, stratified_sample
+from textclf.core.families import checked_config_and_family
+from textclf.core.params import Params, load_params
+from textclf.core.tokenization import (
+    TokenizedSplit,
+    classifier_format,
+    load_tokenizer,
+    tokenize_split,
+)
+from textclf.modeling.batching import Collator, pad_multiple_for
+from textclf.modeling.classifier import build_classifier
+from textclf.modeling.device import device_name, make_accelerator
+from textclf.modeling.inference import predict_logits
+from textclf.train.loop import train_classifier
 
 SIDES = ("fast", "no_speedups", "trainer")
 TRAINABLE_BLOCKS = 2  # the reference recipe: the last 2 blocks (+ final norm) and a head
@@ -93,7 +99,7 @@ def side_params(params_path: Path, model: str, side: str, overrides: dict) -> Pa
 def run_engine(params: Params, splits: Splits, pad_id: int, fmt, num_labels: int,
                log: Callable[[str], None]) -> tuple[np.ndarray, dict]:
     """Our loop on `params`; the test split's logits and what the run did."""
-    _, family = checked_model(params)
+    _, family = checked_config_and_family(params)
     accelerator = make_accelerator(params.train.mixed_precision)
     torch.manual_seed(params.seed)
     model = build_classifier(params, family, num_labels)
@@ -107,7 +113,7 @@ def run_engine(params: Params, splits: Splits, pad_id: int, fmt, num_labels: int
     t = params.train
     return logits, {"train_seconds": round(seconds, 1), "best_epoch": result.best_epoch,
                     "best_val_accuracy": round(result.best_val_accuracy, 6),
-                    "recipe": (f"textclf.training.train_classifier, group_by_length "
+                    "recipe": (f"textclf.train.loop.train_classifier, group_by_length "
                                f"{str(t.group_by_length).lower()}, cache_frozen "
                                f"{str(t.cache_frozen).lower()}, "
                                + ("bf16 autocast" if accelerator.mixed_precision == "bf16"
@@ -117,12 +123,16 @@ def run_engine(params: Params, splits: Splits, pad_id: int, fmt, num_labels: int
 def run_trainer(params: Params, splits: Splits, pad_id: int, fmt, num_labels: int
                 ) -> tuple[np.ndarray, dict]:
     """transformers.Trainer on AutoModelForSequenceClassification, the same blocks trainable."""
-    from transformers import (AutoConfig, DataCollatorWithPadding, PrinterCallback, Trainer,
-                              TrainingArguments)
-
     from speed import Case, plain_classifier, plain_rows, plain_tokenizer
+    from transformers import (
+        AutoConfig,
+        DataCollatorWithPadding,
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+    )
 
-    _, family = checked_model(params)
+    _, family = checked_config_and_family(params)
     case = Case(model=family.name, method="last2", model_dir=Path(params.model),
                 config=AutoConfig.from_pretrained(params.model), params=params,
                 train=splits.train, val=splits.val, test=splits.test, fmt=fmt, pad_id=pad_id,
@@ -174,7 +184,7 @@ def run_parity(params_path: Path, model: str, data: Path, sizes: tuple[int, int,
     from speed import describe_path, fresh_globals, global_snapshot
 
     params = side_params(params_path, model, "fast", overrides)
-    _, family = checked_model(params)
+    _, family = checked_config_and_family(params)
     tokenizer = load_tokenizer(model, family)
     texts, labels = read_labelled(data)
     if sum(sizes) > len(texts):

@@ -4,9 +4,9 @@ For each model (GPT-2 124M, BERT-base, or smaller variants of them for CPU runs,
 configs with random weights: speed does not depend on the weights) and each method, two sides run
 in the same process, on the same saved model, the same token ids, batch size and number of steps:
 
-- ours: the project's own code. Training is `textclf.training.train_classifier` on the model of
-  `textclf.models.build_classifier` (params.yaml plus overrides, so every engine knob it sets is
-  measured as configured); scoring and evaluation are `textclf.inference.predict_logits`.
+- ours: the project's own code. Training is `textclf.train.loop.train_classifier` on the model of
+  `textclf.modeling.classifier.build_classifier` (params.yaml plus overrides, so every engine knob it sets is
+  measured as configured); scoring and evaluation are `textclf.modeling.inference.predict_logits`.
 - plain: what a user would otherwise write. `AutoModelForSequenceClassification` with the same
   parameters frozen (or peft's `get_peft_model` with the same LoRA config), `transformers.Trainer`
   with default `TrainingArguments` apart from the batch size, `max_steps` and quiet/no-save
@@ -79,23 +79,27 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from random_models import random_config, save_random_model
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from textclf.batching import Collator, pad_multiple_for
-from textclf.device import device_name, make_accelerator
-from textclf.data import clean_text, read_table
-from textclf.errors import ModelLoadError
-from textclf.families import FAMILIES, Family
-from textclf.frozen_cache import cache_applies
-from textclf.inference import predict_logits
-from textclf.models import (base_model, blocks_of, build_classifier, checked_model,
-                     lora_config)
-from textclf.params import Params, load_params
-from textclf.tokenization import InputFormat, TokenizedSplit, load_tokenizer, tiktoken_gpt2, tokenize_split
-from textclf.training import train_classifier
-from textclf.zero_shot import build_zero_shot
-
-from random_models import random_config, save_random_model
+from textclf.core.data import clean_text, read_table
+from textclf.core.errors import ModelLoadError
+from textclf.core.families import FAMILIES, Family, checked_config_and_family
+from textclf.core.params import Params, load_params
+from textclf.core.tokenization import (
+    InputFormat,
+    TokenizedSplit,
+    load_tokenizer,
+    tiktoken_gpt2,
+    tokenize_split,
+)
+from textclf.modeling.batching import Collator, pad_multiple_for
+from textclf.modeling.classifier import base_model, blocks_of, build_classifier, lora_config
+from textclf.modeling.device import device_name, make_accelerator
+from textclf.modeling.inference import predict_logits
+from textclf.train.frozen_cache import cache_applies
+from textclf.train.loop import train_classifier
+from textclf.train.zero_shot import build_zero_shot
 
 MODELS = ("gpt2", "bert")
 METHODS = ("zero_shot", "last2", "lora", "full", "eval")
@@ -513,7 +517,7 @@ class Case:
 def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callable) -> dict:
     """The project's code on the case, exactly as the train and evaluate stages call it."""
     params = case.params
-    _, family = checked_model(params)
+    _, family = checked_config_and_family(params)
     accelerator = make_accelerator(params.train.mixed_precision)
     memory_kind = reset_peak_memory(device)
     training = case.method in TRAINING_METHODS
@@ -536,7 +540,7 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
         adapted = (f"lora r {params.lora.r} on the last {params.lora.trainable_blocks} blocks"
                    if params.method == "lora" else
                    f"finetune trainable_blocks {params.finetune.trainable_blocks}")
-        what = (f"textclf.training.train_classifier, {adapted}, AdamW lr "
+        what = (f"textclf.train.loop.train_classifier, {adapted}, AdamW lr "
                 f"{params.learning_rate:g}, grad clip {t.grad_clip:g}, compile "
                 f"{str(t.compile).lower()}, cache_frozen {str(t.cache_frozen).lower()}")
         padding = (("length-grouped" if t.group_by_length else "shuffled") +
@@ -547,9 +551,9 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
                        settings.eval_batch_size, accelerator)  # warm-up batch
         with meter.timed():
             predict_logits(clf, case.test, collator, settings.eval_batch_size, accelerator)
-        what = "textclf.inference.predict_logits" + (
-            " on textclf.zero_shot.build_zero_shot (answer-word rows of the LM head)"
-            if case.method == "zero_shot" else " on textclf.models.build_classifier")
+        what = "textclf.modeling.inference.predict_logits" + (
+            " on textclf.train.zero_shot.build_zero_shot (answer-word rows of the LM head)"
+            if case.method == "zero_shot" else " on textclf.modeling.classifier.build_classifier")
         padding = ("sorted by length, padded to the batch's longest (multiple of "
                    f"{collator.pad_multiple})")
     cached = training and cache_applies(params.train.cache_frozen, clf)
@@ -631,7 +635,7 @@ def run_plain(case: Case, settings: Settings, device: torch.device, bf16: bool =
     """The recipe a user would otherwise pick, on the same case."""
     from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
 
-    _, family = checked_model(case.params)
+    _, family = checked_config_and_family(case.params)
     tok = plain_tokenizer(case.pad_id)
     memory_kind = reset_peak_memory(device)
     training = case.method in TRAINING_METHODS

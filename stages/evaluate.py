@@ -12,18 +12,18 @@ errors; length_bins.json: the per-length table; run.json: seconds, device, confu
 import time
 from pathlib import Path
 
-from textclf import paths
-from textclf.batching import Collator, pad_multiple_for
-from textclf.errors import DataError
-from textclf.inference import predict_logits, softmax
-from textclf.metrics import bootstrap_ci, classification_metrics, length_bins
-from textclf.models import load_model
-from textclf.outputs import staged_dir, write_json, write_text
-from textclf.plots import plot_files
-from textclf.prepared import load_prepared
-from textclf.reports import errors_markdown, prediction_lines
-from textclf.stage import log, params_from_args, run_stage, stage_parser
-from textclf.device import device_name, make_accelerator
+from textclf.core import paths
+from textclf.core.errors import DataError
+from textclf.core.outputs import staged_dir, write_json, write_text
+from textclf.core.prepared_data import load_prepared
+from textclf.core.runner import log, params_from_args, run_stage, stage_parser
+from textclf.evaluate.metrics import bootstrap_ci, classification_metrics, length_bins
+from textclf.evaluate.plots import plot_files
+from textclf.evaluate.reports import errors_markdown, prediction_lines
+from textclf.modeling.batching import Collator, pad_multiple_for
+from textclf.modeling.classifier import load_model
+from textclf.modeling.device import device_name, make_accelerator
+from textclf.modeling.inference import predict_logits, softmax
 
 CONFUSION_COUNTS = ("tp", "fp", "fn", "tn")  # binary counts: in run.json, not the headline
 

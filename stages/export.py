@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from textclf import paths
-from textclf.export import check_export, export_model
-from textclf.model_card import CardInputs, find_reference, model_card
-from textclf.models import hub_revision, load_model
-from textclf.outputs import read_json, staged_dir, write_text
-from textclf.prepared import load_prepared
-from textclf.stage import log, params_from_args, run_stage, stage_parser
+from textclf.core import paths
+from textclf.core.outputs import read_json, staged_dir, write_text
+from textclf.core.prepared_data import load_prepared
+from textclf.core.runner import log, params_from_args, run_stage, stage_parser
+from textclf.export.hf_export import check_export, export_model
+from textclf.export.model_card import CardInputs, find_reference, model_card
+from textclf.modeling.classifier import hub_revision, load_model
 
 CHECK_TEXTS = 32  # test texts the export is checked on: half the shortest, half the longest
 

@@ -9,13 +9,13 @@ sizes, dropped empty texts, invalid UTF-8 lines, truncation counts).
 
 from pathlib import Path
 
-from textclf import paths
-from textclf.stage import log, params_from_args, run_stage, stage_parser
-from textclf.data import load_corpus
-from textclf.models import checked_model
-from textclf.outputs import staged_dir, write_json, write_text
-from textclf.prepared import prepared_meta, test_text_lines
-from textclf.tokenization import length_in_gpt2_tokens, load_tokenizer, tokenize_split
+from textclf.core import paths
+from textclf.core.data import load_corpus
+from textclf.core.families import checked_config_and_family
+from textclf.core.outputs import staged_dir, write_json, write_text
+from textclf.core.prepared_data import prepared_meta, test_text_lines
+from textclf.core.runner import log, params_from_args, run_stage, stage_parser
+from textclf.core.tokenization import length_in_gpt2_tokens, load_tokenizer, tokenize_split
 
 
 def main() -> None:
@@ -26,7 +26,8 @@ def main() -> None:
     p = params.data
 
     # Model family and tokenizer: config and tokenizer files only, no weights
-    _, family = checked_model(params)
+    # the input length against the model's limit; the method is train's to check
+    _, family = checked_config_and_family(params, method_checks=False)
     tokenizer = load_tokenizer(params.model, family)
 
     # Load, clean, cap, split

@@ -16,21 +16,21 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from textclf import paths
-from textclf.batching import Collator, pad_multiple_for
-from textclf.errors import ParamsError
-from textclf.models import (build_classifier, checked_model, hub_revision, parameter_counts,
-                            save_model)
-from textclf.outputs import staged_dir, write_json
-from textclf.prepared import load_prepared, prepared_format_problems
-from textclf.saved_model import SavedModel
-from textclf.stage import log, params_from_args, run_stage, stage_parser
-from textclf.tokenization import classifier_format, load_tokenizer
-from textclf.train_log import empty_log, step_logger
-from textclf.checkpoints import Checkpointer, fingerprint
-from textclf.device import device_name, make_accelerator
-from textclf.training import train_classifier
-from textclf.zero_shot import prompt_tokens, zero_shot_classifier
+from textclf.core import paths
+from textclf.core.errors import ParamsError
+from textclf.core.families import checked_config_and_family
+from textclf.core.outputs import staged_dir, write_json
+from textclf.core.prepared_data import load_prepared, prepared_format_problems
+from textclf.core.runner import log, params_from_args, run_stage, stage_parser
+from textclf.core.tokenization import classifier_format, load_tokenizer
+from textclf.modeling.batching import Collator, pad_multiple_for
+from textclf.modeling.classifier import build_classifier, hub_revision, parameter_counts, save_model
+from textclf.modeling.device import device_name, make_accelerator
+from textclf.modeling.model_info import TrainedModelInfo
+from textclf.train.checkpoints import Checkpointer, fingerprint
+from textclf.train.loop import train_classifier
+from textclf.train.train_log import empty_log, step_logger
+from textclf.train.zero_shot import prompt_tokens, zero_shot_classifier
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     params = params_from_args(args)
 
     # Check params against the model and the prepared data before loading any weights
-    _, family = checked_model(params)
+    _, family = checked_config_and_family(params)
     prepared = load_prepared(args.prepared)
     problems = prepared_format_problems(prepared.meta, params)
     if problems:
@@ -53,7 +53,8 @@ def main() -> None:
                           + "; ".join(problems) + "): run the prepare stage again (dvc repro)")
     labels = prepared.label_names
     tokenizer = load_tokenizer(params.model, family)
-    checked_model(params, extra_tokens=prompt_tokens(params, tokenizer))  # the prompt's length
+    # the zero-shot prompt's tokens count against the model's input limit too
+    checked_config_and_family(params, extra_tokens=prompt_tokens(params, tokenizer))
     accelerator = make_accelerator(params.train.mixed_precision)
     say = log if accelerator.is_main_process else (lambda *a, **k: None)
 
@@ -73,7 +74,11 @@ def main() -> None:
 
     # Train (zero-shot has nothing to train)
     if params.method != "zero_shot":
-        run_id = fingerprint(params.to_dict(), accelerator.num_processes, files=(
+        # what the trained weights depend on (the data: through the prepared files)
+        trained_by = {"seed": params.seed, "model": params.model, "method": params.method,
+                      "finetune": params.finetune.to_dict(), "lora": params.lora.to_dict(),
+                      "train": params.train.to_dict()}
+        run_id = fingerprint(trained_by, accelerator.num_processes, files=(
             args.prepared / paths.SPLIT_FILE.format(split="train"),
             args.prepared / paths.SPLIT_FILE.format(split="val")))
         checkpointer = Checkpointer(args.checkpoints, run_id, accelerator.is_main_process, say)
@@ -91,7 +96,7 @@ def main() -> None:
     # Save only what was trained, then the metrics; then forget the checkpoint
     if accelerator.is_main_process:
         meta = prepared.meta
-        info = SavedModel(
+        info = TrainedModelInfo(
             base_model=params.model, base_revision=hub_revision(params.model),
             family=family.name, method=params.method, label_names=labels,
             tokenizer=tokenizer.name, input_prefix=list(fmt.prefix),

@@ -50,7 +50,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def accelerator():
     """The CPU accelerator the stages build here (fp32, one process)."""
-    from textclf.device import make_accelerator
+    from textclf.modeling.device import make_accelerator
 
     return make_accelerator("no")
 

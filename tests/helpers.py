@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import tiny
 import torch
 
-import tiny
-from textclf.batching import Collator
-from textclf.params import Params, parse_params
+from textclf.core.params import Params, parse_params
+from textclf.modeling.batching import Collator
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_YAML = REPO / "params.yaml"

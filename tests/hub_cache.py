@@ -13,7 +13,7 @@ tiktoken's gpt2 encoding) runs here without one.
 - tiktoken's gpt2 encoding is GPT-2's real BPE, /work/shared/data/gpt2-bpe, copied to
   TIKTOKEN_CACHE_DIR under the sha1 of each file's download URL, as tiktoken caches a download.
   The tiny `gpt2` model has the same tokenizer files and vocabulary size, so it is GPT-2's
-  tokenizer (textclf.tokenization) and tiktoken encodes for it, as for the real one.
+  tokenizer (textclf.core.tokenization) and tiktoken encodes for it, as for the real one.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-
 
 import tiny
 
@@ -210,7 +209,7 @@ def use_offline_cache(offline_cache: OfflineCache, monkeypatch):
     import huggingface_hub.constants
     import tiktoken.registry
 
-    from textclf.tokenization import tiktoken_gpt2
+    from textclf.core.tokenization import tiktoken_gpt2
 
     for key in OTHER_CACHE_VARIABLES:
         monkeypatch.delenv(key, raising=False)

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 import yaml
-
-import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,8 +64,6 @@ GOOD_ROWS = [{"text": r["text"], "label": r["label"]} for r in tiny.fixture_revi
     ({"data": {"train_size": 0}}, ["data.train_size must be a positive integer or null"]),
     ({"data": {"source": "/no/such/dir"}}, ["data.source: no such directory '/no/such/dir'"]),
     ({"train": {"epochs": 1, "warmup": 3}}, ["unknown key train.warmup", "allowed in train"]),
-    ({"finetune": {"trainable_blocks": 9}},
-     ["finetune.trainable_blocks is 9 but", "has 4 blocks (allowed: 1..4 or 'all')"]),
 ])
 def test_bad_params(tmp_path, tiny_dirs, data_dir, capsys, override, fragments):
     code, _, err = prepare(tmp_path, tiny.tiny_params(tiny_dirs["gpt2"], data_dir, **override),
@@ -75,11 +72,22 @@ def test_bad_params(tmp_path, tiny_dirs, data_dir, capsys, override, fragments):
     assert not (tmp_path / "prepared").exists()
 
 
-def test_zero_shot_on_an_encoder(tmp_path, tiny_dirs, data_dir, capsys):
-    raw = tiny.tiny_params(tiny_dirs["bert"], data_dir, method="zero_shot")
-    code, _, err = prepare(tmp_path, raw, capsys)
-    assert_clear_error(code, err, "zero_shot needs a causal language model",
-                       "bert encoder: use finetune or lora")
+@pytest.mark.parametrize("family, override, fragments", [
+    ("gpt2", {"finetune": {"trainable_blocks": 9}},
+     ["finetune.trainable_blocks is 9 but", "has 4 blocks (allowed: 1..4 or 'all')"]),
+    ("bert", {"method": "zero_shot"},
+     ["zero_shot needs a causal language model", "bert encoder: use finetune or lora"]),
+])
+def test_a_method_the_model_cannot_take_fails_at_the_start_of_train(tmp_path, tiny_dirs, data_dir,
+                                                                    capsys, family, override,
+                                                                    fragments):
+    """The method is checked against the model by train, before any weights load; prepare,
+    whose output does not depend on the method (dvc.yaml does not list it), leaves it be."""
+    raw = tiny.tiny_params(tiny_dirs[family], data_dir, **override)
+    assert prepare(tmp_path, raw, capsys)[0] == 0
+    code, _, err = train(tmp_path, write_params(tmp_path, raw), capsys)
+    assert_clear_error(code, err, *fragments)
+    assert not (tmp_path / "models").exists()
 
 
 def test_unknown_model_family(tmp_path, data_dir, capsys):
@@ -155,7 +163,7 @@ def test_messy_texts_are_handled_and_reported(tmp_path, tiny_dirs, capsys):
 
 
 def test_cuda_out_of_memory_names_the_knobs(capsys):
-    from textclf.stage import run_stage
+    from textclf.core.runner import run_stage
 
     def main():
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,9 +121,10 @@ def test_flops_with_the_cache_leave_out_the_frozen_blocks_forward(tiny_dirs, dat
     """The tiny GPT-2 has 4 blocks, the last 2 trained: with the frozen-block cache the forward
     pass skips blocks 0 and 1, so the FLOPs per token drop by 2 x their parameters."""
     import speed
-    from textclf.families import FAMILIES
-    from textclf.models import build_classifier
-    from textclf.params import parse_params
+
+    from textclf.core.families import FAMILIES
+    from textclf.core.params import parse_params
+    from textclf.modeling.classifier import build_classifier
 
     params = parse_params(tiny.tiny_params(tiny_dirs["gpt2"], data_dir, method=method))
     clf = build_classifier(params, FAMILIES["gpt2"], 2)
@@ -146,7 +146,7 @@ def test_the_frozen_block_cache_is_not_credited_with_the_frozen_blocks(tmp_path)
     plain side (no cache) keeps them, and the one-time cache build is reported apart."""
     import yaml
 
-    from textclf.params import deep_merge
+    from textclf.core.params import deep_merge
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(deep_merge(

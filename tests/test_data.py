@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers import PARAMS_YAML
 from hub_cache import NEWSGROUPS
-from textclf.data import DataError, clean_text, load_corpus
-from textclf.params import load_params
+
+from textclf.core.data import DataError, clean_text, load_corpus
+from textclf.core.params import load_params
 
 POSITIVE = ["A wonderful film, I loved it.", "Great acting and a moving story.",
             "Superb from start to finish.", "The best film of the year."]

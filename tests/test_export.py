@@ -17,24 +17,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny
 import torch
 import yaml
-
-import tiny
 from helpers import PARAMS_YAML, REPO, run_params
-from textclf.commands.predict import load_predictor, main
-from textclf.data import clean_text
-from textclf.errors import ExportError
-from textclf.export import check_export, export_model, fold_head_bias
-from textclf.models import hub_revision
-from textclf.families import FAMILIES
-from textclf.metrics import bootstrap_ci, classification_metrics, length_bins
-from textclf.model_card import CardInputs, find_reference, front_matter, model_card
-from textclf.models import build_classifier, load_model, parameter_counts, save_model
-from textclf.params import load_params
-from textclf.saved_model import SavedModel
-from textclf.tokenization import classifier_format, load_tokenizer
-from textclf.zero_shot import zero_shot_classifier
+
+from textclf.cli.predict import main
+from textclf.core.data import clean_text
+from textclf.core.errors import ExportError
+from textclf.core.families import FAMILIES
+from textclf.core.params import load_params
+from textclf.core.tokenization import classifier_format, load_tokenizer
+from textclf.evaluate.metrics import bootstrap_ci, classification_metrics, length_bins
+from textclf.export.hf_export import check_export, export_model, fold_head_bias
+from textclf.export.model_card import CardInputs, find_reference, front_matter, model_card
+from textclf.modeling.classifier import (
+    build_classifier,
+    hub_revision,
+    load_model,
+    parameter_counts,
+    save_model,
+)
+from textclf.modeling.model_info import TrainedModelInfo
+from textclf.predictor import load_predictor
+from textclf.train.zero_shot import zero_shot_classifier
 
 MAX_TOKENS = 16  # far below the fixture reviews' 20-30 tokens: every review is cut
 HEAD_TOKENS = 4
@@ -123,7 +129,7 @@ def trained_model_dir(base: Path, data_dir: Path, out: Path, family: str, method
             for p in model.parameters():
                 if p.requires_grad:
                     p.add_(0.3 * torch.randn_like(p))
-    info = SavedModel(base_model=params.model, base_revision=None, family=family, method=method,
+    info = TrainedModelInfo(base_model=params.model, base_revision=None, family=family, method=method,
                       label_names=LABELS, tokenizer=tokenizer.name, input_prefix=list(fmt.prefix),
                       input_suffix=list(fmt.suffix), pad_id=tokenizer.pad_id,
                       max_tokens=MAX_TOKENS, truncation=truncation, head_tokens=HEAD_TOKENS)

@@ -2,23 +2,28 @@
 blocks is the same computation as training the full model."""
 
 import pytest
+import tiny
 import torch
 
-import tiny
-from textclf.batching import Collator, sorted_batches
-from textclf.families import FAMILIES
-from textclf.frozen_cache import FrozenCache, frozen_prefix, model_inputs
-from textclf.models import build_classifier, checked_model
-from textclf.params import parse_params
-from textclf.prepared import load_prepared
-from textclf.tokenization import classifier_format, load_tokenizer, tokenize_split
-from textclf.device import make_accelerator
-from textclf.training import make_optimizer, train_classifier
+from textclf.core.families import FAMILIES, checked_config_and_family
+from textclf.core.params import parse_params
+from textclf.core.prepared_data import load_prepared
+from textclf.core.tokenization import classifier_format, load_tokenizer, tokenize_split
+from textclf.modeling.batching import Collator, sorted_batches
+from textclf.modeling.classifier import build_classifier
+from textclf.modeling.device import make_accelerator
+from textclf.train.frozen_cache import (
+    FrozenCache,
+    cached_forward,
+    frozen_prefix,
+    skipping_frozen_blocks,
+)
+from textclf.train.loop import make_optimizer, train_classifier
 
 
 def classifier(tiny_dirs, data_dir, family, method):
     params = parse_params(tiny.tiny_params(tiny_dirs[family], data_dir, method=method))
-    _, fam = checked_model(params)
+    _, fam = checked_config_and_family(params)
     torch.manual_seed(0)
     return params, build_classifier(params, fam, 2)
 
@@ -35,9 +40,10 @@ def test_a_training_step_on_the_cache_equals_one_on_the_full_model(tiny_dirs, da
         _, clf = classifier(tiny_dirs, data_dir, family, method)
         optimizer = make_optimizer(clf, 1e-3, 0.01, fused=False)
         clf.train()
-        prefix = frozen_prefix(clf, ids, mask) if use_cache else None
+        batch = {"input_ids": ids, "attention_mask": mask, "index": torch.arange(2)}
+        cache = FrozenCache(list(frozen_prefix(clf, ids, mask))) if use_cache else None
         torch.manual_seed(1)  # the same dropout masks in the trainable blocks
-        logits = clf(ids, mask, prefix_hidden=prefix)
+        logits = cached_forward(clf, clf, cache)(batch)
         torch.nn.functional.cross_entropy(logits, labels).backward()
         optimizer.step()
         results.append((logits.detach(), {n: p.detach().clone() for n, p in
@@ -58,7 +64,8 @@ def test_the_prefix_skips_the_frozen_blocks(tiny_dirs, data_dir):
     prefix = frozen_prefix(clf, ids, mask)
     assert calls == [0, 1]  # stops before the first trainable block (of 4, last 2 trainable)
     calls.clear()
-    clf(ids, mask, prefix_hidden=prefix)
+    with skipping_frozen_blocks(clf, prefix):
+        clf(ids, mask)
     assert calls == [2, 3]
 
 
@@ -73,7 +80,7 @@ def test_training_with_the_cache_gives_the_same_model(tiny_dirs, data_dir, tmp_p
     for cache in (False, True):
         raw = tiny.tiny_params(tiny_dirs["gpt2"], data_dir, train={"cache_frozen": cache})
         params = parse_params(raw)
-        _, fam = checked_model(params)
+        _, fam = checked_config_and_family(params)
         torch.manual_seed(0)
         clf = build_classifier(params, fam, 2)
         tokenizer = load_tokenizer(params.model, fam)
@@ -139,11 +146,11 @@ def test_the_cache_is_exact_under_bf16_autocast(tiny_dirs, data_dir, family, met
                  if use_cache else None)
         assert cache is None or cache.states[0].dtype == torch.float32
         with torch.no_grad(), CpuBf16.autocast():
-            eval_logits = clf(**model_inputs(batch, cache)).float()
+            eval_logits = cached_forward(clf, clf, cache)(batch).float()
         clf.train()
         torch.manual_seed(1)  # the same dropout masks in the trainable blocks
         with CpuBf16.autocast():
-            logits = clf(**model_inputs(batch, cache))
+            logits = cached_forward(clf, clf, cache)(batch)
         loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
         loss.backward()
         optimizer.step()

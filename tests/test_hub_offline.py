@@ -10,22 +10,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny
 import torch
 import yaml
-
-import tiny
 from helpers import PARAMS_YAML, REPO, batch_of, logits_of
 from hub_cache import GPT2_BPE, NEWSGROUPS
-from textclf import paths
-from textclf.batching import Collator
-from textclf.data import load_corpus
-from textclf.families import FAMILIES
-from textclf.models import build_classifier, checked_model
-from textclf.params import deep_merge, load_params
-from textclf.stage import read_overlay
-from textclf.tokenization import (TIKTOKEN_GPT2, classifier_format, length_in_gpt2_tokens,
-                                  load_tokenizer, tokenize_split)
-from textclf.zero_shot import zero_shot_classifier
+
+from textclf.core import paths
+from textclf.core.data import load_corpus
+from textclf.core.families import FAMILIES, checked_config_and_family
+from textclf.core.params import deep_merge, load_params
+from textclf.core.runner import read_overlay
+from textclf.core.tokenization import (
+    TIKTOKEN_GPT2,
+    classifier_format,
+    length_in_gpt2_tokens,
+    load_tokenizer,
+    tokenize_split,
+)
+from textclf.modeling.batching import Collator
+from textclf.modeling.classifier import build_classifier
+from textclf.train.zero_shot import zero_shot_classifier
 
 COMPARE = yaml.safe_load((REPO / "compare" / "params.yaml").read_text())
 # Small sizes for the hub datasets of tests/hub_cache.py (IMDb: 28 train, 12 test texts)
@@ -44,7 +49,7 @@ def gpt2_vocab(offline_hub) -> dict[str, int]:
 # GPT-2's real tokenization, through tiktoken
 
 def test_gpt2_by_hub_id_is_tokenized_by_tiktoken(offline_hub, gpt2_vocab):
-    _, family = checked_model(load_params(PARAMS_YAML))  # model: gpt2, the default
+    _, family = checked_config_and_family(load_params(PARAMS_YAML))  # model: gpt2, the default
     tokenizer = load_tokenizer("gpt2", family)
     assert tokenizer.name == TIKTOKEN_GPT2
     assert tokenizer.single_token(" Positive") == gpt2_vocab["ĠPositive"]
@@ -98,7 +103,7 @@ def test_expected_data_covers_the_compare_datasets():
 def test_compare_dataset_prepares_from_the_hub(offline_hub, key):
     # every training text: 20 newsgroups need more than 20 for a validation split of 20
     params = dataset_params(key, data={"train_size": None})
-    _, family = checked_model(params)
+    _, family = checked_config_and_family(params)
     tokenizer = load_tokenizer(params.model, family)
     corpus = load_corpus(params.data, params.seed)
     name, label_names = EXPECTED_DATA[key]
@@ -118,7 +123,7 @@ def test_compare_run_model_builds(offline_hub, key):
     overlay = deep_merge(compare_overlay(f"datasets.{run['dataset']}"),
                          compare_overlay(f"runs.{key}.params"))
     params = load_params(PARAMS_YAML, deep_merge(overlay, SMALL))
-    _, family = checked_model(params)
+    _, family = checked_config_and_family(params)
     tokenizer = load_tokenizer(params.model, family)
     num_labels = len(EXPECTED_DATA[run["dataset"]][1])
     if params.method == "zero_shot":

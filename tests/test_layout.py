@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tiny import ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +29,7 @@ def test_textclf_help_lists_every_subcommand():
         assert f"  {name} " in result.stdout
 
 
-@pytest.mark.parametrize("name", ["predict", "compare", "seeds", "pr-report"])
+@pytest.mark.parametrize("name", ["predict", "results-table", "seeds", "pr-report"])
 def test_each_subcommand_help_shows_its_defaults(name):
     result = run("textclf", name, "--help")
     assert result.returncode == 0, result.stderr
@@ -45,7 +44,7 @@ def test_unknown_subcommand_is_one_clear_error():
 
 
 def test_the_compare_stage_and_the_cli_import_no_torch():
-    code = ("import sys, textclf.cli, textclf.stage, textclf.comparison, textclf.errors; "
+    code = ("import sys, textclf.cli, textclf.core.runner, textclf.results_table, textclf.core.errors; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     result = run(sys.executable, "-c", code)
     assert result.returncode == 0, result.stderr
@@ -81,3 +80,56 @@ def test_committed_files_hold_no_machine_paths():
                  if name.endswith((".json", ".md", ".yaml", ".yml", ".csv", ".toml"))
                  and pattern.search((REPO / name).read_text(errors="replace"))]
     assert offenders == []
+
+
+def package_imports() -> dict[str, set[str]]:
+    """module -> the package modules it imports (every import statement, function-level too)."""
+    def name_of(path: Path) -> str:
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name_of(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the importing module's package
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                candidates = [base] + [f"{base}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                candidates = [a.name for a in node.names]
+            else:
+                continue
+            found |= {c for c in candidates if c in modules and c != name}
+        graph[name] = found
+    return graph
+
+
+def test_the_package_has_no_import_circle():
+    """The layout is the architecture: core imports nothing of the stages' folders, and no two
+    modules import each other, even through others (a function-level import counts)."""
+    graph = package_imports()
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for nxt in sorted(graph[module]):
+            assert state.get(nxt) != 1, "import circle: " + " -> ".join(path + [module, nxt])
+            if nxt not in state:
+                visit(nxt, path + [module])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+    # the direction of the layers: core imports only core; modeling imports core and modeling
+    for module, imported in graph.items():
+        layer = module.split(".")[1] if module.count(".") else ""
+        allowed = {"core": {"core"}, "modeling": {"core", "modeling"}}.get(layer)
+        if allowed:
+            for other in imported:
+                assert other.split(".")[1] in allowed, f"{module} imports {other}"

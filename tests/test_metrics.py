@@ -6,8 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from textclf.metrics import (bin_names, bootstrap_ci, classification_metrics, length_bin_index,
-                             length_bins)
+from textclf.evaluate.metrics import (
+    bin_names,
+    bootstrap_ci,
+    classification_metrics,
+    length_bin_index,
+    length_bins,
+)
 
 # Binary: 8 examples, predictions = argmax
 LABELS = np.array([1, 1, 1, 1, 0, 0, 0, 0])

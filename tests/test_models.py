@@ -7,20 +7,26 @@ import re
 import numpy as np
 import pytest
 import torch
+from helpers import batch_of, logits_of, run_params
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from helpers import batch_of, logits_of, run_params
-from textclf.batching import Collator
-from textclf.errors import ParamsError
-from textclf.families import FAMILIES
-from textclf.inference import predict_logits, softmax
-from textclf.models import (Classifier, base_model, blocks_of, build_classifier, checked_model,
-                            load_backbone, load_model, model_problems, parameter_counts,
-                            resolve_model, save_model)
-from textclf.saved_model import SavedModel
-from textclf.tokenization import classifier_format, load_tokenizer, tokenize_split
-from textclf.zero_shot import prompt_format
-from textclf.zero_shot import zero_shot_classifier
+from textclf.core.errors import ParamsError
+from textclf.core.families import FAMILIES, checked_config_and_family, model_problems, resolve_model
+from textclf.core.tokenization import classifier_format, load_tokenizer, tokenize_split
+from textclf.modeling.batching import Collator
+from textclf.modeling.classifier import (
+    Classifier,
+    base_model,
+    blocks_of,
+    build_classifier,
+    load_backbone,
+    load_model,
+    parameter_counts,
+    save_model,
+)
+from textclf.modeling.inference import predict_logits, softmax
+from textclf.modeling.model_info import TrainedModelInfo
+from textclf.train.zero_shot import prompt_format, zero_shot_classifier
 
 TEXTS = ["A wonderful film.", "Terrible, boring and far too long for what it is.", "Great.",
          "The acting is superb and the story kept me hooked until the very last scene."]
@@ -279,7 +285,7 @@ def test_save_load_round_trip(tiny_dirs, data_dir, tmp_path, family, method, mer
     clf.eval()
     tok = tokenizer_of(tiny_dirs, family)
     batch = batch_of(Collator(fmt, tok.pad_id), tok.encode(TEXTS))
-    info = SavedModel(base_model=str(tiny_dirs[family]), base_revision=None, family=family,
+    info = TrainedModelInfo(base_model=str(tiny_dirs[family]), base_revision=None, family=family,
                       method=method, label_names=["neg", "pos"], tokenizer=tok.name,
                       input_prefix=list(fmt.prefix), input_suffix=list(fmt.suffix),
                       pad_id=tok.pad_id, max_tokens=64, truncation="left", head_tokens=0)
@@ -350,10 +356,10 @@ POSITIONS = 512
 def test_max_tokens_beyond_the_position_limit_fails_before_any_weights(tiny_dirs, data_dir,
                                                                        family):
     fits = run_params(tiny_dirs[family], data_dir, data={"max_tokens": POSITIONS})
-    assert checked_model(fits)[1] is FAMILIES[family]
+    assert checked_config_and_family(fits)[1] is FAMILIES[family]
     too_long = run_params(tiny_dirs[family], data_dir, data={"max_tokens": POSITIONS + 1})
     with pytest.raises(ParamsError) as error:
-        checked_model(too_long)
+        checked_config_and_family(too_long)
     key = "n_positions" if family == "gpt2" else "max_position_embeddings"
     assert (f"data.max_tokens is {POSITIONS + 1}, but {str(tiny_dirs[family])!r} takes at most "
             f"{POSITIONS} tokens ({key} in its config): set data.max_tokens to at most "
@@ -381,4 +387,4 @@ def test_zero_shot_counts_the_prompt_against_the_position_limit(tiny_dirs, data_
                         f"in its config): set data.max_tokens to at most {POSITIONS - prompt}"]
     shorter = run_params(tiny_dirs[family], data_dir, method="zero_shot",
                          data={"max_tokens": POSITIONS - prompt})
-    checked_model(shorter, extra_tokens=prompt)  # no error
+    checked_config_and_family(shorter, extra_tokens=prompt)  # no error

@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 import pytest
-import yaml
-
 import tiny
+import yaml
 
 # Run in each process: trains the tiny GPT-2 and writes the text indices of every training
 # batch it built, in order, to <out>/rank<process index>.json.
@@ -18,14 +17,14 @@ import json
 import sys
 from pathlib import Path
 
-from textclf.batching import Collator
-from textclf.data import load_corpus
-from textclf.families import FAMILIES
-from textclf.models import build_classifier
-from textclf.params import load_params
-from textclf.tokenization import classifier_format, load_tokenizer, tokenize_split
-from textclf.device import make_accelerator
-from textclf.training import train_classifier
+from textclf.modeling.batching import Collator
+from textclf.core.data import load_corpus
+from textclf.core.families import FAMILIES
+from textclf.modeling.classifier import build_classifier
+from textclf.core.params import load_params
+from textclf.core.tokenization import classifier_format, load_tokenizer, tokenize_split
+from textclf.modeling.device import make_accelerator
+from textclf.train.loop import train_classifier
 
 params = load_params(sys.argv[1])
 out = Path(sys.argv[2])

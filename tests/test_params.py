@@ -3,11 +3,10 @@ the key and what is allowed; params that contradict the model fail before its we
 
 import pytest
 import yaml
-
 from helpers import PARAMS_YAML, run_params
-from textclf.models import checked_model
-from textclf.params import (ParamsError, deep_merge, default_params, flat_params, load_params,
-                            parse_params)
+
+from textclf.core.families import checked_config_and_family
+from textclf.core.params import ParamsError, flat_params, load_params, parse_params
 
 
 def test_defaults_load():
@@ -94,31 +93,42 @@ def test_several_range_errors_are_reported_together():
         assert any(key in line for line in lines)
 
 
-def test_a_key_params_yaml_leaves_out_takes_its_default():
+def test_a_key_left_out_of_the_params_file_is_named_missing():
     raw = yaml.safe_load(PARAMS_YAML.read_text())
-    assert "weight_decay" not in raw["train"] and raw["lora"] == {}
-    params = parse_params(raw)
-    defaults = default_params()
-    assert params.train.weight_decay == defaults["train"]["weight_decay"] == 0.01
-    assert params.lora.r == defaults["lora"]["r"] == 8
-    # a key params.yaml sets replaces the default, its siblings keep theirs
-    params = parse_params(deep_merge(raw, {"train": {"weight_decay": 0.0}}))
-    assert params.train.weight_decay == 0.0 and params.train.grad_clip == 1.0
+    del raw["train"]["weight_decay"]
+    del raw["lora"]["r"]
+    with pytest.raises(ParamsError) as error:
+        parse_params(raw)
+    assert "missing key train.weight_decay" in str(error.value)
+    assert "missing key lora.r" in str(error.value)
 
 
-def test_defaults_alone_are_a_complete_valid_params_file():
-    params = parse_params({})  # nothing set: every knob from defaults.yaml
+def test_params_yaml_is_complete_and_valid():
+    params = load_params(PARAMS_YAML)
     assert params.model == "gpt2" and params.method == "finetune" and params.train.epochs == 3
+    assert params.train.weight_decay == 0.01 and params.lora.r == 8
 
 
-def test_params_yaml_holds_only_known_keys_and_stays_short():
-    """params.yaml is what `dvc exp show` lists (a column per key): the experiment's knobs only,
-    each also in defaults.yaml (where it is documented)."""
+def test_params_yaml_holds_every_knob_each_commented_where_it_is_defined():
+    """One params file: every key the params object has is in params.yaml (so `-S key=value`
+    sets any knob and `dvc params diff` shows any change), with a comment on its line."""
+    import dataclasses
+    import typing
+
+    from textclf.core.params import Params
+
+    def keys(cls, prefix=""):
+        for f in dataclasses.fields(cls):
+            tp = typing.get_type_hints(cls)[f.name]
+            yield from keys(tp, f"{prefix}{f.name}.") if dataclasses.is_dataclass(tp) \
+                else [prefix + f.name]
+
     raw = yaml.safe_load(PARAMS_YAML.read_text())
-    known = set(flat_params(default_params()))
-    keys = list(flat_params(raw))
-    assert set(keys) <= known
-    assert len(keys) <= 12, keys
+    assert list(flat_params(raw)) == list(keys(Params))
+    for line in PARAMS_YAML.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and ":" in line \
+                and not line.rstrip().endswith(":"):
+            assert "#" in line, f"no comment on {line!r}"
 
 
 def test_null_and_a_section_that_is_no_mapping_are_named():
@@ -130,10 +140,14 @@ def test_null_and_a_section_that_is_no_mapping_are_named():
         parse_params([1, 2])
 
 
-def test_an_empty_params_file_takes_every_default(tmp_path):
+def test_an_empty_params_file_names_every_missing_section_in_one_error(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("# nothing set\n")
-    assert load_params(path) == parse_params({})
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    for key in ("seed", "model", "method", "data", "zero_shot", "finetune", "lora", "train",
+                "eval"):
+        assert f"missing key {key}" in str(error.value)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -153,14 +167,14 @@ def test_non_finite_numbers_are_rejected(overrides):
 def test_zero_shot_needs_a_causal_model(tiny_dirs, data_dir):
     params = run_params(tiny_dirs["bert"], data_dir, method="zero_shot")
     with pytest.raises(ParamsError) as error:
-        checked_model(params)
+        checked_config_and_family(params)
     assert "method: zero_shot needs a causal language model" in str(error.value)
     assert "use finetune or lora" in str(error.value)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
 def test_zero_shot_is_allowed_for_causal_models(tiny_dirs, data_dir, family):
-    _, fam = checked_model(run_params(tiny_dirs[family], data_dir, method="zero_shot"))
+    _, fam = checked_config_and_family(run_params(tiny_dirs[family], data_dir, method="zero_shot"))
     assert fam.name == family and fam.causal
 
 
@@ -171,7 +185,7 @@ def test_zero_shot_is_allowed_for_causal_models(tiny_dirs, data_dir, family):
 def test_more_blocks_than_the_model_has_fail(tiny_dirs, data_dir, overrides, key):
     params = run_params(tiny_dirs["gpt2"], data_dir, **overrides)  # the tiny models have 4
     with pytest.raises(ParamsError) as error:
-        checked_model(params)
+        checked_config_and_family(params)
     assert key in str(error.value)
     assert "has 4 blocks (allowed: 1..4 or 'all')" in str(error.value)
 
@@ -179,7 +193,7 @@ def test_more_blocks_than_the_model_has_fail(tiny_dirs, data_dir, overrides, key
 def test_all_blocks_fit_any_model(tiny_dirs, data_dir):
     params = run_params(tiny_dirs["bert"], data_dir, finetune={"trainable_blocks": "all"},
                         lora={"trainable_blocks": "all"})
-    assert checked_model(params)[1].name == "bert"
+    assert checked_config_and_family(params)[1].name == "bert"
 
 
 @pytest.mark.parametrize("section, old, new", [

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-import yaml
-
 import tiny
+import yaml
 from helpers import REPO
 from parity import SIDES, paired_difference
-from textclf.params import deep_merge
+
+from textclf.core.params import deep_merge
 
 
 def accuracy_script():

@@ -1,4 +1,4 @@
-"""The pull request report: `python -m textclf.commands.pr_report` in temporary git + DVC
+"""The pull request report: `python -m textclf.cli.pr_report` in temporary git + DVC
 repositories whose branches are the kinds of PR it reports on, its charts, and the workflow that
 posts it.
 
@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny
 import yaml
 
-import tiny
-from textclf.commands import pr_plots, pr_report
+from textclf.cli import pr_charts as pr_plots
+from textclf.cli import pr_report
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / ".github" / "workflows" / "pr-report.yml"
@@ -160,7 +161,7 @@ def repo(tmp_path_factory) -> Path:
 
 
 def run_report(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "textclf.commands.pr_report", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "textclf.cli.pr_report", *args], cwd=cwd,
                           capture_output=True, text=True, env=ENV)
 
 
@@ -384,7 +385,7 @@ def test_unknown_base_is_one_error_line(repo):
 def test_report_imports_only_the_standard_library():
     """CI installs dvc alone: importing the report may pull in nothing outside the standard
     library and textclf's own light modules (no torch, numpy or yaml)."""
-    code = ("import sys, textclf.commands.pr_report; "
+    code = ("import sys, textclf.cli.pr_report; "
             "print(sorted({m.split('.')[0] for m in sys.modules}))")
     env = {**ENV, "PYTHONPATH": str(REPO / "src")}
     imported = json.loads(subprocess.run([sys.executable, "-S", "-c", code], env=env, text=True,
@@ -429,8 +430,8 @@ def test_workflow():
     assert "dvc pull" not in runs and "dvc remote" not in runs  # metrics live in git
 
     # The report against the base branch, failing on stale results only after it is posted
-    (report,) = [s for s in job["steps"] if "textclf.commands.pr_report" in s.get("run", "")]
-    assert 'python -m textclf.commands.pr_report --base "origin/${BASE_REF}" --fail-on-stale' \
+    (report,) = [s for s in job["steps"] if "textclf.cli.pr_report" in s.get("run", "")]
+    assert 'python -m textclf.cli.pr_report --base "origin/${BASE_REF}" --fail-on-stale' \
         in report["run"]
     assert report["env"]["PYTHONPATH"] == "src" and "$GITHUB_STEP_SUMMARY" in report["run"]
     post = uses["actions/github-script"]
@@ -450,7 +451,7 @@ def test_workflow_report_step_runs_here(repo, tmp_path, pr, stale):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", "-b", pr, str(repo), str(clone)], check=True,
                    capture_output=True)
-    (step,) = [s for s in steps() if "textclf.commands.pr_report" in s.get("run", "")]
+    (step,) = [s for s in steps() if "textclf.cli.pr_report" in s.get("run", "")]
     summary, output = tmp_path / "summary", tmp_path / "output"
     env = {**ENV, "BASE_REF": "main", "GITHUB_STEP_SUMMARY": str(summary),
            "GITHUB_OUTPUT": str(output)}

@@ -1,5 +1,5 @@
 """Predict gives the evaluate stage's probabilities: the real stages (prepare, train, evaluate) run
-in this process on tiny models, then textclf.commands.predict scores the same test texts, from
+in this process on tiny models, then textclf.cli.predict scores the same test texts, from
 models/ and from an export of it. And predict as a tool files are piped through: lines split on
 "\n" only, one record per input line with its id, error records for bad lines, output streamed
 chunk by chunk."""
@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import tiny
-from textclf.commands.predict import load_predictor, main, predict_texts, progress_bar
-from textclf.export import check_export, export_model
-from textclf.models import load_model
+
+from textclf.cli.predict import main, progress_bar
+from textclf.export.hf_export import check_export, export_model
+from textclf.modeling.classifier import load_model
+from textclf.predictor import load_predictor, predict_texts
 
 EVAL_BATCH = 8  # tiny.tiny_params' eval.batch_size
 # fp32 everywhere, also on a GPU: this process may already hold Accelerate's one global state
@@ -278,7 +279,7 @@ def test_records_stream_out_while_the_input_is_still_open(runs, tmp_path):
     first records come out while stdin is still open, as they must for a 25,000-line file."""
     texts = prepared_texts(runs["gpt2_finetune"])[:5]
     process = subprocess.Popen(
-        [sys.executable, "-m", "textclf.commands.predict", "--model-dir",
+        [sys.executable, "-m", "textclf.cli.predict", "--model-dir",
          str(runs["gpt2_finetune"] / "models"), "--batch-size", "2", "--mixed-precision",
          PRECISION], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env={**tiny.ENV, "CI": ""}, cwd=tmp_path)

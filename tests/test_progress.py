@@ -6,14 +6,14 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import run_params
-from textclf.batching import Collator
-from textclf.families import FAMILIES
-from textclf.models import build_classifier
-from textclf.progress import progress_bar, show_progress
-from textclf.tokenization import classifier_format, load_tokenizer, tokenize_split
-from textclf.training import train_classifier
+
+from textclf.core.families import FAMILIES
+from textclf.core.progress import progress_bar, show_progress
+from textclf.core.tokenization import classifier_format, load_tokenizer, tokenize_split
+from textclf.modeling.batching import Collator
+from textclf.modeling.classifier import build_classifier
+from textclf.train.loop import train_classifier
 
 TEXTS = ["A wonderful film.", "Terrible, boring and far too long.", "Great.", "Dull.",
          "The acting is superb.", "I hated every minute of it."]

@@ -10,18 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny
 import torch
 import yaml
+from helpers import REPO, batch_of, logits_of
 from safetensors.torch import load_file
 
-import tiny
-from helpers import REPO, batch_of, logits_of
-from textclf.batching import Collator
-from textclf.data import clean_text
-from textclf.families import FAMILIES
-from textclf.models import base_model, build_classifier
-from textclf.params import parse_params
-from textclf.tokenization import classifier_format, load_tokenizer, tokenize_split
+from textclf.core.data import clean_text
+from textclf.core.families import FAMILIES
+from textclf.core.params import parse_params
+from textclf.core.tokenization import classifier_format, load_tokenizer, tokenize_split
+from textclf.modeling.batching import Collator
+from textclf.modeling.classifier import base_model, build_classifier
 
 IMDB = REPO.parent / "shared" / "data" / "imdb" / "train.jsonl.gz"
 BERT = FAMILIES["bert"]

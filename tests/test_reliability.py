@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-
 import tiny
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # stage subprocesses, interrupted and multi-process runs

@@ -6,17 +6,24 @@ import shutil
 
 import numpy as np
 import pytest
-from transformers import AutoTokenizer
-
 from helpers import batch_of
 from hub_cache import OTHER_VOCAB_GPT2, commit_of
-from textclf.batching import Collator
-from textclf.errors import ModelLoadError
-from textclf.families import FAMILIES
-from textclf.params import ParamsError
-from textclf.tokenization import (TIKTOKEN_GPT2, InputFormat, TokenizedSplit, classifier_format,
-                                  load_tokenizer, tokenize_split, truncate)
-from textclf.zero_shot import prompt_format
+from transformers import AutoTokenizer
+
+from textclf.core.errors import ModelLoadError
+from textclf.core.families import FAMILIES
+from textclf.core.params import ParamsError
+from textclf.core.tokenization import (
+    TIKTOKEN_GPT2,
+    InputFormat,
+    TokenizedSplit,
+    classifier_format,
+    load_tokenizer,
+    tokenize_split,
+    truncate,
+)
+from textclf.modeling.batching import Collator
+from textclf.train.zero_shot import prompt_format
 
 IDS = list(range(10))
 LONG_TEXT = " ".join(["The acting is superb and the story kept me hooked."] * 20)
@@ -187,7 +194,7 @@ def test_tokenization_progress_on_a_terminal(tiny_dirs, monkeypatch, n_texts, ci
     tok = load_tokenizer(str(tiny_dirs["gpt2"]), FAMILIES["gpt2"])
     terminal = FakeTerminal()
     monkeypatch.setattr("sys.stderr", terminal)
-    monkeypatch.setattr("textclf.tokenization.ENCODE_CHUNK", 2)
+    monkeypatch.setattr("textclf.core.tokenization.ENCODE_CHUNK", 2)
     if ci is None:
         monkeypatch.delenv("CI", raising=False)
     else:

@@ -6,17 +6,17 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from helpers import run_params, trainable_state
-from textclf import training
-from textclf.batching import Collator, LengthGroupedBatches
-from textclf.data import load_corpus
-from textclf.errors import DataError
-from textclf.families import FAMILIES
-from textclf.inference import predict_logits
-from textclf.models import build_classifier
-from textclf.tokenization import classifier_format, load_tokenizer, tokenize_split
-from textclf.training import make_optimizer, make_scheduler, train_classifier
+
+from textclf.core.data import load_corpus
+from textclf.core.errors import DataError
+from textclf.core.families import FAMILIES
+from textclf.core.tokenization import classifier_format, load_tokenizer, tokenize_split
+from textclf.modeling.batching import Collator, LengthGroupedBatches
+from textclf.modeling.classifier import build_classifier
+from textclf.modeling.inference import predict_logits
+from textclf.train import loop
+from textclf.train.loop import make_optimizer, make_scheduler, train_classifier
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def test_returns_the_best_epochs_weights(tiny_dirs, data_dir, fixture_splits, gp
         preds[k:] = 1 - preds[k:]
         return np.eye(2, dtype=np.float32)[preds] * 4.0
 
-    monkeypatch.setattr(training, "predict_logits", scripted)
+    monkeypatch.setattr(loop, "predict_logits", scripted)
     before = trainable_state(clf)
     result = train_classifier(clf, train, val, gpt2[1], params.train, params.learning_rate, 8,
                               params.seed, accelerator, log=lambda *a: None)

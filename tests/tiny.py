@@ -40,8 +40,15 @@ def _bpe_tokenizer(vocab_size: int = 600):
 
 def _wordpiece_tokenizer(vocab_size: int = 400):
     """An uncased WordPiece with [CLS] text [SEP], BERT style."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers import trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -94,7 +101,7 @@ def tiny_params(model_dir: Path, data_dir: Path, **overrides) -> dict:
     seconds; `overrides` are deep-merged (e.g. method="lora", train={"epochs": 2})."""
     import yaml
 
-    from textclf.params import deep_merge
+    from textclf.core.params import deep_merge
 
     repo = Path(__file__).resolve().parents[1]
     raw = yaml.safe_load((repo / "params.yaml").read_text())

@@ -1,5 +1,5 @@
 """`python -m textclf` is the `textclf` command."""
 
-from .cli import main
+from textclf.cli import main
 
 main()

@@ -1,0 +1,1 @@
+"""The shared core every stage imports: params, data, tokenization, model families."""

@@ -1,0 +1,160 @@
+"""What differs between model families, in one table; a model's config and what it allows.
+
+A family is picked by the Hugging Face config's `model_type`. Paths are attribute paths inside the
+base model (`AutoModel`, no task head): GPT2Model, BertModel, GPTNeoXModel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from textclf.core.errors import ModelLoadError, ParamsError, UnsupportedModelError
+from textclf.core.params import Params
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    causal: bool  # a causal LM: zero-shot prompt scoring is possible, attention sees the left only
+    # Modules before the first block, in forward order (frozen by partial fine-tuning); the last
+    # one's output is what enters the first block.
+    embeddings: tuple[str, ...]
+    blocks: str  # the ModuleList of transformer blocks
+    final_norm: str | None  # the norm after the last block (trained with the last blocks), if any
+    lora_targets: tuple[str, ...]  # default LoRA target modules inside a block
+    lora_layers_pattern: str  # the name peft matches to find block indices ("h" in "h.11.attn")
+    lora_fan_in_fan_out: bool  # weights stored (in, out) as GPT-2's Conv1D, not (out, in)
+    pooling: Literal["last", "mean"]  # last real token (causal) or masked mean (encoders)
+    base_kwargs: tuple[tuple[str, object], ...] = ()  # extra AutoModel.from_pretrained kwargs
+
+
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family(
+            name="gpt2",
+            causal=True,
+            embeddings=("wte", "wpe", "drop"),
+            blocks="h",
+            final_norm="ln_f",
+            # GPT-2 fuses Q, K and V into one projection, c_attn: LoRA on it adapts all three.
+            lora_targets=("c_attn",),
+            lora_layers_pattern="h",
+            lora_fan_in_fan_out=True,
+            pooling="last",
+        ),
+        Family(
+            name="bert",
+            causal=False,
+            embeddings=("embeddings",),
+            blocks="encoder.layer",
+            final_norm=None,  # BERT is post-LN: each block ends with its own norm
+            lora_targets=("query", "value"),
+            lora_layers_pattern="layer",
+            lora_fan_in_fan_out=False,
+            pooling="mean",
+            # The [CLS] pooler is not used (masked mean pooling instead): do not build it.
+            base_kwargs=(("add_pooling_layer", False),),
+        ),
+        Family(
+            name="gpt_neox",
+            causal=True,
+            embeddings=("embed_in", "emb_dropout"),
+            blocks="layers",
+            final_norm="final_layer_norm",
+            # GPT-NeoX fuses Q, K and V into one projection as GPT-2 does.
+            lora_targets=("query_key_value",),
+            lora_layers_pattern="layers",
+            lora_fan_in_fan_out=False,
+            pooling="last",
+        ),
+    )
+}
+
+
+def family_for(model_type: str) -> Family:
+    """The family of a config's `model_type`, or a clear error naming the supported ones."""
+    if model_type not in FAMILIES:
+        raise UnsupportedModelError(
+            f"model family {model_type!r} is not supported (supported: {', '.join(FAMILIES)}); "
+            "add a row to textclf.core.families.FAMILIES to support it")
+    return FAMILIES[model_type]
+
+
+# ---------------------------------------------------------------------------------------------
+# A model's config: its family, and what it allows (read before any weights are loaded)
+
+def resolve_model(model: str):
+    """The model's config and family, reading only config.json (no weights)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except Exception as e:  # missing files, no network, bad JSON: several exception types
+        raise ModelLoadError(model_load_help(model, e)) from None
+    return config, family_for(config.model_type)
+
+
+def model_load_help(model: str, error: Exception) -> str:
+    where = "local directory" if Path(model).is_dir() else "hub id"
+    return (f"model {model!r} ({where}) could not be loaded: {type(error).__name__}: "
+            f"{str(error).splitlines()[0][:300]}\n"
+            "Without internet, set `model` to a local directory holding config.json, the weights "
+            "and the tokenizer files (as written by save_pretrained), or set HF_HUB_OFFLINE=1 to "
+            "use a copy already in the Hugging Face cache.")
+
+
+def n_blocks(config) -> int:
+    return int(config.num_hidden_layers)
+
+
+def position_limit(config) -> tuple[int | None, str]:
+    """The longest input the model's position embeddings take, and the config key that says so
+    (GPT-2: n_positions; BERT, GPT-NeoX: max_position_embeddings); None if there is none."""
+    key = getattr(config, "attribute_map", {}).get("max_position_embeddings",
+                                                    "max_position_embeddings")
+    limit = getattr(config, key, None)
+    return (int(limit) if limit else None), key
+
+
+def model_problems(params: Params, config, family: Family, extra_tokens: int = 0,
+                   method_checks: bool = True) -> list[str]:
+    """Params that contradict the model: checked after reading config.json, before the weights.
+
+    `extra_tokens`: tokens the model sees on top of data.max_tokens (special tokens included
+    in it): for zero-shot, the prompt template's words (`zero_shot.prompt_tokens`); 0 for
+    finetune and lora. `method_checks`: also check the method against the model (zero-shot
+    needs a causal LM, trainable blocks within the model's); the prepare stage, whose output
+    does not depend on the method, leaves them to train."""
+    out = []
+    limit, key = position_limit(config)
+    length = params.data.max_tokens + extra_tokens
+    if limit is not None and length > limit:
+        prompt = f" plus {extra_tokens} of the zero-shot prompt" if extra_tokens else ""
+        out.append(f"data.max_tokens is {params.data.max_tokens}{prompt}, but {params.model!r} "
+                   f"takes at most {limit} tokens ({key} in its config): set data.max_tokens "
+                   f"to at most {limit - extra_tokens}")
+    if not method_checks:
+        return out
+    if params.method == "zero_shot" and not family.causal:
+        out.append(f"method: zero_shot needs a causal language model (gpt2, gpt_neox); "
+                   f"{params.model!r} is a {family.name} encoder: use finetune or lora")
+    if params.method in ("finetune", "lora"):
+        section = params.finetune if params.method == "finetune" else params.lora
+        value, blocks = section.trainable_blocks, n_blocks(config)
+        if value != "all" and value > blocks:
+            out.append(f"{params.method}.trainable_blocks is {value} but {params.model!r} has "
+                       f"{blocks} blocks (allowed: 1..{blocks} or 'all')")
+    return out
+
+
+def checked_config_and_family(params: Params, extra_tokens: int = 0, method_checks: bool = True):
+    """params.model's config and family, after checking params against the config (no weights
+    are loaded); `extra_tokens` and `method_checks` as in model_problems."""
+    config, family = resolve_model(params.model)
+    problems = model_problems(params, config, family, extra_tokens, method_checks)
+    if problems:
+        raise ParamsError("invalid params for this model:\n  - " + "\n  - ".join(problems))
+    return config, family

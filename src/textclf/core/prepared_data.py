@@ -1,0 +1,80 @@
+"""The prepare stage's output directory: token ids per split, test texts, and what made them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from textclf.core import paths
+from textclf.core.data import Corpus, Split
+from textclf.core.families import Family
+from textclf.core.params import Params
+from textclf.core.tokenization import TextTokenizer, TokenizedSplit
+
+
+@dataclass
+class Prepared:
+    train: TokenizedSplit
+    val: TokenizedSplit
+    test: TokenizedSplit
+    test_texts: list[str]
+    test_lengths: np.ndarray  # untruncated length of each test text, in meta["length_unit"]
+    meta: dict
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.meta["label_names"]
+
+
+def prepared_meta(params: Params, family: Family, tokenizer: TextTokenizer, corpus: Corpus,
+                  length_unit: str) -> dict:
+    """How the token ids were made: train, evaluate and predict rebuild inputs from this."""
+    return {
+        "model": params.model,
+        "family": family.name,
+        "tokenizer": tokenizer.name,
+        "label_names": corpus.label_names,
+        "max_tokens": params.data.max_tokens,
+        "truncation": params.data.truncation,
+        "head_tokens": params.data.head_tokens,
+        "length_unit": length_unit,
+    }
+
+
+# Keys of meta.json that fix the input format, and where params.yaml sets them
+FORMAT_KEYS = {"model": lambda p: p.model, "max_tokens": lambda p: p.data.max_tokens,
+               "truncation": lambda p: p.data.truncation,
+               "head_tokens": lambda p: p.data.head_tokens}
+
+
+def prepared_format_problems(meta: dict, params: Params) -> list[str]:
+    """Where prepared data disagrees with params on how texts were cut (a stale prepare)."""
+    return [f"{key} is {meta.get(key)!r} there, {get(params)!r} in params"
+            for key, get in FORMAT_KEYS.items() if meta.get(key) != get(params)]
+
+
+def test_text_lines(split: Split, lengths: np.ndarray) -> str:
+    return "".join(json.dumps({"text": t, "label": int(y), "length": int(n)}, ensure_ascii=False)
+                   + "\n" for t, y, n in zip(split.texts, split.labels, lengths))
+
+
+def load_prepared(directory: Path, with_train: bool = True) -> Prepared:
+    directory = Path(directory)
+    meta_path = directory / paths.META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{directory} holds no prepared data ({paths.META} is missing); "
+                                "run the prepare stage first (dvc repro prepare)")
+    meta = json.loads(meta_path.read_text())
+    rows = [json.loads(line) for line in
+            (directory / paths.TEST_TEXTS).read_text(encoding="utf-8").splitlines()]
+
+    def split(name: str) -> TokenizedSplit | None:
+        if name != "test" and not with_train:
+            return None
+        return TokenizedSplit.load(directory / paths.SPLIT_FILE.format(split=name))
+
+    return Prepared(split("train"), split("val"), split("test"), [r["text"] for r in rows],
+                    np.array([r["length"] for r in rows], dtype=np.int64), meta)

@@ -1,0 +1,1 @@
+"""The evaluate stage's library: metrics, plot data, reports."""

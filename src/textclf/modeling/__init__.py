@@ -1,0 +1,1 @@
+"""The classifier shared by train, evaluate and export: build, batch, score, save."""

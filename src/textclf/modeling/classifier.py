@@ -1,0 +1,229 @@
+"""Build, freeze, adapt, save and reload the sequence classifier.
+
+Every method yields the same module: a base model (AutoModel, no task head), a pooling of its last
+hidden states and a linear head. Partial fine-tuning unfreezes the last blocks; LoRA wraps the base
+model with peft; zero-shot uses a causal LM's output embeddings of the answer words as the head,
+so scoring "Review: ... Sentiment:" by its next-token logits is the same forward pass.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from textclf.core.errors import ModelLoadError, ParamsError
+from textclf.core.families import Family, family_for, model_load_help, n_blocks
+from textclf.core.params import LoraParams, Params
+from textclf.modeling.model_info import TrainedModelInfo
+
+
+def hub_revision(model: str, cache_dir: str | Path | None = None) -> str | None:
+    """The commit hash of the hub checkout `model` loads from; None for a local directory or
+    when it cannot be found.
+
+    transformers 5 configs no longer carry `_commit_hash`: the hash is read from the path of
+    config.json in the Hugging Face cache (.../snapshots/<commit>/config.json), which
+    from_pretrained filled, so it works offline once the model was loaded.
+    """
+    if Path(model).is_dir():
+        return None
+    from transformers.utils.hub import cached_file, extract_commit_hash
+
+    try:
+        path = cached_file(model, "config.json", cache_dir=cache_dir)
+    except OSError:  # not cached and no network, or no such repository
+        return None
+    return extract_commit_hash(path, None)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    """One vector per sequence: the last real token (right padding) or the masked mean."""
+    if how == "last":
+        last = attention_mask.sum(dim=1) - 1
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone: nn.Module, family: Family, num_labels: int, head_dropout: float,
+                 first_trainable_block: int):
+        super().__init__()
+        self.backbone = backbone
+        self.family = family
+        self.first_trainable_block = first_trainable_block  # blocks before it are frozen
+        self.dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(backbone.config.hidden_size, num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Class logits. (The frozen-block cache, textclf.train.frozen_cache, feeds the first
+        trainable block from outside, with hooks, so this forward knows nothing of it.)"""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        pooled = pool(hidden.last_hidden_state, attention_mask, self.family.pooling)
+        return self.head(self.dropout(pooled))
+
+    def train(self, mode: bool = True) -> "Classifier":
+        """Frozen modules stay in eval mode while training: their dropout is off, so they are a
+        fixed feature extractor (and their hidden states can be cached exactly)."""
+        super().train(mode)
+        if mode:
+            for module in frozen_modules(self):
+                module.eval()
+        return self
+
+
+def base_model(clf: Classifier) -> nn.Module:
+    """The plain transformers base model, also when peft wraps it."""
+    backbone = clf.backbone
+    return backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+
+
+def blocks_of(model: nn.Module, family: Family) -> nn.ModuleList:
+    return model.get_submodule(family.blocks)
+
+
+def frozen_modules(clf: Classifier) -> list[nn.Module]:
+    model = base_model(clf)
+    if clf.first_trainable_block == 0:
+        return []
+    embeddings = [model.get_submodule(name) for name in clf.family.embeddings]
+    return embeddings + list(blocks_of(model, clf.family)[: clf.first_trainable_block])
+
+
+def from_pretrained(cls, model: str, **kwargs) -> nn.Module:
+    """`cls.from_pretrained` without transformers' load report (which lists every unused weight,
+    such as BERT's pooler or an LM head); weights the checkpoint lacks, which start random, are
+    reported in one line."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        loaded, info = cls.from_pretrained(model, output_loading_info=True, **kwargs)
+    except Exception as e:  # missing files, no network, bad weights: several exception types
+        raise ModelLoadError(model_load_help(model, e)) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        print(f"warning: {len(missing)} weights are not in the checkpoint of {model!r} and start "
+              f"random: {', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}",
+              file=sys.stderr, flush=True)
+    return loaded
+
+
+def load_backbone(model: str, family: Family) -> nn.Module:
+    from transformers import AutoModel
+
+    return from_pretrained(AutoModel, model, **dict(family.base_kwargs))
+
+
+def build_classifier(params: Params, family: Family, num_labels: int) -> Classifier:
+    """The model of `params.method` (finetune or lora), pretrained weights loaded and untouched."""
+    backbone = load_backbone(params.model, family)
+    total = n_blocks(backbone.config)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    if params.method == "finetune":
+        k = params.finetune.trainable_blocks
+        first = 0 if k == "all" else total - k
+        trainable = [backbone] if k == "all" else list(blocks_of(backbone, family)[first:])
+        if family.final_norm:
+            trainable.append(backbone.get_submodule(family.final_norm))
+        for module in trainable:
+            module.requires_grad_(True)
+    elif params.method == "lora":
+        first = 0 if params.lora.trainable_blocks == "all" else total - params.lora.trainable_blocks
+        backbone = add_lora(backbone, family, params.lora, first, total)
+    else:
+        raise ValueError(f"build_classifier does not build method {params.method!r}")
+    return Classifier(backbone, family, num_labels, params.train.head_dropout, first)
+
+
+def lora_config(family: Family, lora: LoraParams, first: int, total: int):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules or family.lora_targets),
+        layers_to_transform=list(range(first, total)),
+        layers_pattern=family.lora_layers_pattern,
+        fan_in_fan_out=family.lora_fan_in_fan_out,
+        bias="none",
+    )
+
+
+def add_lora(backbone: nn.Module, family: Family, lora: LoraParams, first: int, total: int):
+    """Wrap the loaded base model with LoRA adapters: the pretrained weights stay as they are and
+    the adapters start as a no-op (B = 0), so the first forward pass equals the base model's."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(backbone, lora_config(family, lora, first, total))
+    except ValueError as e:
+        raise ParamsError(f"lora.target_modules: {e}".splitlines()[0]) from None
+
+
+def parameter_counts(clf: Classifier) -> dict[str, int]:
+    trainable_backbone = sum(p.numel() for p in clf.backbone.parameters() if p.requires_grad)
+    head = sum(p.numel() for p in clf.head.parameters() if p.requires_grad)
+    return {
+        "trainable_params": trainable_backbone + head,
+        "trainable_backbone_params": trainable_backbone,
+        "total_params": sum(p.numel() for p in clf.parameters()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Save only what was trained; reload it on top of the base model.
+
+HEAD_FILE = "head.safetensors"
+TRAINED_FILE = "trained.safetensors"  # finetune: the trained blocks (and final norm)
+ADAPTER_DIR = "adapter"  # lora: the peft adapter, loadable with PeftModel.from_pretrained
+
+
+def save_model(clf: Classifier, out_dir: Path, info: TrainedModelInfo) -> None:
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(_cpu(clf.head.state_dict()), out_dir / HEAD_FILE)
+    if info.method == "finetune":
+        trained = {n: p for n, p in clf.backbone.named_parameters() if p.requires_grad}
+        save_file(_cpu(trained), out_dir / TRAINED_FILE)
+    elif info.method == "lora":
+        clf.backbone.save_pretrained(out_dir / ADAPTER_DIR)
+    info.save(out_dir)
+
+
+def load_model(model_dir: Path, merge_lora: bool = True) -> tuple[Classifier, TrainedModelInfo]:
+    """The saved classifier in eval mode, and its description (labels, input format, ...)."""
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    info = TrainedModelInfo.load(model_dir)
+    family = family_for(info.family)
+    backbone = load_backbone(info.base_model, family)
+    if info.method == "lora":
+        from peft import PeftModel
+
+        backbone = PeftModel.from_pretrained(backbone, model_dir / ADAPTER_DIR)
+        if merge_lora:
+            backbone = backbone.merge_and_unload()
+    elif info.method == "finetune":
+        trained = load_file(model_dir / TRAINED_FILE)
+        missing, unexpected = backbone.load_state_dict(trained, strict=False)
+        if unexpected:
+            raise ValueError(f"{model_dir / TRAINED_FILE} does not fit {info.base_model!r}: "
+                             f"unexpected weights {unexpected[:3]}")
+    clf = Classifier(backbone, family, len(info.label_names), 0.0, 0)
+    clf.head.load_state_dict(load_file(model_dir / HEAD_FILE))
+    return clf.eval().requires_grad_(False), info
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}

@@ -1,0 +1,41 @@
+"""Where and in which precision the pipeline runs: Accelerate's device and processes, and the
+hardware name that goes beside every measured figure."""
+
+from __future__ import annotations
+
+import torch
+
+
+def resolved_precision(mixed_precision: str, cuda: bool) -> str:
+    """The one precision rule of train, evaluate and predict: `auto` is bf16 autocast on a GPU
+    that supports it and fp32 ("no") elsewhere; bf16 and no are taken as they are."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+
+
+def make_accelerator(mixed_precision: str, device: str = "auto"):
+    """Accelerate decides the device and processes (`accelerate launch` for several); `device`
+    cpu keeps a single process on the CPU even where there is a GPU.
+
+    Without a GPU, processes started by `accelerate launch --multi_gpu` or torchrun join over
+    gloo on the CPU (`cpu=True` is what selects Accelerate's multi-CPU mode).
+    """
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available() and device != "cpu"
+    return Accelerator(mixed_precision=resolved_precision(mixed_precision, cuda), cpu=not cuda)
+
+
+def device_name(device: torch.device) -> str:
+    """The hardware a figure was measured on, e.g. 'cuda: NVIDIA H100 80GB HBM3'."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        model = platform.machine()
+    return f"cpu: {model}, {torch.get_num_threads()} threads"

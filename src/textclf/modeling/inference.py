@@ -1,0 +1,75 @@
+"""Logits for a whole split: sorted, large batches, no autograd; with several processes, each
+text scored by exactly one of them and the logits gathered back in split order."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from textclf.core.progress import progress_bar
+from textclf.core.tokenization import TokenizedSplit
+from textclf.modeling.batching import Collator, TokenDataset, sorted_batches, to_device
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, split: TokenizedSplit, collator: Collator,
+                   batch_size: int, accelerator,
+                   forward: Callable[[dict], torch.Tensor] | None = None,
+                   desc: str = "score") -> np.ndarray:
+    """(N, K) float32 logits in the split's order. `model` is the plain classifier (not a DDP
+    wrapper: processes may score different numbers of batches); it is put in eval mode (no
+    dropout). `forward` maps a batch on the device to its logits (default: the model on the
+    batch's ids and mask; the train stage passes textclf.train.frozen_cache.cached_forward).
+    A progress bar named `desc` shows on a terminal (textclf.core.progress).
+
+    Under several processes, process r scores the sorted batches r, r + P, ..., so every text
+    is scored once whatever the split's size; their logits are then gathered (each process's
+    share padded to the longest) and put back in split order: the same numbers as one process.
+    """
+    forward = forward or (lambda batch: model(batch["input_ids"], batch["attention_mask"]))
+    was_training = model.training
+    model.eval()
+    rank, processes = accelerator.process_index, accelerator.num_processes
+    mine = sorted_batches(split.lengths, batch_size)[rank::processes]
+    loader = torch.utils.data.DataLoader(TokenDataset(split), batch_sampler=mine,
+                                         collate_fn=collator)
+    chunks, order = [], []
+    for batch in progress_bar(loader, desc=desc, unit="batch", leave=False,
+                              enabled=accelerator.is_main_process):
+        batch = to_device(batch, accelerator.device)
+        with accelerator.autocast():
+            logits = forward(batch)
+        chunks.append(logits.float())
+        order.append(batch["index"])
+    model.train(was_training)
+    device = accelerator.device
+    logits = torch.cat(chunks) if chunks else torch.empty((0, 0), device=device)
+    index = torch.cat(order) if order else torch.empty(0, dtype=torch.long, device=device)
+    if processes > 1:
+        logits, index = _gather_shares(logits, index, accelerator)
+    out = torch.empty((len(split), logits.shape[1]), dtype=torch.float32)
+    out[index.cpu()] = logits.cpu()
+    return out.numpy()
+
+
+def _gather_shares(logits: torch.Tensor, index: torch.Tensor, accelerator):
+    """Every process's (logits, index), padded to the longest share (index -1 marks padding,
+    which is dropped), concatenated over processes."""
+    sizes = accelerator.gather(torch.tensor([logits.shape[0], logits.shape[1]],
+                                            device=accelerator.device)).view(-1, 2)
+    longest, classes = int(sizes[:, 0].max()), int(sizes[:, 1].max())
+    padded = torch.zeros((longest, classes), dtype=torch.float32, device=accelerator.device)
+    padded[: logits.shape[0], : logits.shape[1]] = logits
+    padded_index = torch.full((longest,), -1, dtype=torch.long, device=accelerator.device)
+    padded_index[: index.shape[0]] = index
+    logits, index = accelerator.gather((padded, padded_index))
+    kept = index >= 0
+    return logits[kept], index[kept]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

@@ -1,0 +1,58 @@
+"""What the train stage saves beside the weights, and what evaluate, predict and export read.
+
+One typed description, written and read here only: `models/textclf.json`. It names the base model
+(hub id or directory, and its exact revision when the hub has one), the method, the class names,
+and the input format the model was trained with (tokenizer, special tokens or prompt around the
+text, pad id, and the truncation of the prepared data). Importing it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from textclf.core.tokenization import InputFormat
+
+INFO_FILE = "textclf.json"
+
+
+@dataclass(frozen=True)
+class TrainedModelInfo:
+    base_model: str  # hub id or local directory the weights start from
+    base_revision: str | None  # hub commit hash of base_model; None for a local directory
+    family: str  # row of textclf.core.families.FAMILIES
+    method: str  # zero_shot | finetune | lora
+    label_names: list[str]  # class names in label order (the prepared data's)
+    tokenizer: str  # TextTokenizer.name: "tiktoken:gpt2" or the tokenizer directory / hub id
+    input_prefix: list[int]  # ids before the text: [CLS], or the zero-shot prompt's start
+    input_suffix: list[int]  # ids after it: [SEP], or the prompt's end
+    pad_id: int
+    max_tokens: int  # model input length, special tokens included (the prepared data's)
+    truncation: str  # left | right | head_tail (the prepared data's)
+    head_tokens: int  # tokens kept from the start by head_tail
+
+    @property
+    def input_format(self) -> InputFormat:
+        return InputFormat(tuple(self.input_prefix), tuple(self.input_suffix))
+
+    def save(self, model_dir: Path) -> None:
+        path = Path(model_dir) / INFO_FILE
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, model_dir: Path) -> "TrainedModelInfo":
+        path = Path(model_dir) / INFO_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{model_dir} holds no trained model ({INFO_FILE} is "
+                                    "missing); run the train stage first (dvc repro train)")
+        raw = json.loads(path.read_text())
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(names - set(raw))
+        if missing == ["base_revision"]:  # written before revisions were recorded
+            raw["base_revision"] = None
+        elif missing:
+            raise FileNotFoundError(f"{path} lacks {missing}: it was written by another version; "
+                                    "run the train stage again (dvc repro train)")
+        return cls(**{k: v for k, v in raw.items() if k in names})

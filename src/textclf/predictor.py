@@ -1,0 +1,143 @@
+"""The predictor: a trained model directory (models/ or an export) loaded on a device, with the
+input pipeline it was trained with, scoring texts as the evaluate stage scores the test split.
+`textclf predict` (textclf.cli.predict) reads and writes the records around it.
+
+    from textclf.predictor import load_predictor
+    load_predictor("export").predict(["A wonderful film."])  # [{"predicted": "pos", ...}]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from textclf.core import paths
+from textclf.core.data import clean_text
+
+# torch and transformers are imported inside the functions that need them: bad input fails at
+# once, before seconds of imports.
+
+DEFAULT_BATCH_SIZE = 128  # params.yaml's eval.batch_size: the evaluate stage's batches
+
+
+class PredictError(ValueError):
+    """Input the predictor cannot use (no texts, an empty text, an unusable device)."""
+
+
+@dataclass
+class Predictor:
+    """A trained classifier on its device, with the input pipeline it was trained with."""
+
+    model: Any  # a Classifier (modeling.classifier) or ExportedClassifier (export), in eval mode
+    info: Any  # textclf.modeling.model_info.TrainedModelInfo: base model, labels, input format
+    tokenizer: Any  # textclf.core.tokenization.TextTokenizer
+    accelerator: Any  # accelerate.Accelerator: device and autocast, as in the evaluate stage
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.info.label_names
+
+    def probabilities(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        """(N, K) float32 class probabilities of `texts`, in their order."""
+        from textclf.core.tokenization import tokenize_split
+        from textclf.modeling.batching import Collator, pad_multiple_for
+        from textclf.modeling.inference import predict_logits, softmax
+
+        cleaned = cleaned_texts(texts)
+        if batch_size < 1:
+            raise PredictError(f"--batch-size must be a positive integer, got {batch_size}")
+        info = self.info
+        split = tokenize_split(self.tokenizer, cleaned, np.zeros(len(cleaned), dtype=np.int64),
+                               info.max_tokens, info.truncation, info.head_tokens)
+        collator = Collator(info.input_format, info.pad_id,
+                            pad_multiple_for(self.accelerator.device))
+        logits = predict_logits(self.model, split, collator, batch_size, self.accelerator)
+        return softmax(logits)
+
+    def predict(self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict]:
+        """One record per text: predicted label name, its probability, every class's."""
+        probs = self.probabilities(texts, batch_size)
+        return [prediction_record(row, self.label_names) for row in probs]
+
+
+def cleaned_texts(texts: Sequence[str]) -> list[str]:
+    """The texts as the prepare stage cleans them; an empty one is an error (prepare drops
+    them, and a GPT-2 input without a single token has nothing to classify)."""
+    if not texts:
+        raise PredictError("no texts to predict")
+    cleaned = [clean_text(t) for t in texts]
+    empty = [i for i, t in enumerate(cleaned) if not t]
+    if empty:
+        raise PredictError(f"text {empty[0] + 1} of {len(texts)} is empty (after removing HTML "
+                           "line breaks and whitespace); nothing to classify")
+    return cleaned
+
+
+def prediction_record(probs: np.ndarray, names: list[str]) -> dict:
+    # float() of each float32, as the evaluate stage writes its predictions.jsonl
+    best = int(np.argmax(probs))
+    return {"predicted": names[best], "probability": float(probs[best]),
+            "probs": {name: float(p) for name, p in zip(names, probs)}}
+
+
+def check_device(device: str, mixed_precision: str) -> None:
+    import torch
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise PredictError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if mixed_precision not in ("auto", "bf16", "no"):
+        raise PredictError(f"--mixed-precision must be auto, bf16 or no, got {mixed_precision!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PredictError("--device cuda: no CUDA GPU is available to torch; use --device cpu "
+                           "(or auto)")
+
+
+def make_device_accelerator(device: str, mixed_precision: str = "auto"):
+    """The evaluate stage's Accelerator and precision rule (textclf.modeling.device), on the
+    device asked for: auto (a GPU if there is one), cpu or cuda."""
+    from textclf.modeling.device import make_accelerator
+
+    check_device(device, mixed_precision)
+    return make_accelerator(mixed_precision, device)
+
+
+def load_predictor(model_dir: str | Path = paths.MODEL_DIR, device: str = "auto",
+                   mixed_precision: str = "auto") -> Predictor:
+    """Load a model directory for prediction: the train stage's (modeling.classifier.save_model)
+    or an export (export.hf_export.export_model).
+
+    Accelerate keeps one device and precision per process: after an Accelerator with other
+    settings was built in this process, building this one fails (accelerate's ValueError).
+    """
+    from textclf.core.families import family_for
+    from textclf.core.tokenization import load_tokenizer
+    from textclf.export.hf_export import is_export, load_export
+    from textclf.modeling.classifier import load_model
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory {str(model_dir)!r} does not exist; train a "
+                                "model first (dvc repro) or pass --model-dir")
+    check_device(device, mixed_precision)  # before seconds of loading
+    if is_export(model_dir):
+        model, info, tokenizer = load_export(model_dir)
+    else:
+        model, info = load_model(model_dir)
+        tokenizer = load_tokenizer(info.base_model, family_for(info.family))
+        if tokenizer.name != info.tokenizer:
+            # e.g. trained on a local GPT-2 directory's tokenizer, now resolved to tiktoken
+            raise PredictError(f"{model_dir} was trained with tokenizer {info.tokenizer!r}, but "
+                               f"{info.base_model!r} now loads {tokenizer.name!r}")
+    accelerator = make_device_accelerator(device, mixed_precision)
+    return Predictor(model.to(accelerator.device), info, tokenizer, accelerator)
+
+
+def predict_texts(model_dir: str | Path, texts: Sequence[str],
+                  batch_size: int = DEFAULT_BATCH_SIZE, device: str = "auto",
+                  mixed_precision: str = "auto") -> list[dict]:
+    """Load `model_dir` and predict `texts`: one record per text (see Predictor.predict)."""
+    texts = cleaned_texts(texts)  # bad input fails before the model loads
+    return load_predictor(model_dir, device, mixed_precision).predict(texts, batch_size)

@@ -1,0 +1,1 @@
+"""The train stage's library: the loop, the frozen-block cache, checkpoints, zero-shot."""

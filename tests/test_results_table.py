@@ -1,0 +1,89 @@
+"""The compare pipeline end to end on tiny local models, and the README table it generates."""
+
+import json
+from pathlib import Path
+
+import pytest
+import tiny
+import yaml
+from tiny import sh
+
+from textclf.results_table import README_END, README_START, markdown_table, update_readme
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_compare_config(tiny_dirs, data_dir) -> dict:
+    return {
+        "datasets": {
+            "gpt2_fixture": {"model": str(tiny_dirs["gpt2"])},
+            "bert_fixture": {"model": str(tiny_dirs["bert"])},
+        },
+        "runs": {
+            "gpt2_zero_shot": {"dataset": "gpt2_fixture", "params": {"method": "zero_shot"},
+                               "reference": {"accuracy": 0.7078}},
+            "gpt2_lora": {"dataset": "gpt2_fixture", "params": {"method": "lora"},
+                          "reference": {"accuracy": 0.9107}},
+            "bert_finetune": {"dataset": "bert_fixture", "params": {"method": "finetune"},
+                              "reference": None},
+        },
+    }
+
+
+@pytest.fixture()
+def project(tmp_path, tiny_dirs, data_dir) -> Path:
+    root = tiny.dvc_project(tmp_path / "project", tiny.tiny_params(
+        tiny_dirs["gpt2"], data_dir, train={"epochs": 1}))
+    (root / "compare" / "params.yaml").write_text(
+        yaml.safe_dump(tiny_compare_config(tiny_dirs, data_dir), sort_keys=False))
+    sh(root, "git", "commit", "-qam", "tiny compare config")
+    return root
+
+
+@pytest.mark.slow
+def test_compare_pipeline_runs_everything_and_reruns_only_what_changed(project):
+    compare = project / "compare"
+    out = sh(compare, "dvc", "repro")
+    assert out.count("Running stage 'prepare@") == 2
+    assert out.count("Running stage 'train@") == 3
+    rows = json.loads((compare / "table" / "compare.json").read_text())
+    assert set(rows) == {"gpt2_zero_shot", "gpt2_lora", "bert_finetune"}
+    assert rows["gpt2_zero_shot"]["method"] == "zero_shot"
+    assert rows["gpt2_zero_shot"]["trainable_params"] == 0
+    assert rows["gpt2_lora"]["reference_accuracy"] == 0.9107
+    assert rows["gpt2_lora"]["delta_accuracy"] == pytest.approx(
+        rows["gpt2_lora"]["accuracy"] - 0.9107, abs=1e-6)
+    assert rows["bert_finetune"]["n"] == 12 and rows["bert_finetune"]["device"].startswith("cpu")
+    table = sh(project, "textclf", "results-table")
+    assert "| gpt2_lora |" in table and "| bert_finetune |" in table
+    assert (compare / "table" / "compare.csv").read_text().startswith("run,accuracy,f1\n")
+
+    # The top-level pipeline neither runs nor sees the comparison (a DVC project of its own)
+    out = sh(project, "dvc", "repro")
+    assert "prepare@" not in out and "compare" not in out
+
+    # One changed entry reruns that entry and the table, nothing else
+    config = yaml.safe_load((compare / "params.yaml").read_text())
+    config["runs"]["gpt2_lora"]["params"]["lora"] = {"r": 4}
+    (compare / "params.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    out = sh(compare, "dvc", "repro")
+    ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running"))
+    assert ran == ["evaluate@gpt2_lora", "table", "train@gpt2_lora"]
+
+
+def test_readme_table_is_generated_and_says_what_is_not_measured(tmp_path, tiny_dirs, data_dir):
+    config = tiny_compare_config(tiny_dirs, data_dir)
+    rows = {"gpt2_lora": {"model": "gpt2", "weights": "hub checkpoint", "method": "lora",
+                          "data": "imdb", "split": "test", "n": 25000, "accuracy": 0.93,
+                          "precision": 0.92, "recall": 0.94, "f1": 0.93, "roc_auc": 0.98,
+                          "accuracy_ci_low": 0.927, "accuracy_ci_high": 0.933,
+                          "device": "cuda: NVIDIA H100 80GB HBM3"}}
+    table = markdown_table(config, rows)
+    assert "| gpt2_lora | gpt2 (hub checkpoint) | lora | imdb test (n=25000) | 93.00 (92.70-93.30)" \
+        in table
+    assert "| gpt2_zero_shot |" in table and "not measured yet" in table
+    readme = f"# x\n\n{README_START}\nold\n{README_END}\n\nrest\n"
+    updated = update_readme(readme, table)
+    assert "old" not in updated and table in updated and updated.endswith("rest\n")
+    with pytest.raises(ValueError, match="markers"):
+        update_readme("# no markers\n", table)
