@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py
+sys.path.insert(0, str(Path(__file__).parent))  # tests/support/
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))  # speed.py, parity.py
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # machine, several threads per process mostly wait on each other.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import tiny  # noqa: E402
+from support import tiny  # noqa: E402
 
 FAMILIES = ("gpt2", "bert", "gpt_neox")
 
@@ -69,9 +69,9 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def offline_cache(tmp_path_factory, tiny_dirs):
     """A Hugging Face cache and a tiktoken cache with tiny models and small datasets under the
-    hub ids of the defaults and the compare configurations (tests/hub_cache.py). Skips when
+    hub ids of the defaults and the compare configurations (tests/support/hub_cache.py). Skips when
     GPT-2's BPE files (tiktoken's gpt2 encoding) are not beside the repository."""
-    import hub_cache
+    from support import hub_cache
 
     if not hub_cache.GPT2_BPE.is_dir():
         pytest.skip(f"GPT-2's BPE files are not at {hub_cache.GPT2_BPE}")
@@ -81,6 +81,6 @@ def offline_cache(tmp_path_factory, tiny_dirs):
 @pytest.fixture()
 def offline_hub(offline_cache, monkeypatch):
     """The libraries in this test's process read `offline_cache` (hub ids resolve offline)."""
-    import hub_cache
+    from support import hub_cache
 
     yield from hub_cache.use_offline_cache(offline_cache, monkeypatch)

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-import tiny
 import torch
 import yaml
+from support import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 

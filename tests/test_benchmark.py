@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import tiny
+from support import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--size", "tiny", "--steps", "2", "--warmup", "1", "--batch-size", "4",

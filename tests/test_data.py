@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import PARAMS_YAML
-from hub_cache import NEWSGROUPS
+from support.hub_cache import NEWSGROUPS
+from support.tensors import PARAMS_YAML
 
 from textclf.core.data import DataError, clean_text, load_corpus
 from textclf.core.params import load_params

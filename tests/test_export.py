@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tiny
 import torch
 import yaml
-from helpers import PARAMS_YAML, REPO, run_params
+from support import tiny
+from support.tensors import PARAMS_YAML, REPO, run_params
 
 from textclf.cli.predict import main
 from textclf.core.data import clean_text

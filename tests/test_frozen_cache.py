@@ -2,8 +2,8 @@
 blocks is the same computation as training the full model."""
 
 import pytest
-import tiny
 import torch
+from support import tiny
 
 from textclf.core.families import FAMILIES, checked_config_and_family
 from textclf.core.params import parse_params

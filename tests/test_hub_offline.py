@@ -1,6 +1,6 @@
 """The hub code path, offline: the defaults (`model: gpt2`, `data.source: imdb`) and every
 compare configuration load their models by hub id, their datasets with `load_dataset` and GPT-2's
-tokenization with tiktoken, here from a pre-populated cache (tests/hub_cache.py) holding tiny
+tokenization with tiktoken, here from a pre-populated cache (tests/support/hub_cache.py) holding tiny
 random models, small datasets of the real ones' shape and GPT-2's real BPE."""
 
 import json
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tiny
 import torch
 import yaml
-from helpers import PARAMS_YAML, REPO, batch_of, logits_of
-from hub_cache import GPT2_BPE, NEWSGROUPS
+from support import tiny
+from support.hub_cache import GPT2_BPE, NEWSGROUPS
+from support.tensors import PARAMS_YAML, REPO, batch_of, logits_of
 
 from textclf.core import paths
 from textclf.core.data import load_corpus
@@ -33,7 +33,7 @@ from textclf.modeling.classifier import build_classifier
 from textclf.train.zero_shot import zero_shot_classifier
 
 COMPARE = yaml.safe_load((REPO / "compare" / "params.yaml").read_text())
-# Small sizes for the hub datasets of tests/hub_cache.py (IMDb: 28 train, 12 test texts)
+# Small sizes for the hub datasets of tests/support/hub_cache.py (IMDb: 28 train, 12 test texts)
 SMALL = {"data": {"train_size": 20, "test_size": 8},
          "train": {"epochs": 1, "batch_size": 8, "log_every": 1},
          "eval": {"batch_size": 8, "bootstrap": 50, "errors": 3}}

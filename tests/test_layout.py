@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny import ENV
+from support.tiny import ENV
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "textclf"

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import batch_of, logits_of, run_params
+from support.tensors import batch_of, logits_of, run_params
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from textclf.core.errors import ParamsError
@@ -30,7 +30,7 @@ from textclf.train.zero_shot import prompt_format, zero_shot_classifier
 
 TEXTS = ["A wonderful film.", "Terrible, boring and far too long for what it is.", "Great.",
          "The acting is superb and the story kept me hooked until the very last scene."]
-N_BLOCKS = 4  # the tiny models (tests/tiny.py)
+N_BLOCKS = 4  # the tiny models (tests/support/tiny.py)
 FAMILY_NAMES = ["gpt2", "bert", "gpt_neox"]  # each has a tiny model in tiny_dirs
 CAUSAL = [name for name in FAMILY_NAMES if FAMILIES[name].causal]
 

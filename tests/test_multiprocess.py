@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-import tiny
 import yaml
+from support import tiny
 
 # Run in each process: trains the tiny GPT-2 and writes the text indices of every training
 # batch it built, in order, to <out>/rank<process index>.json.

@@ -3,7 +3,7 @@ the key and what is allowed; params that contradict the model fail before its we
 
 import pytest
 import yaml
-from helpers import PARAMS_YAML, run_params
+from support.tensors import PARAMS_YAML, run_params
 
 from textclf.core.families import checked_config_and_family
 from textclf.core.params import ParamsError, flat_params, load_params, parse_params

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-import tiny
 import yaml
-from helpers import REPO
 from parity import SIDES, paired_difference
+from support import tiny
+from support.tensors import REPO
 
 from textclf.core.params import deep_merge
 

@@ -6,9 +6,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import tiny
 import yaml
-from tiny import ENV, sh
+from support import tiny
+from support.tiny import ENV, sh
 
 from textclf.core.params import flat_params
 

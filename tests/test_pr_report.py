@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import tiny
 import yaml
+from support import tiny
 
 from textclf.cli import pr_charts as pr_plots
 from textclf.cli import pr_report

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tiny
+from support import tiny
 
 from textclf.cli.predict import main, progress_bar
 from textclf.export.hf_export import check_export, export_model
@@ -40,7 +40,7 @@ RUNS = {  # name: (family, method); the zero-shot prompt comes around the trunca
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_dirs, data_dir) -> dict[str, Path]:
     """The real stages, run in this process, each run in its own directory laid out as dvc.yaml
-    lays out the repository (tests/tiny.py)."""
+    lays out the repository (tests/support/tiny.py)."""
     root = tmp_path_factory.mktemp("predict_runs")
     return {name: tiny.run_stages(root / name, tiny.tiny_params(
                 tiny_dirs[family], data_dir, method=method, data=DATA[family],

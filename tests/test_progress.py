@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import run_params
+from support.tensors import run_params
 
 from textclf.core.families import FAMILIES
 from textclf.core.progress import progress_bar, show_progress

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tiny
 import torch
 import yaml
-from helpers import REPO, batch_of, logits_of
 from safetensors.torch import load_file
+from support import tiny
+from support.tensors import REPO, batch_of, logits_of
 
 from textclf.core.data import clean_text
 from textclf.core.families import FAMILIES

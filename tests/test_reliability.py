@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-import tiny
 import yaml
+from support import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # stage subprocesses, interrupted and multi-process runs

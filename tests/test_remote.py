@@ -8,9 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-import tiny
-from tiny import ENV, sh
+from support import tiny
+from support.tiny import ENV, sh
 
 
 def files(directory: Path) -> dict[str, bytes]:

@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
-import tiny
 import yaml
-from tiny import sh
+from support import tiny
+from support.tiny import sh
 
 from textclf.results_table import README_END, README_START, markdown_table, update_readme
 

@@ -10,9 +10,9 @@ import types
 from pathlib import Path
 
 import pytest
-import tiny
 import yaml
-from tiny import sh
+from support import tiny
+from support.tiny import sh
 
 from textclf.core import runner
 from textclf.core.params import flat_params

@@ -6,8 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import batch_of
-from hub_cache import OTHER_VOCAB_GPT2, commit_of
+from support.hub_cache import OTHER_VOCAB_GPT2, commit_of
+from support.tensors import batch_of
 from transformers import AutoTokenizer
 
 from textclf.core.errors import ModelLoadError
@@ -140,7 +140,7 @@ def test_single_token_answers(tiny_dirs, family):
 # Which tokenizer a model gets: its own, or tiktoken in its place when it is GPT-2's
 
 def test_gpt2_architecture_with_another_vocabulary_gets_its_own_tokenizer(offline_hub):
-    # A GPT-2 model on the hub whose vocabulary is not GPT-2's (tests/tiny.py's small BPE)
+    # A GPT-2 model on the hub whose vocabulary is not GPT-2's (tests/support/tiny.py's small BPE)
     tok = load_tokenizer(OTHER_VOCAB_GPT2, FAMILIES["gpt2"])
     assert tok.name == OTHER_VOCAB_GPT2
     hf = AutoTokenizer.from_pretrained(OTHER_VOCAB_GPT2)

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from helpers import run_params, trainable_state
+from support.tensors import run_params, trainable_state
 
 from textclf.core.data import load_corpus
 from textclf.core.errors import DataError

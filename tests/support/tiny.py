@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 # Words the tokenizers must hold as single tokens (the zero-shot prompt and answers).
 PROMPT_TEXT = "Review: Sentiment: Positive Negative N/A " * 50
 
@@ -103,7 +103,7 @@ def tiny_params(model_dir: Path, data_dir: Path, **overrides) -> dict:
 
     from textclf.core.params import deep_merge
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     small = {
         "model": str(model_dir),
@@ -130,10 +130,10 @@ def stage_command(stage: str, params_file: Path, run_dir: Path) -> list[str]:
                    "--eval-metrics", run / "metrics/eval.json",
                    "--train-metrics", run / "metrics/train.json",
                    "--length-bins", run / "outputs/evaluate/length_bins.json",
-                   "--compare-config", Path(__file__).resolve().parents[1] / "compare/params.yaml",
+                   "--compare-config", Path(__file__).resolve().parents[2] / "compare/params.yaml",
                    "--out", run / "export"],
     }[stage]
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     return [sys.executable, str(repo / "stages" / f"{stage}.py"), "--params", str(params_file),
             *map(str, layout)]
 
@@ -195,7 +195,7 @@ def dvc_project(root: Path, params: dict) -> Path:
 
     import yaml
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     root.mkdir(parents=True)
     for name in PROJECT_FILES:
         src, dst = repo / name, root / name

@@ -25,16 +25,16 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import tiny
+from support import tiny
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GPT2_BPE = REPO.parent / "shared" / "data" / "gpt2-bpe"  # encoder.json, vocab.bpe (see README)
 # Where tiktoken downloads the gpt2 encoding's files from (tiktoken_ext/openai_public.py, gpt2())
 TIKTOKEN_GPT2_URLS = {
     "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
     "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
 }
-# A GPT-2 architecture with a vocabulary of its own (tests/tiny.py's small BPE)
+# A GPT-2 architecture with a vocabulary of its own (tests/support/tiny.py's small BPE)
 OTHER_VOCAB_GPT2 = "textclf-tests/tiny-gpt2-own-vocab"
 # Variables that would send the libraries to other caches than HF_HOME's or TIKTOKEN_CACHE_DIR
 OTHER_CACHE_VARIABLES = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE",
@@ -61,7 +61,7 @@ class OfflineCache:
 
 
 def build(root: Path, tiny_dirs: dict[str, Path]) -> OfflineCache:
-    """Both caches under `root`; `tiny_dirs` are tests/tiny.py's model directories by family."""
+    """Both caches under `root`; `tiny_dirs` are tests/support/tiny.py's model directories by family."""
     cache = OfflineCache(root / "hf_home", seed_tiktoken(root / "tiktoken"))
     hub = cache.hf_home / "hub"
     add_model(hub, "gpt2", tiny_gpt2_with_gpt2_tokenizer(root / "tiny_gpt2"))

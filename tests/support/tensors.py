@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import tiny
 import torch
 
+from support import tiny
 from textclf.core.params import Params, parse_params
 from textclf.modeling.batching import Collator
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PARAMS_YAML = REPO / "params.yaml"
 
 
