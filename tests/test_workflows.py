@@ -1,0 +1,67 @@
+"""The GitHub Actions workflows: CI runs .ci/run on every push and pull request, with the CPU
+build of torch; the PR report installs the dvc that constraints.txt pins."""
+
+import re
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / ".github" / "workflows"
+CONSTRAINTS = REPO / "constraints.txt"
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((WORKFLOWS / name).read_text())
+
+
+def triggers(workflow: dict) -> set[str]:
+    """The events of `on:` (PyYAML reads the key `on` as True), written as a string, a list or
+    a mapping."""
+    on = workflow.get("on", workflow.get(True))
+    if isinstance(on, str):
+        return {on}
+    return set(on)
+
+
+def steps(workflow: dict) -> list[dict]:
+    return [step for job in workflow["jobs"].values() for step in job["steps"]]
+
+
+def pin(package: str) -> str:
+    """`package==version` as constraints.txt pins it."""
+    (line,) = [line.strip() for line in CONSTRAINTS.read_text().splitlines()
+               if line.lower().startswith(f"{package}==")]
+    return line
+
+
+def test_ci_runs_ci_run_on_push_and_pull_request():
+    workflow = load("ci.yml")
+    assert {"push", "pull_request"} <= triggers(workflow)
+    runs = [step.get("run", "") for step in steps(workflow)]
+    assert any(re.search(r"(^|\s)\.ci/run(\s|$)", run, re.M) for run in runs), runs
+    (job,) = workflow["jobs"].values()
+    assert job["timeout-minutes"] > 0
+    assert workflow["concurrency"]["cancel-in-progress"] is True
+
+
+def test_ci_installs_the_cpu_build_of_the_pinned_torch_before_ci_run():
+    """On GitHub's runners a plain `pip install torch` pulls the CUDA build from PyPI: the
+    workflow puts the CPU build, at constraints.txt's version, into .ci/run's .venv first."""
+    runs = [step.get("run", "") for step in steps(load("ci.yml"))]
+    ci_run = next(i for i, run in enumerate(runs) if ".ci/run" in run)
+    torch = [run for run in runs[:ci_run] if "download.pytorch.org/whl/cpu" in run]
+    assert torch, "no step installs torch from the CPU index before .ci/run"
+    assert ".venv" in torch[0], torch[0]
+    assert "constraints.txt" in torch[0] or pin("torch") in torch[0], torch[0]
+    # .ci/run's own `pip install torch==...` then finds it installed (any other version would
+    # replace it with PyPI's CUDA build)
+    assert f'"{pin("torch")}"' in (REPO / ".ci" / "run").read_text()
+
+
+def test_pr_report_installs_the_pinned_dvc():
+    installs = [step["run"] for step in steps(load("pr-report.yml"))
+                if "pip install" in step.get("run", "") and re.search(r"\bdvc\b", step["run"])]
+    assert installs, "no step of pr-report.yml installs dvc"
+    for run in installs:
+        assert "constraints.txt" in run or pin("dvc") in run, run
