@@ -32,7 +32,12 @@ def stage_parser(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+# The params files this stage read (params.yaml and its overlays), for `refresh_params_files`
+PARAMS_FILES: list[str] = []
+
+
 def params_from_args(args: argparse.Namespace) -> Params:
+    PARAMS_FILES[:] = [args.params] + [spec.partition(":")[0] for spec in args.overlay]
     overrides: dict = {}
     for spec in args.overlay:
         overrides = deep_merge(overrides, read_overlay(spec))
@@ -69,9 +74,34 @@ def quiet_libraries() -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+def refresh_params_files() -> None:
+    """After a failure, give the params files a new modification time (their content stays).
+
+    `dvc exp run -S key=value` writes the value into params.yaml, and a failed run leaves it
+    there. DVC rewrites the file and git's index several times within a second at the start of
+    the run, and can leave the index holding the committed content with the size and time of the
+    rewritten file (a shorter value keeps the size: the comment column stays put). git then
+    trusts the file to be unchanged: `git status` shows nothing and `git checkout params.yaml`
+    restores nothing. A new modification time makes git read the file again."""
+    for path in PARAMS_FILES:
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+
+
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main(); expected failures print `error: ...` and exit with status 2."""
+    """Run a stage's main(); expected failures print `error: ...` and exit with status 2. On
+    any failure the params files are refreshed for git (refresh_params_files)."""
     quiet_libraries()
+    try:
+        _run(main)
+    except BaseException:
+        refresh_params_files()
+        raise
+
+
+def _run(main: Callable[[], None]) -> None:
     try:
         main()
     except TrainingInterrupted as e:
