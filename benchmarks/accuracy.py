@@ -23,7 +23,7 @@ except ImportError:  # a plain checkout: use its src/
     sys.path.insert(0, str(REPO / "src"))
 
 import parity  # noqa: E402
-from speed import default_tokenizer_dir  # noqa: E402
+from inputs import default_tokenizer_dir  # noqa: E402
 
 from textclf.core.outputs import write_json  # noqa: E402
 from textclf.core.runner import quiet_libraries  # noqa: E402

@@ -10,7 +10,8 @@ Not a pipeline stage (`dvc repro` does not run it). Builds the models from their
 random weights (no download), draws review lengths from ../shared/data/imdb/train.jsonl.gz when
 present (else a synthetic distribution with IMDb's mean and tail), runs ours and plain side by
 side on the same model, data, device, batch size and steps, prints a table and writes
-benchmarks/results/bench.json. What is measured and how FLOPs are counted: benchmarks/speed.py.
+benchmarks/results/bench.json. What runs: benchmarks/speed.py; what is measured and how:
+benchmarks/meter.py; how FLOPs are counted: benchmarks/flops.py.
 Runs without the package installed (e.g. `python benchmarks/bench.py` in a checkout on a GPU
 machine that has torch, transformers, peft and accelerate).
 """
@@ -26,7 +27,9 @@ try:
 except ImportError:  # a plain checkout: use its src/
     sys.path.insert(0, str(REPO / "src"))
 
-import speed as benchmark  # noqa: E402
+from cases import METHODS, MODELS, SIZES, Settings  # noqa: E402
+from inputs import default_tokenizer_dir  # noqa: E402
+from speed import format_table, run_benchmark  # noqa: E402
 
 from textclf.core.outputs import write_json  # noqa: E402
 from textclf.core.params import load_params  # noqa: E402
@@ -40,11 +43,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--model", default="all", choices=[*benchmark.MODELS, "all"])
-    parser.add_argument("--size", choices=benchmark.SIZES, default=None,
+    parser.add_argument("--model", default="all", choices=[*MODELS, "all"])
+    parser.add_argument("--size", choices=SIZES, default=None,
                         help="full = GPT-2 124M / BERT-base; small, tiny = fewer, narrower "
                              "blocks (default: full on a GPU, small on a CPU)")
-    parser.add_argument("--methods", default=",".join(benchmark.METHODS),
+    parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma-separated, from: %(default)s")
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps (training) or batches (scoring); default 50 on a GPU, "
@@ -84,8 +87,8 @@ def main(argv=None) -> dict:
     params = load_params(args.params)
     gpu = torch.cuda.is_available()
     batch_size = args.batch_size or params.train.batch_size
-    settings = benchmark.Settings(
-        models=benchmark.MODELS if args.model == "all" else (args.model,),
+    settings = Settings(
+        models=MODELS if args.model == "all" else (args.model,),
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
         size=args.size or ("full" if gpu else "small"),
         steps=args.steps or (50 if gpu else 5),
@@ -96,10 +99,10 @@ def main(argv=None) -> dict:
         seed=params.seed,
         plain_bf16=args.plain_bf16,
     )
-    results = benchmark.run_benchmark(settings, args.params, args.data,
-                                      args.tokenizer or benchmark.default_tokenizer_dir())
+    results = run_benchmark(settings, args.params, args.data,
+                            args.tokenizer or default_tokenizer_dir())
     write_json(args.out, results)
-    print(benchmark.format_table(results))
+    print(format_table(results))
     print(f"wrote {args.out}")
     return results
 

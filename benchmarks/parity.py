@@ -123,7 +123,8 @@ def run_engine(params: Params, splits: Splits, pad_id: int, fmt, num_labels: int
 def run_trainer(params: Params, splits: Splits, pad_id: int, fmt, num_labels: int
                 ) -> tuple[np.ndarray, dict]:
     """transformers.Trainer on AutoModelForSequenceClassification, the same blocks trainable."""
-    from speed import Case, plain_classifier, plain_rows, plain_tokenizer
+    from cases import Case
+    from plain_trainer import plain_classifier, plain_rows, plain_tokenizer
     from transformers import (
         AutoConfig,
         DataCollatorWithPadding,
@@ -181,7 +182,8 @@ def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
 def run_parity(params_path: Path, model: str, data: Path, sizes: tuple[int, int, int],
                overrides: dict, sides=SIDES, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every side on the same splits; returns parity.json's flat mapping."""
-    from speed import describe_path, fresh_globals, global_snapshot
+    from inputs import describe_path
+    from meter import fresh_globals, global_snapshot
 
     params = side_params(params_path, model, "fast", overrides)
     _, family = checked_config_and_family(params)

@@ -120,7 +120,7 @@ def test_imports_only_what_a_gpu_box_has():
 def test_flops_with_the_cache_leave_out_the_frozen_blocks_forward(tiny_dirs, data_dir, method):
     """The tiny GPT-2 has 4 blocks, the last 2 trained: with the frozen-block cache the forward
     pass skips blocks 0 and 1, so the FLOPs per token drop by 2 x their parameters."""
-    import speed
+    from flops import flops_per_token
 
     from textclf.core.families import FAMILIES
     from textclf.core.params import parse_params
@@ -128,14 +128,14 @@ def test_flops_with_the_cache_leave_out_the_frozen_blocks_forward(tiny_dirs, dat
 
     params = parse_params(tiny.tiny_params(tiny_dirs["gpt2"], data_dir, method=method))
     clf = build_classifier(params, FAMILIES["gpt2"], 2)
-    uncached = speed.flops_per_token(clf, FAMILIES["gpt2"], training=True)
-    cached = speed.flops_per_token(clf, FAMILIES["gpt2"], training=True, cached=True)
+    uncached = flops_per_token(clf, FAMILIES["gpt2"], training=True)
+    cached = flops_per_token(clf, FAMILIES["gpt2"], training=True, cached=True)
     base = clf.backbone.get_base_model() if method == "lora" else clf.backbone
     frozen = sum(p.numel() for block in base.h[:2] for p in block.parameters())
     assert frozen > 0 and uncached["flops_per_token"] - cached["flops_per_token"] == 2 * frozen
     assert uncached["n_forward"] == uncached["n_model"]
     assert cached["n_forward"] == cached["n_through"] == uncached["n_model"] - frozen
-    scoring = speed.flops_per_token(clf, FAMILIES["gpt2"], training=False, cached=True)
+    scoring = flops_per_token(clf, FAMILIES["gpt2"], training=False, cached=True)
     assert scoring["flops_per_token"] == 2 * scoring["n_model"]  # scoring never uses the cache
 
 
@@ -175,7 +175,7 @@ def test_describe_path():
     """Results name an input as a path relative to the repository or as the package that
     installed it: the same on every machine."""
     import yaml
-    from speed import describe_path
+    from inputs import describe_path
 
     assert describe_path(REPO / "params.yaml") == "params.yaml"
     assert describe_path(REPO / "tests" / "fixtures") == "tests/fixtures"

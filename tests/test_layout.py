@@ -133,3 +133,19 @@ def test_the_package_has_no_import_circle():
         if allowed:
             for other in imported:
                 assert other.split(".")[1] in allowed, f"{module} imports {other}"
+
+
+MAX_MODULE_LINES = 400  # issue 20: a longer module holds more than one concern
+
+
+def test_no_module_is_over_400_lines():
+    """The layout is the architecture: no module under src/ or benchmarks/ over ~400 lines, so a
+    reader finds one concern per file (a longer one wants splitting by concern)."""
+    repo = Path(__file__).resolve().parents[1]
+    too_long = {}
+    for folder in ("src", "benchmarks"):
+        for path in sorted((repo / folder).rglob("*.py")):
+            lines = len(path.read_text(encoding="utf-8").splitlines())
+            if lines > MAX_MODULE_LINES:
+                too_long[path.relative_to(repo).as_posix()] = lines
+    assert not too_long, f"modules over {MAX_MODULE_LINES} lines (split by concern): {too_long}"

@@ -17,8 +17,7 @@ import pytest
 import yaml
 from support import tiny
 
-from textclf.cli import pr_charts as pr_plots
-from textclf.cli import pr_report
+from textclf.cli import pr_charts, pr_query, pr_render
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / ".github" / "workflows" / "pr-report.yml"
@@ -217,7 +216,7 @@ def test_method_change_headline_ci_delta_and_charts(repo):
     assert result.returncode == 0, result.stderr
     md = result.stdout
     lines = md.splitlines()
-    assert lines[0] == pr_report.MARKER == "<!-- textclf-pr-report -->"
+    assert lines[0] == pr_render.MARKER == "<!-- textclf-pr-report -->"
     assert lines[2].startswith("## ") and "`main`" in lines[2]
     assert "Stale results" not in md
     # The headline comes first, after the title
@@ -241,7 +240,7 @@ def test_method_change_headline_ci_delta_and_charts(repo):
     # The charts: base and PR series on one grid, drawn by GitHub (Mermaid)
     plots = section(md, "Plots")
     charts = re.findall(r"```mermaid\n(.*?)```", plots, re.S)
-    assert len(charts) == len(pr_plots.CHARTS)
+    assert len(charts) == len(pr_charts.CHARTS)
     roc = next(c for c in charts if "ROC curve" in c)
     assert "xychart-beta" in roc
     labels = re.search(r"x-axis .*\[(.*)\]", roc).group(1).split(", ")
@@ -297,14 +296,14 @@ def compare_block(md: str) -> str:
 
 
 def test_a_huge_diff_is_cut_to_fit_and_says_what_was_left_out(big_repo):
-    found = pr_report.gather("main", big_repo)  # what the command reads, rendered twice below
-    uncut = pr_report.render(found, max_chars=0)
+    found = pr_query.gather("main", big_repo)  # what the command reads, rendered twice below
+    uncut = pr_render.render(found, max_chars=0)
     assert len(uncut) > 1.5 * LIMIT  # the test is meaningful: this would be rejected
     every_row = table(compare_block(uncut))
     assert len(every_row) == RUNS * (METRICS_PER_RUN + 1)  # accuracy's CI is in its own row
 
-    md = pr_report.render(found)  # the command's default
-    assert pr_report.MAX_CHARS <= LIMIT and len(md) <= LIMIT
+    md = pr_render.render(found)  # the command's default
+    assert pr_render.MAX_CHARS <= LIMIT and len(md) <= LIMIT
     # what was left out, and how to see it
     block = compare_block(md)
     shown = table(block)
@@ -316,7 +315,7 @@ def test_a_huge_diff_is_cut_to_fit_and_says_what_was_left_out(big_repo):
     assert section(md, "Headline: `metrics/eval.json`") == \
         section(uncut, "Headline: `metrics/eval.json`")
     assert ["`train`", "params `train.lr`"] in table(section(md, "⚠️ Stale results"))
-    assert md.count("```mermaid") == len(pr_plots.CHARTS)
+    assert md.count("```mermaid") == len(pr_charts.CHARTS)
     # the nested project's params count once each, however many projects read the file
     params = table(md.split("<summary>Params:", 1)[1].split("</details>")[0])
     assert params == [["compare/params.yaml", "scale", "1", "2"],
@@ -334,8 +333,8 @@ def loss_tsv(steps: int) -> str:
                                                for s in range(steps))
 
 
-def chart(title: str) -> pr_plots.Chart:
-    return next(c for c in pr_plots.CHARTS if c.title.startswith(title))
+def chart(title: str) -> pr_charts.Chart:
+    return next(c for c in pr_charts.CHARTS if c.title.startswith(title))
 
 
 def series(block: str) -> tuple[list[str], list[list[float]]]:
@@ -345,15 +344,15 @@ def series(block: str) -> tuple[list[str], list[list[float]]]:
 
 
 def test_chart_thins_a_curve_to_a_shared_grid():
-    block = pr_plots.mermaid(chart("ROC"), roc_csv(0.5), roc_csv(0.9), "main")
+    block = pr_charts.mermaid(chart("ROC"), roc_csv(0.5), roc_csv(0.9), "main")
     labels, (base, pr) = series(block)
-    assert len(labels) == pr_plots.POINTS and float(labels[0]) == 0 and float(labels[-1]) == 1
+    assert len(labels) == pr_charts.POINTS and float(labels[0]) == 0 and float(labels[-1]) == 1
     for x, b, p in zip(map(float, labels), base, pr):  # the curve's own values on the grid
         assert b == pytest.approx(x ** 0.5, abs=0.01) and p == pytest.approx(x ** 0.1, abs=0.01)
 
 
 def test_chart_of_runs_of_different_lengths_uses_the_fraction_of_each_run():
-    block = pr_plots.mermaid(chart("Training loss"), loss_tsv(60), loss_tsv(200), "main")
+    block = pr_charts.mermaid(chart("Training loss"), loss_tsv(60), loss_tsv(200), "main")
     labels, (base, pr) = series(block)
     assert labels[0] == "0%" and labels[-1] == "100%" and len(base) == len(pr) == len(labels)
     assert "step: main 0 to 59, this PR 0 to 199" in block
@@ -363,16 +362,16 @@ def test_chart_of_runs_of_different_lengths_uses_the_fraction_of_each_run():
 def test_chart_of_categories_keeps_bins_with_values_on_every_side():
     base = "length_bin,accuracy,n\n0-256,0.9,10\n256-512,0.8,5\n>512,,0\n"
     pr = "length_bin,accuracy,n\n0-256,0.92,10\n256-512,0.85,5\n>512,0.5,1\n"
-    labels, lines = series(pr_plots.mermaid(chart("Accuracy by review length"), base, pr, "main"))
+    labels, lines = series(pr_charts.mermaid(chart("Accuracy by review length"), base, pr, "main"))
     assert labels == ["0-256", "256-512"] and lines == [[0.9, 0.8], [0.92, 0.85]]
 
 
 def test_chart_with_one_side_says_which_and_none_without_files():
-    block = pr_plots.mermaid(chart("ROC"), None, roc_csv(0.7), "main")
+    block = pr_charts.mermaid(chart("ROC"), None, roc_csv(0.7), "main")
     assert len(series(block)[1]) == 1
     assert "blue: this PR (`main`: no data in `metrics/plots/roc.csv`)" in block
-    assert pr_plots.mermaid(chart("ROC"), None, None, "main") is None
-    assert pr_plots.mermaid(chart("ROC"), "fpr,tpr\n", "fpr,tpr\n", "main") is None
+    assert pr_charts.mermaid(chart("ROC"), None, None, "main") is None
+    assert pr_charts.mermaid(chart("ROC"), "fpr,tpr\n", "fpr,tpr\n", "main") is None
 
 
 def test_unknown_base_is_one_error_line(repo):
@@ -436,7 +435,7 @@ def test_workflow():
     assert report["env"]["PYTHONPATH"] == "src" and "$GITHUB_STEP_SUMMARY" in report["run"]
     post = uses["actions/github-script"]
     script = post["with"]["script"]
-    assert pr_report.MARKER in script and "updateComment" in script and "createComment" in script
+    assert pr_render.MARKER in script and "updateComment" in script and "createComment" in script
     assert "head.repo.full_name == github.repository" in post["if"]  # forks: summary only
     last = job["steps"][-1]
     assert job["steps"].index(post) < len(job["steps"]) - 1
@@ -457,7 +456,7 @@ def test_workflow_report_step_runs_here(repo, tmp_path, pr, stale):
            "GITHUB_OUTPUT": str(output)}
     subprocess.run(["bash", "-eo", "pipefail", "-c", step["run"]], cwd=clone, env=env, check=True)
     md = (clone / "pr-report.md").read_text()
-    assert md.startswith(pr_report.MARKER) and md == summary.read_text()
+    assert md.startswith(pr_render.MARKER) and md == summary.read_text()
     assert ("stale=true" in (output.read_text() if output.exists() else "")) == stale
     assert ("Stale results" in md) == stale
 

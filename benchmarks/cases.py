@@ -1,0 +1,154 @@
+"""What the benchmark runs: the models, methods and sizes, its settings, and each (model, method)
+case: the saved random model, its params and the random-id splits both sides get.
+
+Token ids are random (speed does not depend on them), so no tokenizer is needed for the models;
+their lengths are drawn from the review lengths (inputs.py) and cut to `max_tokens` as the
+pipeline cuts them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from random_models import random_config
+
+from textclf.core.params import Params, load_params
+from textclf.core.tokenization import InputFormat, TokenizedSplit
+
+MODELS = ("gpt2", "bert")
+METHODS = ("zero_shot", "last2", "lora", "full", "eval")
+TRAINING_METHODS = ("last2", "lora", "full")
+SIZES = ("full", "small", "tiny")
+LAST_BLOCKS = 2  # blocks trained by the last2 method (with the final norm and the head)
+NUM_LABELS = 2
+# "Review: {text} Sentiment:" is 2 GPT-2 tokens before the text and 3 after it.
+PROMPT_TOKENS = (2, 3)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """How to build one family's model from its config, and its token-id conventions."""
+    config: Callable[[dict], Any]  # size overrides -> a transformers config
+    pad_id: Callable[[Any], int]  # config -> the id the collators pad with
+    prefix: tuple[int, ...]  # special ids before the text ([CLS])
+    suffix: tuple[int, ...]  # special ids after it ([SEP])
+    first_text_id: int  # random text ids are drawn from [first_text_id, vocab) minus the pad id
+
+
+def _config(family: str):
+    """size overrides -> the family's config (random_models.random_config; none = full size)."""
+    return lambda size: random_config(family, **size)
+
+
+ARCHS = {
+    # GPT-2 has no pad token: pad with <|endoftext|> (the last id); the attention mask hides it.
+    "gpt2": Arch(_config("gpt2"), lambda c: c.eos_token_id, (), (), 0),
+    # bert-base-uncased ids: [PAD] 0, [CLS] 101, [SEP] 102; ordinary tokens start after [MASK] 103.
+    "bert": Arch(_config("bert"), lambda c: c.pad_token_id, (101,), (102,), 104),
+}
+# Size overrides of the configs: full = the real models; small and tiny for CPU runs.
+SIZE_OVERRIDES = {
+    "full": {},
+    "small": {"layers": 4, "width": 256, "heads": 4},
+    "tiny": {"layers": 3, "width": 32, "heads": 2, "vocab": 1000},
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    models: tuple[str, ...]
+    methods: tuple[str, ...]
+    size: str
+    steps: int  # timed optimizer steps (training) or batches (scoring, evaluation)
+    warmup: int  # untimed optimizer steps before them
+    batch_size: int  # texts per training step
+    eval_batch_size: int  # texts per scoring / evaluation batch
+    max_tokens: int  # model input length in tokens, special tokens included
+    seed: int
+    plain_bf16: bool = False  # also run the plain recipe with bf16 mixed precision (a third side)
+
+    def problems(self) -> list[str]:
+        out = [f"unknown model {m!r} (allowed: {', '.join(MODELS)})" for m in self.models
+               if m not in MODELS]
+        out += [f"unknown method {m!r} (allowed: {', '.join(METHODS)})" for m in self.methods
+                if m not in METHODS]
+        if self.size not in SIZES:
+            out.append(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
+        for key in ("steps", "warmup", "batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                out.append(f"{key} must be a positive integer, got {getattr(self, key)}")
+        if self.max_tokens < 8:
+            out.append(f"max_tokens must be at least 8, got {self.max_tokens}")
+        return out
+
+
+@dataclass
+class Case:
+    """One (model, method): the saved random model and the data both sides get."""
+    model: str  # gpt2 | bert
+    method: str
+    model_dir: Path
+    config: Any
+    params: Params  # params.yaml + overrides for this case; ours runs on exactly these
+    train: TokenizedSplit
+    val: TokenizedSplit  # scored once after training by our loop (outside the timed window)
+    test: TokenizedSplit  # scoring / evaluation
+    fmt: InputFormat  # special tokens (and the zero-shot prompt) around the text ids
+    pad_id: int
+    answer_ids: list[int]  # zero-shot: the answer words' ids
+
+
+def case_params(params_path: Path, model_dir: Path, method: str, settings: Settings) -> Params:
+    """params.yaml with the benchmark's overrides: every other engine knob as configured."""
+    engine_method = {"zero_shot": "zero_shot", "lora": "lora"}.get(method, "finetune")
+    blocks = "all" if method == "full" else LAST_BLOCKS
+    return load_params(params_path, overrides={
+        "model": str(model_dir), "method": engine_method,
+        "finetune": {"trainable_blocks": blocks},
+        "data": {"max_tokens": settings.max_tokens},
+        "train": {"batch_size": settings.batch_size, "epochs": 1},
+        "eval": {"batch_size": settings.eval_batch_size},
+    })
+
+
+def make_case(model: str, method: str, model_dir: Path, config, lengths: np.ndarray,
+              params_path: Path, settings: Settings, rng: np.random.Generator) -> Case:
+    """The params and the random-id splits of one (model, method)."""
+    arch = ARCHS[model]
+    pad_id, vocab = int(arch.pad_id(config)), int(config.vocab_size)
+    fmt, answer_ids = InputFormat(arch.prefix, arch.suffix), []
+    if method == "zero_shot":
+        prompt = [int(i) for i in rng.integers(arch.first_text_id, pad_id, sum(PROMPT_TOKENS))]
+        fmt = InputFormat(tuple(prompt[:PROMPT_TOKENS[0]]), tuple(prompt[PROMPT_TOKENS[0]:]))
+        answer_ids = [int(i) for i in rng.choice(np.arange(arch.first_text_id, pad_id), 2,
+                                                 replace=False)]
+    budget = settings.max_tokens - len(arch.prefix) - len(arch.suffix)
+
+    def split(n: int) -> TokenizedSplit:
+        return random_split(lengths, n, budget, arch.first_text_id, vocab, pad_id, rng)
+
+    return Case(model, method, model_dir, config,
+                case_params(params_path, model_dir, method, settings),
+                train=split(settings.batch_size * (settings.warmup + settings.steps)),
+                val=split(min(8, settings.eval_batch_size)),
+                test=split(settings.eval_batch_size * settings.steps),
+                fmt=fmt, pad_id=pad_id, answer_ids=answer_ids)
+
+
+def random_split(full_lengths: np.ndarray, n: int, budget: int, first_id: int, vocab: int,
+                 avoid: int, rng: np.random.Generator) -> TokenizedSplit:
+    """`n` texts of random ids whose lengths are drawn from `full_lengths`, cut to `budget`."""
+    full = rng.choice(full_lengths, size=n, replace=True)
+    ids = []
+    for length in np.minimum(full, budget):
+        x = rng.integers(first_id, vocab - 1, size=int(length))
+        ids.append(np.where(x >= avoid, x + 1, x).astype(np.int32))  # skips the pad id
+    return TokenizedSplit(ids, rng.integers(0, NUM_LABELS, size=n).astype(np.int64),
+                          full.astype(np.int64))
+
+
+def first(split: TokenizedSplit, n: int) -> TokenizedSplit:
+    return TokenizedSplit(split.ids[:n], split.labels[:n], split.full_lengths[:n])

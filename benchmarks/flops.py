@@ -1,0 +1,68 @@
+"""Model FLOPs per real token, as TFLOP/s counts them, and parameter counts.
+
+TFLOP/s: the model FLOPs each side executes per second in the timed window, counted on real
+tokens only (padding is waste), with N_* = non-embedding parameters (embeddings are lookups;
+attention score FLOPs are left out, about 10% more at 256 tokens on the full-size models):
+    forward                   2 * N_forward * tokens
+    backward (training)       2 * N_through * tokens    gradients of the activations
+                            + 2 * N_trained * tokens    gradients of the trained weights
+N_model: the base model; N_through: the blocks from the first one holding a trained parameter
+to the output (backward runs through them); N_trained: the trained non-embedding parameters;
+N_forward: N_model, or N_through when our side trains with the frozen-block cache
+(train.cache_frozen), whose forward skips the frozen blocks. For fine-tuning N_through =
+N_trained, so backward = 4 * N * tokens; for LoRA N_trained is the adapters only. The plain
+side runs every block forward: N_forward = N_model. Building the cache (one forward pass of
+the frozen blocks over the training and validation texts, before the timed window, in
+`startup_seconds`) is not in TFLOP/s: its FLOPs are reported apart, as `cache_build_flops`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from textclf.core.families import Family
+from textclf.core.tokenization import InputFormat, TokenizedSplit
+from textclf.modeling.classifier import base_model, blocks_of
+
+
+def _non_embedding(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> int:
+    return sum(p.numel() for n, p in module.named_parameters()
+               if "lora_" not in n and not n.startswith(skip))
+
+
+def model_flops(n_forward: int, n_through: int, n_trained: int) -> int:
+    """FLOPs per real token of the formula in the module docstring."""
+    return 2 * n_forward + 2 * n_through + 2 * n_trained
+
+
+def flops_per_token(clf, family: Family, training: bool, cached: bool = False
+                    ) -> dict[str, int]:
+    """N_model, N_forward, N_through, N_trained of the formula in the module docstring, and the
+    FLOPs per real token they give. `cached`: training runs on the frozen-block cache, so the
+    forward pass runs through the trainable blocks only."""
+    base = base_model(clf)
+    n_model = _non_embedding(base, tuple(name + "." for name in family.embeddings))
+    out = {"n_model": n_model, "n_through": 0, "n_trained": 0}
+    if training:
+        first = clf.first_trainable_block
+        out["n_through"] = sum(_non_embedding(b) for b in blocks_of(base, family)[first:])
+        if family.final_norm:
+            out["n_through"] += _non_embedding(base.get_submodule(family.final_norm))
+        embeddings = tuple(name + "." for name in family.embeddings)
+        out["n_trained"] = sum(p.numel() for n, p in base.named_parameters()
+                               if p.requires_grad and not n.startswith(embeddings))
+    out["n_forward"] = out["n_through"] if training and cached else n_model
+    out["flops_per_token"] = model_flops(out["n_forward"], out["n_through"], out["n_trained"])
+    return out
+
+
+def cache_build_flops(flops: dict[str, int], splits: list[TokenizedSplit],
+                      fmt: InputFormat) -> int:
+    """FLOPs of building the frozen-block cache once: a forward pass of the blocks the cached
+    training skips, over every real token of `splits`."""
+    tokens = sum(int(split.lengths.sum()) + fmt.extra * len(split) for split in splits)
+    return 2 * (flops["n_model"] - flops["n_forward"]) * tokens
+
+
+def trainable_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,77 @@
+"""Our side of the benchmark: the project's own code on a case.
+
+Training is `textclf.train.loop.train_classifier` on the model of
+`textclf.modeling.classifier.build_classifier` (params.yaml plus overrides, so every engine knob it
+sets is measured as configured); scoring and evaluation are
+`textclf.modeling.inference.predict_logits`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from cases import NUM_LABELS, TRAINING_METHODS, Case, Settings, first
+from flops import cache_build_flops, flops_per_token, trainable_params
+from meter import CountingCollator, Meter, measured_figures, reset_peak_memory
+
+from textclf.core.families import checked_config_and_family
+from textclf.modeling.batching import Collator, pad_multiple_for
+from textclf.modeling.classifier import build_classifier
+from textclf.modeling.device import make_accelerator
+from textclf.modeling.inference import predict_logits
+from textclf.train.frozen_cache import cache_applies
+from textclf.train.loop import train_classifier
+from textclf.train.zero_shot import build_zero_shot
+
+
+def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callable) -> dict:
+    """The project's code on the case, exactly as the train and evaluate stages call it."""
+    params = case.params
+    _, family = checked_config_and_family(params)
+    accelerator = make_accelerator(params.train.mixed_precision)
+    memory_kind = reset_peak_memory(device)
+    training = case.method in TRAINING_METHODS
+    if case.method == "zero_shot":
+        clf = build_zero_shot(str(case.model_dir), family, case.answer_ids)
+    else:
+        torch.manual_seed(params.seed)
+        clf = build_classifier(params, family, NUM_LABELS)
+    compiled = training and params.train.compile  # the stages compile for training only
+    # Our loop trains in training mode and scores (validation, frozen-block cache) in eval mode
+    collator = CountingCollator(
+        Collator(case.fmt, case.pad_id, pad_multiple_for(device, compiled)), lambda: clf.training)
+    meter = Meter(device, collator)
+    if training:
+        with meter.training(settings.warmup, settings.steps):
+            train_classifier(clf, case.train, case.val, collator, params.train,
+                             params.learning_rate, params.eval.batch_size, params.seed,
+                             accelerator, checkpointer=None, live=None, log=quiet)
+        t = params.train
+        adapted = (f"lora r {params.lora.r} on the last {params.lora.trainable_blocks} blocks"
+                   if params.method == "lora" else
+                   f"finetune trainable_blocks {params.finetune.trainable_blocks}")
+        what = (f"textclf.train.loop.train_classifier, {adapted}, AdamW lr "
+                f"{params.learning_rate:g}, grad clip {t.grad_clip:g}, compile "
+                f"{str(t.compile).lower()}, cache_frozen {str(t.cache_frozen).lower()}")
+        padding = (("length-grouped" if t.group_by_length else "shuffled") +
+                   f" batches padded to their longest (multiple of {collator.pad_multiple})")
+    else:
+        clf = clf.to(device)
+        predict_logits(clf, first(case.test, settings.eval_batch_size), collator,
+                       settings.eval_batch_size, accelerator)  # warm-up batch
+        with meter.timed():
+            predict_logits(clf, case.test, collator, settings.eval_batch_size, accelerator)
+        what = "textclf.modeling.inference.predict_logits" + (
+            " on textclf.train.zero_shot.build_zero_shot (answer-word rows of the LM head)"
+            if case.method == "zero_shot" else " on textclf.modeling.classifier.build_classifier")
+        padding = ("sorted by length, padded to the batch's longest (multiple of "
+                   f"{collator.pad_multiple})")
+    cached = training and cache_applies(params.train.cache_frozen, clf)
+    flops = flops_per_token(clf, family, training, cached)
+    if cached:
+        flops["cache_build_flops"] = cache_build_flops(flops, [case.train, case.val], case.fmt)
+    dtype = "bf16 autocast, fp32 weights" if accelerator.mixed_precision == "bf16" else "fp32"
+    return {**measured_figures(meter, device, flops["flops_per_token"], memory_kind, training),
+            "recipe": what, "dtype": dtype, "padding": padding, **flops,
+            "trainable_params": trainable_params(clf) if training else 0}
