@@ -12,6 +12,8 @@ errors; length_bins.json: the per-length table; run.json: seconds, device, confu
 import time
 from pathlib import Path
 
+import this_checkout  # noqa: F401  (first: this checkout's src/ on the import path)
+
 from textclf.core import paths
 from textclf.core.errors import DataError
 from textclf.core.outputs import staged_dir, write_json, write_text

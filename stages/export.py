@@ -21,6 +21,7 @@ the trained model's on the shortest and longest test texts (at most 1e-4 apart, 
 from pathlib import Path
 
 import numpy as np
+import this_checkout  # noqa: F401  (first: this checkout's src/ on the import path)
 import yaml
 
 from textclf.core import paths

@@ -9,6 +9,8 @@ sizes, dropped empty texts, invalid UTF-8 lines, truncation counts).
 
 from pathlib import Path
 
+import this_checkout  # noqa: F401  (first: this checkout's src/ on the import path)
+
 from textclf.core import paths
 from textclf.core.data import load_corpus
 from textclf.core.families import checked_config_and_family

@@ -11,6 +11,7 @@ table/compare.csv (the chart data: accuracy and F1 per run).
 import argparse
 from pathlib import Path
 
+import this_checkout  # noqa: F401  (first: this checkout's src/ on the import path)
 import yaml
 
 from textclf.core.outputs import write_json, write_text

@@ -1,7 +1,7 @@
 """Train: build the model for (model, method), train it, keep the best epoch on validation.
 
     python stages/train.py                                  # what `dvc repro train` runs
-    accelerate launch --num_processes 2 stages/train.py     # several GPUs (or CPU processes)
+    dvc exp run -S train.processes=2                        # data-parallel: 2 GPUs or CPU processes
 
 Reads params: seed, model, method, data.max_tokens/truncation/head_tokens (checked against the
 prepared data), zero_shot, finetune, lora, train, eval.batch_size.
@@ -12,8 +12,10 @@ outputs/train/run.json (steps, seconds, device, per-epoch history).
 Resumes from checkpoints/last.pt when an earlier run with the same params was interrupted.
 """
 
+import sys
 from pathlib import Path
 
+import this_checkout  # noqa: F401  (first: this checkout's src/ on the import path)
 from accelerate.utils import set_seed
 
 from textclf.core import paths
@@ -28,6 +30,7 @@ from textclf.modeling.classifier import build_classifier, hub_revision, paramete
 from textclf.modeling.device import device_name, make_accelerator
 from textclf.modeling.model_info import TrainedModelInfo
 from textclf.train.checkpoints import Checkpointer, fingerprint
+from textclf.train.launch import launched, relaunch
 from textclf.train.loop import train_classifier
 from textclf.train.train_log import empty_log, step_logger
 from textclf.train.zero_shot import prompt_tokens, zero_shot_classifier
@@ -43,6 +46,9 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, default=paths.CHECKPOINTS)
     args = parser.parse_args()
     params = params_from_args(args)
+    if params.train.processes > 1 and not launched():
+        log(f"train.processes is {params.train.processes}: running under accelerate launch")
+        raise SystemExit(relaunch(params.train.processes, sys.argv))
 
     # Check params against the model and the prepared data before loading any weights
     _, family = checked_config_and_family(params)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from support import tiny
 from support.tiny import ENV, sh
 

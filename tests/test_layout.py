@@ -135,7 +135,7 @@ def test_the_package_has_no_import_circle():
                 assert other.split(".")[1] in allowed, f"{module} imports {other}"
 
 
-MAX_MODULE_LINES = 400  # issue 20: a longer module holds more than one concern
+MAX_MODULE_LINES = 400  # a longer module holds more than one concern
 
 
 def test_no_module_is_over_400_lines():
@@ -149,3 +149,35 @@ def test_no_module_is_over_400_lines():
             if lines > MAX_MODULE_LINES:
                 too_long[path.relative_to(repo).as_posix()] = lines
     assert not too_long, f"modules over {MAX_MODULE_LINES} lines (split by concern): {too_long}"
+
+
+def readme_tree() -> list[str]:
+    """The paths the README's layout drawing names, from its indentation (4 characters a level;
+    the first name of a line, and each name of a leading comma list such as `a.py, b.py`)."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    paths, parents = [], []
+    for line in block.splitlines()[1:]:
+        match = re.match(r"^((?:│   |    )*)(?:├── |└── )(.*)$", line)
+        if not match:
+            continue
+        depth = len(match.group(1)) // 4
+        parents = parents[:depth]
+        names = re.match(r"^([\w./-]+(?:, [\w./-]+)*)", match.group(2)).group(1).split(", ")
+        for name in names:
+            paths.append("/".join(parents + [name.rstrip("/")]))
+        parents.append(names[0].rstrip("/"))
+    return paths
+
+
+def test_the_readme_layout_matches_the_tree():
+    named = readme_tree()
+    assert "src/textclf/core/params.py" in named and "stages/this_checkout.py" in named
+    missing = [p for p in named if not (REPO / p).exists()]
+    assert not missing, f"the README's layout names what is not there: {missing}"
+    # and every folder of the package and every stage script is in it
+    for path in [*sorted((REPO / "src/textclf").iterdir()), *sorted((REPO / "stages").iterdir()),
+                 *sorted((REPO / "benchmarks").iterdir())]:
+        if path.name.startswith(("_", ".")) or path.suffix not in ("", ".py"):
+            continue
+        assert path.relative_to(REPO).as_posix() in named, f"{path} is not in the README's layout"

@@ -1,14 +1,20 @@
 """Two CPU processes over gloo (`accelerate launch --multi_gpu --num_processes 2`): each epoch
-reshuffles, and the processes' batches together hold every training text once per epoch."""
+reshuffles, and the processes' batches together hold every training text once per epoch; scoring
+gives each text's logits once, as one process does; the train stage launches itself inside DVC
+(train.processes)."""
 
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 from support import tiny
+from support.tiny import sh
+
+from textclf.train.launch import free_port
 
 # Run in each process: trains the tiny GPT-2 and writes the text indices of every training
 # batch it built, in order, to <out>/rank<process index>.json.
@@ -88,3 +94,89 @@ def test_two_processes_reshuffle_every_epoch_and_share_each_text_once(tiny_dirs,
         assert mine[0] != mine[1] and mine[1] != mine[2] and mine[0] != mine[2]
         texts = [sorted(i for batch in epoch[rank] for i in batch) for epoch in shares]
         assert texts[0] != texts[1] or texts[1] != texts[2]
+
+
+# Run as one process or under accelerate launch: the tiny GPT-2's logits of a 13-text and a
+# 21-text split in batches of 4, written by the main process to <out>/<name>.npy.
+SCORER = '''
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from textclf.core.families import FAMILIES
+from textclf.core.params import load_params
+from textclf.core.tokenization import classifier_format, load_tokenizer, tokenize_split
+from textclf.modeling.batching import Collator
+from textclf.modeling.classifier import build_classifier
+from textclf.modeling.device import make_accelerator
+from textclf.modeling.inference import predict_logits
+
+params = load_params(sys.argv[1])
+out, name = Path(sys.argv[2]), sys.argv[3]
+texts = [line for line in Path(sys.argv[4]).read_text().splitlines()]
+tok = load_tokenizer(params.model, FAMILIES["gpt2"])
+accelerator = make_accelerator("no")
+torch.manual_seed(0)
+clf = build_classifier(params, FAMILIES["gpt2"], 2).to(accelerator.device)
+collator = Collator(classifier_format(tok), tok.pad_id)
+logits = {}
+for n in (13, 21):
+    split = tokenize_split(tok, texts[:n], np.zeros(n, dtype=np.int64), 64, "left", 0)
+    logits[n] = predict_logits(clf, split, collator, 4, accelerator)
+if accelerator.is_main_process:
+    np.savez(out / f"{name}.npz", **{str(n): v for n, v in logits.items()})
+'''
+
+
+def launch_two(script, *args) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+            "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port()), str(script), *map(str, args)]
+
+
+@pytest.mark.slow
+def test_two_processes_score_each_text_once_as_one_process_does(tiny_dirs, data_dir, tmp_path):
+    """Split sizes that no process count x batch divides (13 and 21 texts, batches of 4: 4 and
+    6 batches, the last short): each text's logits exactly once, equal to one process's."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny.tiny_params(tiny_dirs["gpt2"], data_dir)))
+    texts = tmp_path / "texts.txt"
+    reviews = [r["text"] for r in tiny.fixture_reviews()]
+    texts.write_text("\n".join(reviews[:21]))
+    scorer = tmp_path / "scorer.py"
+    scorer.write_text(SCORER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(scorer), params, tmp_path, "one", texts],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(launch_two(scorer, params, tmp_path, "two", texts), capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    single, double = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    for n in ("13", "21"):
+        assert single[n].shape == double[n].shape == (int(n), 2)
+        np.testing.assert_allclose(double[n], single[n], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_train_stage_runs_two_processes_inside_dvc(tiny_dirs, data_dir, tmp_path):
+    """`dvc exp run -S train.processes=2`: the train stage launches itself on two processes
+    (gloo on the CPU); 12 validation texts in batches of 8 (a full and a half batch, which
+    crashed accelerate's gather before), so validation accuracy is a multiple of 1/12."""
+    params = tiny.tiny_params(tiny_dirs["gpt2"], data_dir, data={"val_fraction": 0.43},
+                              train={"epochs": 2}, eval={"batch_size": 8})
+    project = tiny.dvc_project(tmp_path / "project", params)
+    out = sh(project, "dvc", "exp", "run", "-S", "train.processes=2")
+    assert "running under accelerate launch" in out, out
+    report = json.loads((project / "data/prepared/report.json").read_text())
+    assert report["sizes"]["val"] == 12
+    run = json.loads((project / "outputs/train/run.json").read_text())
+    assert run["processes"] == 2
+    accuracy = json.loads((project / "metrics/train.json").read_text())["best_val_accuracy"]
+    assert abs(accuracy * 12 - round(accuracy * 12)) < 1e-4, accuracy  # written to 6 digits
+    assert (project / "models" / "trained.safetensors").is_file()
+    assert json.loads((project / "metrics/eval.json").read_text())["n"] == 12
+    # the run is an experiment like any other: DVC recorded it with its params
+    assert "train.processes" in sh(project, "dvc", "exp", "show", "--only-changed", "--csv")

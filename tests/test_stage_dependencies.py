@@ -83,6 +83,10 @@ def test_each_stage_depends_on_exactly_the_code_it_imports(path):
         script = (path.parent / next(d for d in stage["deps"] if d.endswith(".py")
                                      and "stages/" in d)).resolve()
         assert script.name in stage["cmd"], f"{name}: its script {script} is not what it runs"
+        # the script puts its checkout's src/ first (stages/this_checkout.py): a dependency too
+        assert "import this_checkout" in script.read_text(), f"{name}: {script.name}"
+        assert (script.parent / "this_checkout.py").resolve() in \
+            {(path.parent / d).resolve() for d in stage["deps"]}, f"{name}: this_checkout.py"
         imported = package_modules_imported_by(script)
         declared = declared_modules(path, stage["deps"])
         rel = (lambda files: sorted(f.relative_to(PACKAGE).as_posix() for f in files))

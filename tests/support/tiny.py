@@ -144,15 +144,16 @@ def run_script_in_process(script: Path, args: list) -> int:
     its exit status."""
     import runpy
 
-    argv = sys.argv
+    argv, path = sys.argv, list(sys.path)
     sys.argv = [str(script), *map(str, args)]
+    sys.path.insert(0, str(Path(script).parent))  # as python puts the script's folder first
     try:
         runpy.run_path(str(script), run_name="__main__")
         return 0
     except SystemExit as e:
         return e.code or 0
     finally:
-        sys.argv = argv
+        sys.argv, sys.path[:] = argv, path
 
 
 def run_stages(run_dir: Path, params: dict | Path, stages=("prepare", "train", "evaluate"),

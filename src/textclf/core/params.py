@@ -136,6 +136,7 @@ class TrainParams(Section):
     epochs: int
     batch_size: int
     lr: float
+    processes: int
     weight_decay: float
     warmup_ratio: float
     schedule: Literal["linear", "cosine", "constant"]
@@ -150,7 +151,7 @@ class TrainParams(Section):
 
     def problems(self) -> list[str]:
         out = []
-        for key in ("epochs", "batch_size", "log_every"):
+        for key in ("epochs", "batch_size", "processes", "log_every"):
             out += _positive_int(f"train.{key}", getattr(self, key))
         if self.lr <= 0:
             out.append(f"train.lr must be positive, got {self.lr}")
