@@ -91,8 +91,8 @@ def test_repro_exp_run_switch_back_and_metrics_diff(project, tmp_path):
     assert json.loads((project / "models/adapter/adapter_config.json").read_text())["r"] == 4
     assert "lora.r" in sh(project, "dvc", "params", "diff", "main")
 
-    # An experiment with LoRA reruns train and evaluate, not prepare
-    out = sh(project, "dvc", "exp", "run", "-S", "method=lora")
+    # An experiment with LoRA (back at the repository's r) reruns train and evaluate, not prepare
+    out = sh(project, "dvc", "exp", "run", "-S", "method=lora", "-S", "lora.r=8")
     assert "Running stage 'train'" in out and "Running stage 'prepare'" not in out
     assert (project / "models" / "adapter" / "adapter_config.json").is_file()
     diff = json.loads(sh(project, "dvc", "metrics", "diff", "main", "--json"))
