@@ -209,6 +209,22 @@ def test_params_changed_but_not_rerun_is_reported_stale(repo):
     # --fail-on-stale: test_workflow_report_step_runs_here[params-only-True]
 
 
+def test_stale_names_the_params_changed_since_the_stage_ran_not_since_the_base(repo):
+    """dvc status finds the train group changed against dvc.lock; the params to name under it
+    are those that differ from dvc.lock, not from the base: train.epochs changed and was rerun,
+    then train.lr changed without a rerun. Only train.lr is stale."""
+    tree = branch(repo, "epochs-then-lr")
+    write_params(tree, {**PARAMS, "train": {**PARAMS["train"], "epochs": 4}})
+    tiny.sh(tree, "dvc", "repro", "-q")
+    commit(tree, "more epochs, rerun")
+    write_params(tree, {**PARAMS, "train": {**PARAMS["train"], "epochs": 4, "lr": 0.03}})
+    commit(tree, "higher lr, not rerun")
+    md = run_report(tree, "--base", "main").stdout
+    assert ["`train`", "params `train.lr`"] in table(section(md, "⚠️ Stale results")), md
+    params = table(md.split("<summary>Params:", 1)[1].split("</details>")[0])
+    assert {row[1] for row in params} == {"train.epochs", "train.lr"}  # both differ from main
+
+
 def test_method_change_headline_ci_delta_and_charts(repo):
     tree = repo.parent / "method"
     (tree / "sub").mkdir(exist_ok=True)
