@@ -17,7 +17,12 @@ from textclf.core.families import checked_config_and_family
 from textclf.core.outputs import staged_dir, write_json, write_text
 from textclf.core.prepared_data import prepared_meta, test_text_lines
 from textclf.core.runner import log, params_from_args, run_stage, stage_parser
-from textclf.core.tokenization import length_in_gpt2_tokens, load_tokenizer, tokenize_split
+from textclf.core.tokenization import (
+    check_head_tokens,
+    length_in_gpt2_tokens,
+    load_tokenizer,
+    tokenize_split,
+)
 
 
 def main() -> None:
@@ -31,6 +36,7 @@ def main() -> None:
     # the input length against the model's limit; the method is train's to check
     _, family = checked_config_and_family(params, method_checks=False)
     tokenizer = load_tokenizer(params.model, family)
+    check_head_tokens(tokenizer, p.max_tokens, p.truncation, p.head_tokens)
 
     # Load, clean, cap, split
     corpus = load_corpus(p, params.seed)

@@ -32,7 +32,7 @@ from textclf.modeling.model_info import TrainedModelInfo
 from textclf.train.checkpoints import Checkpointer, fingerprint
 from textclf.train.launch import launched, relaunch
 from textclf.train.loop import train_classifier
-from textclf.train.train_log import empty_log, step_logger
+from textclf.train.train_log import CheckpointsWithLog, empty_log, step_logger
 from textclf.train.zero_shot import prompt_tokens, zero_shot_classifier
 
 
@@ -87,11 +87,13 @@ def main() -> None:
         run_id = fingerprint(trained_by, accelerator.num_processes, files=(
             args.prepared / paths.SPLIT_FILE.format(split="train"),
             args.prepared / paths.SPLIT_FILE.format(split="val")))
-        checkpointer = Checkpointer(args.checkpoints, run_id, accelerator.is_main_process, say)
+        # the checkpoints carry the training log: a resumed run writes it back from there
+        log_dir = args.log_dir if accelerator.is_main_process else None
+        checkpointer = CheckpointsWithLog(
+            Checkpointer(args.checkpoints, run_id, accelerator.is_main_process, say), log_dir)
         collator = Collator(fmt, tokenizer.pad_id,
                             pad_multiple_for(accelerator.device, params.train.compile))
-        live = step_logger(args.log_dir, resume=checkpointer.path.exists()) \
-            if accelerator.is_main_process else None
+        live = step_logger(log_dir) if log_dir is not None else None
         result = train_classifier(model, prepared.train, prepared.val, collator, params.train,
                                   params.learning_rate, params.eval.batch_size, params.seed,
                                   accelerator, checkpointer, live, say)

@@ -72,6 +72,32 @@ def test_bad_params(tmp_path, tiny_dirs, data_dir, capsys, override, fragments):
     assert not (tmp_path / "prepared").exists()
 
 
+@pytest.mark.parametrize("family, head_tokens, budget", [
+    ("bert", 62, 62),  # max_tokens 64 minus [CLS] and [SEP]: head_tokens leaves no tail
+    ("bert", 63, 62),  # over the text budget, though under data.max_tokens
+])
+def test_head_tail_with_no_room_for_a_tail_is_refused(tmp_path, tiny_dirs, data_dir, capsys,
+                                                      family, head_tokens, budget):
+    """head_tail keeping head_tokens of a text budget of at most head_tokens would silently be
+    right truncation: prepare refuses it, naming the range the model's special tokens leave."""
+    raw = tiny.tiny_params(tiny_dirs[family], data_dir,
+                           data={"truncation": "head_tail", "head_tokens": head_tokens})
+    code, _, err = prepare(tmp_path, raw, capsys)
+    assert_clear_error(code, err, "data.head_tokens", f"[1, {budget})", f"got {head_tokens}")
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "prepared").exists()
+
+
+@pytest.mark.parametrize("family, head_tokens", [("bert", 61), ("gpt2", 63)])
+def test_head_tail_with_one_token_of_tail_is_accepted(tmp_path, tiny_dirs, data_dir, capsys,
+                                                      family, head_tokens):
+    """The largest head_tokens each model allows: GPT-2 adds no special tokens, BERT two."""
+    raw = tiny.tiny_params(tiny_dirs[family], data_dir,
+                           data={"truncation": "head_tail", "head_tokens": head_tokens})
+    code, _, err = prepare(tmp_path, raw, capsys)
+    assert code == 0, err
+
+
 @pytest.mark.parametrize("family, override, fragments", [
     ("gpt2", {"finetune": {"trainable_blocks": 9}},
      ["finetune.trainable_blocks is 9 but", "has 4 blocks (allowed: 1..4 or 'all')"]),

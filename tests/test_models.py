@@ -217,6 +217,32 @@ def test_frozen_prefix_is_deterministic_while_training(tiny_dirs, data_dir, fami
     assert not torch.equal(*outputs[3])
 
 
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("blocks", [N_BLOCKS, "all"])
+def test_frozen_embeddings_run_without_dropout_when_every_block_trains(tiny_dirs, data_dir,
+                                                                        family, blocks):
+    """trainable_blocks equal to the number of blocks trains every block but not the embeddings:
+    they are frozen, so in train mode what they feed the first block is the same on every
+    forward. 'all' trains the embeddings too, and their dropout stays on."""
+    clf = build(tiny_dirs, data_dir, family, finetune={"trainable_blocks": blocks}).train()
+    model = base_model(clf)
+    fam = FAMILIES[family]
+    embeddings = [model.get_submodule(name) for name in fam.embeddings]
+    assert all(m.training == (blocks == "all") for module in embeddings for m in module.modules())
+    first_block_inputs = []
+
+    def record(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        first_block_inputs.append(hidden.detach().clone())
+
+    handle = blocks_of(model, fam)[0].register_forward_pre_hook(record, with_kwargs=True)
+    batch = text_batch(tiny_dirs, family)
+    for _ in range(2):
+        logits_of(clf, batch)
+    handle.remove()
+    assert torch.equal(*first_block_inputs) == (blocks != "all")
+
+
 # ---------------------------------------------------------------------------------------------
 # Dropout off at evaluation
 

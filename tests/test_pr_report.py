@@ -209,6 +209,22 @@ def test_params_changed_but_not_rerun_is_reported_stale(repo):
     # --fail-on-stale: test_workflow_report_step_runs_here[params-only-True]
 
 
+def test_stale_names_the_params_changed_since_the_stage_ran_not_since_the_base(repo):
+    """dvc status finds the train group changed against dvc.lock; the params to name under it
+    are those that differ from dvc.lock, not from the base: train.epochs changed and was rerun,
+    then train.lr changed without a rerun. Only train.lr is stale."""
+    tree = branch(repo, "epochs-then-lr")
+    write_params(tree, {**PARAMS, "train": {**PARAMS["train"], "epochs": 4}})
+    tiny.sh(tree, "dvc", "repro", "-q")
+    commit(tree, "more epochs, rerun")
+    write_params(tree, {**PARAMS, "train": {**PARAMS["train"], "epochs": 4, "lr": 0.03}})
+    commit(tree, "higher lr, not rerun")
+    md = run_report(tree, "--base", "main").stdout
+    assert ["`train`", "params `train.lr`"] in table(section(md, "⚠️ Stale results")), md
+    params = table(md.split("<summary>Params:", 1)[1].split("</details>")[0])
+    assert {row[1] for row in params} == {"train.epochs", "train.lr"}  # both differ from main
+
+
 def test_method_change_headline_ci_delta_and_charts(repo):
     tree = repo.parent / "method"
     (tree / "sub").mkdir(exist_ok=True)
@@ -320,6 +336,49 @@ def test_a_huge_diff_is_cut_to_fit_and_says_what_was_left_out(big_repo):
     params = table(md.split("<summary>Params:", 1)[1].split("</details>")[0])
     assert params == [["compare/params.yaml", "scale", "1", "2"],
                       ["params.yaml", "train.lr", "0.01", "0.05"]]
+
+
+def small_findings() -> pr_query.Findings:
+    """Findings with every part of a report: stale stages, headline, warnings, two folded
+    blocks and a chart, about 3,000 characters rendered."""
+    def metric(file, name, old, new):
+        return pr_query.Row(file, name, old, new, (old - 0.02, old + 0.02), (new - 0.02, new + 0.02))
+
+    headline = [metric("metrics/eval.json", name, 0.8 + i / 100, 0.82 + i / 100)
+                for i, name in enumerate(["accuracy", "f1", "precision", "recall", "roc_auc"])]
+    others = [metric("metrics/train.json", f"epoch_{i}_validation_accuracy", 0.7, 0.71)
+              for i in range(12)]
+    params = [pr_query.Row("params.yaml", f"train.knob_{i}", i, i + 1) for i in range(12)]
+    stale = [pr_query.Stale("train", ["params `train.lr`"], "dvc repro")]
+    chart = "```mermaid\nxychart-beta\n    line [" + ", ".join(["0.5"] * 25) + "]\n```"
+    return pr_query.Findings(
+        base="main", title="## DVC report: workspace (abc1234) against `main` (def5678)",
+        params=params, metrics=headline + others, headline_order=[r.name for r in headline],
+        stale=stale, downstream=["evaluate"], warnings=["WARNING: cannot read metrics/x.json"],
+        charts=[chart])
+
+
+def well_formed(md: str) -> bool:
+    """Every <details> closed before the next opens, every code fence closed."""
+    tags = re.findall(r"</?details>", md)
+    return tags == ["<details>", "</details>"] * (len(tags) // 2) and md.count("```") % 2 == 0
+
+
+def test_any_max_chars_gives_a_well_formed_report_that_says_it_was_cut():
+    """--max-chars below the size of the headline (and everything else) still closes each
+    folded block, and says the report was cut."""
+    found = small_findings()
+    uncut = pr_render.render(found, max_chars=0)
+    assert well_formed(uncut) and uncut.count("<details>") == 2
+    headline_end = uncut.index("### Headline") + len(section(uncut, "Headline: `metrics/eval.json`"))
+    for limit in range(300, len(uncut) + 40, 20):
+        md = pr_render.render(found, max_chars=limit)
+        assert well_formed(md), (limit, md)
+        assert md.startswith(pr_render.MARKER) and len(md) <= limit, (limit, md)
+        if limit < headline_end:
+            assert "**Report cut at the size limit" in md, (limit, md)
+        if md != uncut:
+            assert "cut" in md or "Left out" in md, (limit, md)
 
 
 # ---------------------------------------------------------------- charts, errors, imports

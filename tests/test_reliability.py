@@ -100,6 +100,38 @@ def test_interrupted_training_resumes_to_the_same_result(prepared_run, tmp_path,
     assert quality(run) == quality(root / "reference")
 
 
+def training_log(run: Path) -> dict[str, str]:
+    """The training log files dvc.yaml declares as plots (steps and values, no timestamps)."""
+    log = run / "metrics/train_log/plots/metrics"
+    return {name: (log / name).read_text()
+            for name in ("train/loss.tsv", "val/accuracy.tsv", "val/loss.tsv")}
+
+
+@pytest.mark.parametrize("sig, log_removed", [
+    (signal.SIGKILL, False),  # killed after logging steps past its last checkpoint
+    (signal.SIGTERM, True),  # DVC removes the declared log files before it reruns the stage
+])
+def test_resumed_run_plots_the_same_training_log(prepared_run, tmp_path, sig, log_removed):
+    root, params = prepared_run
+    run = tmp_path / "run"
+    copy_prepared(root / "reference", run)
+    checkpoint = run / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(stage_cmd("train", params, run), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    while not checkpoint.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.3)  # a few steps past the checkpoint
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    if log_removed:
+        import shutil
+
+        shutil.rmtree(run / "metrics/train_log")
+    assert "resuming from" in run_stage("train", params, run).stdout
+    assert training_log(run) == training_log(root / "reference")
+
+
 def test_checkpoint_of_other_params_is_not_resumed(prepared_run, tmp_path):
     root, params = prepared_run
     run = tmp_path / "run"
@@ -118,6 +150,11 @@ def test_checkpoint_of_other_params_is_not_resumed(prepared_run, tmp_path):
     assert "ignoring stale checkpoint" in result.stdout
     assert "resuming" not in result.stdout
     assert json.loads((run / "outputs/train/run.json").read_text())["resumed_at_step"] is None
+    # the log is this run's alone, not the interrupted one's rows with these after them
+    steps = {name: [line.split("\t")[0] for line in text.splitlines()]
+             for name, text in training_log(run).items()}
+    assert steps == {name: [line.split("\t")[0] for line in text.splitlines()]
+                     for name, text in training_log(root / "reference").items()}
 
 
 def test_failed_run_keeps_the_previous_outputs(prepared_run, tmp_path):

@@ -179,12 +179,12 @@ class Stale:
     rerun: str  # the command that reruns it: "dvc repro", "cd compare && dvc repro"
 
 
-def what_changed(entries: list, project: Project, changed_params: list[str]) -> list[str]:
+def what_changed(entries: list, project: Project, stage: str) -> list[str]:
     """The phrases for one stage of `dvc status --json`. A dependency or output that is merely
     absent ("deleted", "not in cache": an upstream stage's DVC-cached output, which a CI
     checkout without a DVC remote never has) is not a change of inputs and is left out. A stage
-    that reads a whole params group (`train`) is told only the group changed: the params that
-    changed against the base under it (`train.lr`) name it better."""
+    that reads a whole params group (`train`) is told only the group changed: the params under
+    it that differ from what the stage last ran with (its dvc.lock) name it better."""
     params, files, outs, command = [], [], [], False
     for entry in entries:
         if entry == "changed command":
@@ -192,14 +192,17 @@ def what_changed(entries: list, project: Project, changed_params: list[str]) -> 
         if not isinstance(entry, dict):
             continue  # "always changed": a stage without dependencies, not stale
         for path, state in entry.get("changed deps", {}).items():
-            path = project.name(path)
+            name = project.name(path)
             if isinstance(state, dict):  # a params file: {key: "modified" | "new" | "deleted"}
-                prefix = "" if path == "params.yaml" else f"{path}:"
-                for key in state:
-                    leaves = [p for p in changed_params if p.startswith(f"{prefix}{key}.")]
-                    params += leaves or [f"{prefix}{key}"]
+                prefix = "" if name == "params.yaml" else f"{name}:"
+                ran_with = locked_params(stage, project).get((project.path / path).resolve(), {})
+                now = read_params(project.path / path)
+                for key, how in state.items():
+                    leaves = changed_leaves(ran_with.get(key, lookup(ran_with, key)),
+                                            lookup(now, key), key) if how == "modified" else []
+                    params += [f"{prefix}{leaf}" for leaf in leaves or [key]]
             elif state in ("modified", "new"):
-                files.append(path)
+                files.append(name)
         outs += [project.name(path) for path, state in entry.get("changed outs", {}).items()
                  if state == "modified"]
     changes = []
@@ -215,10 +218,59 @@ def what_changed(entries: list, project: Project, changed_params: list[str]) -> 
     return changes
 
 
-def stale_stages(status: dict, project: Project, params: list[Row]) -> list[Stale]:
-    changed = [r.name if r.file == "params.yaml" else f"{r.file}:{r.name}" for r in params]
+ABSENT = object()  # a param missing on one side
+
+
+def load_yaml(file: Path):
+    """A YAML (or JSON) file's data; None when it cannot be read. PyYAML is imported here, not
+    at the top: it comes with dvc (through omegaconf), the one package CI installs."""
+    try:
+        import yaml
+    except ImportError:
+        return None
+    try:
+        return yaml.safe_load(file.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+def locked_params(stage: str, project: Project) -> dict[Path, dict]:
+    """The params `stage` last ran with, from its dvc.lock: {params file, resolved: values}."""
+    dvcfile, _, name = stage.rpartition(":")
+    lock = project.path / PurePosixPath(dvcfile).parent / "dvc.lock"
+    data = load_yaml(lock)
+    try:
+        return {(lock.parent / file).resolve(): values or {}
+                for file, values in data["stages"][name]["params"].items()}
+    except (KeyError, TypeError, AttributeError):
+        return {}
+
+
+def read_params(file: Path) -> dict:
+    data = load_yaml(file)
+    return data if isinstance(data, dict) else {}
+
+
+def lookup(tree, key: str):
+    """The value of a dotted params key ("train.lr") in nested dicts."""
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return ABSENT
+        tree = tree[part]
+    return tree
+
+
+def changed_leaves(old, new, key: str) -> list[str]:
+    """The dotted names of the values that differ between two params trees under `key`."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [leaf for k in dict.fromkeys([*new, *old])
+                for leaf in changed_leaves(old.get(k, ABSENT), new.get(k, ABSENT), f"{key}.{k}")]
+    return [] if old == new else [key]
+
+
+def stale_stages(status: dict, project: Project) -> list[Stale]:
     ran = project.stages_run()
-    stale = [Stale(stage_name(stage, project), what_changed(entries, project, changed),
+    stale = [Stale(stage_name(stage, project), what_changed(entries, project, stage),
                    rerun_command(stage, project))
              for stage, entries in status.items() if stage.rpartition(":")[2] in ran]
     return [s for s in stale if s.changes]
@@ -284,7 +336,7 @@ def gather(base: str, root: Path) -> Findings:
         params_diff, metrics_diff, status = next(outputs), next(outputs), next(outputs)
         params += param_rows(params_diff, project)
         metrics += metric_rows(metrics_diff, project)
-        found = stale_stages(status, project, params)
+        found = stale_stages(status, project)
         stale += found
         if found:
             also += downstream([s.stage for s in found], project)

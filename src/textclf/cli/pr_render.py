@@ -170,16 +170,29 @@ def render(found: Findings, max_chars: int = MAX_CHARS) -> str:
     def room_left(fixed: list[str]) -> int:
         return limit - len("\n\n".join(fixed)) - len(blocks) * (NOTE_ROOM + 2)
 
+    fixed = list(parts)  # no folded block and no code fence in these: cut between lines
     room = room_left(parts + [plots])
     if plots and room < 0:
         plots = "### Plots\n\nLeft out: the report is at its size limit."
-        room = room_left(parts + [plots])
+        fixed = list(parts)  # no folded block and no code fence in these: cut between lines
+    room = room_left(parts + [plots])
     for summary, header, rows in blocks:
         text = details_block(summary, header, table_lines(header, rows)[2:],
                              max(0, room) + NOTE_ROOM, hint)
         room -= len(text) - NOTE_ROOM
         parts.append(text)
     text = "\n\n".join(parts + [plots] if plots else parts) + "\n"
-    if len(text) > limit:  # only when the headline or stale list alone is over the limit
-        text = text[:limit - 200].rsplit("\n", 1)[0] + "\n\n**Report cut at the size limit.**\n"
+    if len(text) > limit:  # only when the headline or stale list leaves no room for the rest
+        text = cut(fixed, limit, f"**Report cut at the size limit**: the folded details and the "
+                                 f"plots are left out; {hint}.")
     return text
+
+
+def cut(parts: list[str], limit: int, notice: str) -> str:
+    """`parts` (the marker first, no <details> or code fence in any) cut at a line boundary to
+    fit `limit` with `notice` after them; the marker always stays, whatever the limit."""
+    body = "\n\n".join(parts)
+    room = limit - len(notice) - 3  # "\n\n" before the notice, "\n" after it
+    if len(body) > room:
+        body = body[:room].rsplit("\n", 1)[0] if room > len(MARKER) else MARKER
+    return body.rstrip() + "\n\n" + notice + "\n"

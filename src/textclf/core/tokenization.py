@@ -240,6 +240,21 @@ class TokenizedSplit:
             return cls(ids, z["labels"].astype(np.int64), z["full_lengths"].astype(np.int64))
 
 
+def check_head_tokens(tokenizer: TextTokenizer, max_tokens: int, truncation: str,
+                      head_tokens: int) -> None:
+    """head_tail must leave room for a tail in the text budget (max_tokens minus the special
+    tokens the tokenizer adds), or `truncate` would silently cut on the right. Params validation
+    checks head_tokens against max_tokens only: it knows no tokenizer. The prepare stage calls
+    this before it reads or tokenizes any text."""
+    budget = max_tokens - tokenizer.n_special
+    if truncation == "head_tail" and not 0 < head_tokens < budget:
+        raise ParamsError(
+            f"data.head_tokens must be in [1, {budget}) for head_tail truncation with this "
+            f"model, got {head_tokens}: data.max_tokens {max_tokens} minus the "
+            f"{tokenizer.n_special} special tokens its tokenizer adds leaves {budget} text "
+            "tokens, and the tail needs at least one")
+
+
 def tokenize_split(tokenizer: TextTokenizer, texts: Sequence[str], labels: np.ndarray,
                    max_tokens: int, truncation: str, head_tokens: int) -> TokenizedSplit:
     """Token ids of each text, truncated so that with the special tokens they fit `max_tokens`."""

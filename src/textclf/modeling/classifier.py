@@ -86,11 +86,16 @@ def blocks_of(model: nn.Module, family: Family) -> nn.ModuleList:
 
 
 def frozen_modules(clf: Classifier) -> list[nn.Module]:
+    """The parts of the base model that train nothing: the embeddings (one group with their
+    dropout, which has no weights of its own) and each block, when none of their weights
+    requires a gradient. Decided by the weights, not by first_trainable_block: training every
+    block (first_trainable_block 0) still leaves the embeddings frozen, unless 'all' trains them."""
     model = base_model(clf)
-    if clf.first_trainable_block == 0:
-        return []
     embeddings = [model.get_submodule(name) for name in clf.family.embeddings]
-    return embeddings + list(blocks_of(model, clf.family)[: clf.first_trainable_block])
+    groups = [embeddings] + [[block] for block in blocks_of(model, clf.family)]
+    return [module for group in groups
+            if not any(p.requires_grad for module in group for p in module.parameters())
+            for module in group]
 
 
 def from_pretrained(cls, model: str, **kwargs) -> nn.Module:

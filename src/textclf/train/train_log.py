@@ -4,6 +4,11 @@ dvc.yaml declares dvclive's files as plots: plots/metrics/train/loss.tsv (the me
 train.log_every steps), plots/metrics/val/accuracy.tsv and val/loss.tsv (after each epoch). A zero-shot
 run trains nothing and writes both with a header only, so its plots are empty rather than the
 previous run's curves.
+
+A resumed run's log equals an uninterrupted run's: each checkpoint also holds the log written so
+far, and a run that resumes from it writes the log back from there (`CheckpointsWithLog`). The
+files on disk cannot be trusted then: DVC removes them before it reruns the stage, and outside DVC
+they may hold rows logged after the checkpoint, or another run's.
 """
 
 from __future__ import annotations
@@ -19,12 +24,54 @@ LOGGED = (("train/loss", Path("plots/metrics/train/loss.tsv")),
           ("val/loss", Path("plots/metrics/val/loss.tsv")))
 
 
-def step_logger(log_dir: Path, resume: bool):
-    """dvclive's Live for the train stage: no dvc.yaml or experiment of its own (the pipeline's
-    dvc.yaml declares the plots, `dvc exp run` makes the experiment)."""
+LOG_KEY = "train_log"  # the checkpoint's key for the log: {file under the log directory: text}
+
+
+def step_logger(log_dir: Path):
+    """dvclive's Live for the train stage, on an empty log (a resumed run's rows come back from
+    the checkpoint): no dvc.yaml or experiment of its own (the pipeline's dvc.yaml declares the
+    plots, `dvc exp run` makes the experiment)."""
     from dvclive import Live
 
-    return Live(str(log_dir), resume=resume, dvcyaml=None, save_dvc_exp=False)
+    return Live(str(log_dir), resume=False, dvcyaml=None, save_dvc_exp=False)
+
+
+class CheckpointsWithLog:
+    """A Checkpointer (textclf.train.checkpoints) whose checkpoints also hold the training log
+    written so far, under LOG_KEY, and which writes the log back from them when a run resumes.
+    `log_dir` None: a process that writes no log (not the main one)."""
+
+    def __init__(self, checkpointer, log_dir: Path | None):
+        self.checkpointer = checkpointer
+        self.log_dir = log_dir
+        self.path = checkpointer.path
+
+    def load(self) -> dict | None:
+        state = self.checkpointer.load()
+        if state is not None and self.log_dir is not None:
+            restore_log(self.log_dir, state.get(LOG_KEY, {}))  # an older checkpoint: none kept
+        return state
+
+    def save(self, state: dict) -> None:
+        log = read_log(self.log_dir) if self.log_dir is not None else {}
+        self.checkpointer.save({**state, LOG_KEY: log})
+
+    def clear(self) -> None:
+        self.checkpointer.clear()
+
+
+def read_log(log_dir: Path) -> dict[str, str]:
+    return {path.as_posix(): (log_dir / path).read_text() for _, path in LOGGED
+            if (log_dir / path).is_file()}
+
+
+def restore_log(log_dir: Path, log: dict[str, str]) -> None:
+    """The log files as `read_log` found them; files it did not find are removed."""
+    for _, path in LOGGED:
+        if path.as_posix() in log:
+            write_text(log_dir / path, log[path.as_posix()])
+        else:
+            (log_dir / path).unlink(missing_ok=True)
 
 
 def empty_log(log_dir: Path) -> None:
