@@ -54,6 +54,8 @@ META_KEY = "textclf"  # config.json key: the run's TrainedModelInfo and the base
 TOLERANCE = 1e-4  # largest difference of a probability allowed between export and trained model
 # The module an export of a mean-pooled family loads its class from (copied into the directory)
 POOLING_MODULE = "hf_pooling"
+# tokenizer_config.json's tokenizer_class: the class that loads tokenizer.json as it is
+GENERIC_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 # The head inside the exported class, per pooling: stock classes name it `score`
 HEAD_MODULE = {"last": "score", "mean": "classifier"}
 
@@ -102,6 +104,7 @@ def export_model(clf: Classifier, info: TrainedModelInfo, out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    _set_generic_tokenizer_class(out_dir / "tokenizer_config.json")
     if notes["leading_space"]:
         _set_add_prefix_space(out_dir / "tokenizer.json")
     if remote_code:
@@ -222,6 +225,19 @@ def _put_prompt_around(tokenizer, prefix: list[int], suffix: list[int]) -> None:
     single = " ".join(template)
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single=single, pair=f"{single} $B:1", special_tokens=specials)
+
+
+def _set_generic_tokenizer_class(tokenizer_config: Path) -> None:
+    """Name the generic tokenizer class in a saved tokenizer_config.json, so that tokenizer.json
+    (prompt included) is the tokenizer, loaded as written.
+
+    The hub models' own classes rebuild parts of it on load from their settings:
+    GPTNeoXTokenizer (Pythia) its post-processor, dropping the zero-shot prompt; GPT2Tokenizer its
+    pre-tokenizer. PreTrainedTokenizerFast is the generic class under transformers 4 and 5."""
+    data = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+    data["tokenizer_class"] = GENERIC_TOKENIZER_CLASS
+    tokenizer_config.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n",
+                                encoding="utf-8")
 
 
 def _set_add_prefix_space(tokenizer_json: Path) -> None:
