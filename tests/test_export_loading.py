@@ -6,11 +6,14 @@ from a model directory that is not textclf's."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from support import tiny
-from test_export import trained_model_dir
+from test_export import evaluate_probabilities, trained_model_dir
 
 from textclf.export.hf_export import check_export, export_model
 from textclf.modeling.classifier import load_model
@@ -51,3 +54,85 @@ def test_export_with_the_hub_tokenizer_class_passes_its_check(hub_tokenizer_dirs
     _, _, check = export_run(hub_tokenizer_dirs[family], data_dir, tmp_path, family, method,
                              texts)
     assert check.max_diff < 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# The BERT export: textclf's own class, loaded the intended ways only
+
+@pytest.fixture(scope="module")
+def bert_export(tiny_dirs, data_dir, texts, tmp_path_factory):
+    """(models dir, export dir) of a fine-tuned tiny BERT."""
+    models, export_dir, _ = export_run(tiny_dirs["bert"], data_dir,
+                                       tmp_path_factory.mktemp("bert"), "bert", "finetune", texts)
+    return models, export_dir
+
+
+# Each way a user might load the export without textclf and without trust_remote_code
+WRONG_WAYS = """
+import json, sys
+from transformers import AutoConfig, AutoModelForSequenceClassification, pipeline
+
+ways = {
+    "AutoConfig": lambda: AutoConfig.from_pretrained(sys.argv[1]),
+    "AutoModelForSequenceClassification":
+        lambda: AutoModelForSequenceClassification.from_pretrained(sys.argv[1]),
+    "pipeline": lambda: pipeline("text-classification", model=sys.argv[1], device="cpu"),
+}
+outcomes = {}
+for name, load in ways.items():
+    try:
+        loaded = load()
+    except Exception as e:
+        outcomes[name] = f"raised {type(e).__name__}: {' '.join(str(e).split())}"
+    else:
+        outcomes[name] = f"loaded {type(getattr(loaded, 'model', loaded)).__name__}"
+print()  # after transformers' question to a terminal (none here: stdin is empty)
+print(json.dumps(outcomes))
+"""
+
+# The intended way in a process that has textclf: importing textclf.export registers the class
+WITH_TEXTCLF = """
+import json, sys
+import textclf.export
+from transformers import pipeline
+
+classify = pipeline("text-classification", model=sys.argv[1], truncation=True, top_k=None,
+                    device="cpu")
+names = [classify.model.config.id2label[i] for i in range(classify.model.config.num_labels)]
+rows = classify(json.loads(sys.stdin.read()), batch_size=4)
+print(json.dumps({"class": type(classify.model).__name__,
+                  "probs": [[{r["label"]: r["score"] for r in row}[n] for n in names]
+                            for row in rows]}))
+"""
+
+
+def fresh_process(script: str, export_dir: Path, tmp_path: Path, stdin: str | None = None):
+    env = {**tiny.ENV, "HF_MODULES_CACHE": str(tmp_path / "modules"),
+           "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    return subprocess.run([sys.executable, "-c", script, str(export_dir)], input=stdin,
+                          stdin=None if stdin is not None else subprocess.DEVNULL,
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+
+
+def test_bert_export_loaded_without_textclf_or_remote_code_fails_loudly(bert_export, tmp_path):
+    """Stock transformers does not know the export's model_type: each way raises (before, each
+    loaded BertForSequenceClassification with a random pooler and scored other numbers)."""
+    _, export_dir = bert_export
+    result = fresh_process(WRONG_WAYS, export_dir, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcomes = json.loads(result.stdout.splitlines()[-1])
+    assert set(outcomes) == {"AutoConfig", "AutoModelForSequenceClassification", "pipeline"}
+    for way, outcome in outcomes.items():
+        assert outcome.startswith("raised ValueError") and "trust_remote_code" in outcome, \
+            f"{way}: {outcome}"
+
+
+def test_bert_export_with_textclf_imported_gives_evaluate_probabilities(bert_export, texts,
+                                                                        tmp_path):
+    models, export_dir = bert_export
+    result = fresh_process(WITH_TEXTCLF, export_dir, tmp_path, stdin=json.dumps(texts))
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out["class"] == "BertForMeanPooledClassification"
+    np.testing.assert_allclose(out["probs"], evaluate_probabilities(models, texts), rtol=0,
+                               atol=1e-4)

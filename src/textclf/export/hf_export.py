@@ -14,8 +14,11 @@ gives the evaluate stage's probabilities. What is exported depends on the family
   Their `score` head has no bias and ours has one: the bias is folded into the final layer norm's
   bias (see fold_head_bias), which is exact because that norm feeds nothing but the head. So
   these load with no remote code, in any tool that knows the stock classes.
-- masked mean (BERT): no stock class pools so; textclf/hf_pooling.py is copied into the
-  directory and config.json's auto_map names its class: load with trust_remote_code=True.
+- masked mean (BERT): no stock class pools so. The export has a model_type of its own, which
+  stock transformers refuses to load (rather than load stock BERT with a random pooler), and
+  loads one of two ways: in a process that ran `import textclf.export` (which registers the
+  classes, see register_exported_classes), or with trust_remote_code=True, from
+  textclf/export/hf_pooling.py, copied into the directory and named by config.json's auto_map.
 
 The tokenizer is the base model's, with: truncation side and model_max_length of training (the
 text budget plus special tokens or prompt), right padding with the pad id training used, a
@@ -54,6 +57,10 @@ META_KEY = "textclf"  # config.json key: the run's TrainedModelInfo and the base
 TOLERANCE = 1e-4  # largest difference of a probability allowed between export and trained model
 # The module an export of a mean-pooled family loads its class from (copied into the directory)
 POOLING_MODULE = "hf_pooling"
+# config.json's auto_map of an export of textclf's own classes: the only code it may name
+OWN_AUTO_MAP = {"AutoConfig": f"{POOLING_MODULE}.BertMeanPooledConfig",
+                "AutoModelForSequenceClassification":
+                    f"{POOLING_MODULE}.BertForMeanPooledClassification"}
 # tokenizer_config.json's tokenizer_class: the class that loads tokenizer.json as it is
 GENERIC_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 # The head inside the exported class, per pooling: stock classes name it `score`
@@ -137,8 +144,7 @@ def hf_classifier(clf: Classifier, info: TrainedModelInfo, family: Family,
         if family.name != "bert":
             raise ExportError(f"no exported class pools the {family.name} family by masked mean "
                               f"(textclf/{POOLING_MODULE}.py has BERT's only)")
-        config.auto_map = {"AutoModelForSequenceClassification":
-                           f"{POOLING_MODULE}.{BertForMeanPooledClassification.__name__}"}
+        config = own_config(config)
         model = BertForMeanPooledClassification(config)
     else:
         model = AutoModelForSequenceClassification.from_config(config)
@@ -154,6 +160,31 @@ def hf_classifier(clf: Classifier, info: TrainedModelInfo, family: Family,
         else:
             folded = fold_head_bias(clf.head, model.base_model, family)
     return model, remote_code, folded
+
+
+def own_config(config):
+    """BERT's config under the export's own model_type, with auto_map naming the classes of the
+    copied modelling file."""
+    from textclf.export.hf_pooling import BertMeanPooledConfig
+
+    values = config.to_dict()
+    values.pop("model_type", None)
+    own = BertMeanPooledConfig.from_dict(values)
+    own.auto_map = dict(OWN_AUTO_MAP)
+    return own
+
+
+def register_exported_classes() -> None:
+    """Make AutoConfig and AutoModelForSequenceClassification (and so pipeline()) load the
+    exports of textclf's own classes from this process's textclf, with no remote code.
+    `import textclf.export` calls it."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from textclf.export.hf_pooling import BertForMeanPooledClassification, BertMeanPooledConfig
+
+    AutoConfig.register(BertMeanPooledConfig.model_type, BertMeanPooledConfig, exist_ok=True)
+    AutoModelForSequenceClassification.register(BertMeanPooledConfig,
+                                                BertForMeanPooledClassification, exist_ok=True)
 
 
 def fold_head_bias(head: nn.Linear, backbone: nn.Module, family: Family) -> str:
