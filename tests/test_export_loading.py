@@ -136,3 +136,77 @@ def test_bert_export_with_textclf_imported_gives_evaluate_probabilities(bert_exp
     assert out["class"] == "BertForMeanPooledClassification"
     np.testing.assert_allclose(out["probs"], evaluate_probabilities(models, texts), rtol=0,
                                atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# No code from a model directory
+
+# A modelling file that leaves a mark when anything imports it
+FOREIGN_CODE = """
+from pathlib import Path
+Path({marker!r}).write_text("this code ran")
+from transformers import GPT2Config, GPT2ForSequenceClassification
+
+class ForeignConfig(GPT2Config):
+    pass
+
+class ForeignModel(GPT2ForSequenceClassification):
+    pass
+"""
+FOREIGN_AUTO_MAP = {  # which file names the foreign code: (json file, auto_map)
+    "config": ("config.json", {"AutoConfig": "foreign.ForeignConfig"}),
+    "model": ("config.json", {"AutoModelForSequenceClassification": "foreign.ForeignModel"}),
+    "tokenizer": ("tokenizer_config.json", {"AutoTokenizer": [None, "foreign.ForeignTokenizer"]}),
+}
+
+
+@pytest.fixture(scope="module")
+def gpt2_export(tiny_dirs, data_dir, texts, tmp_path_factory) -> Path:
+    _, export_dir, _ = export_run(tiny_dirs["gpt2"], data_dir, tmp_path_factory.mktemp("gpt2"),
+                                  "gpt2", "finetune", texts)
+    return export_dir
+
+
+@pytest.mark.parametrize("where", list(FOREIGN_AUTO_MAP))
+def test_predict_refuses_a_directory_naming_foreign_code(gpt2_export, tmp_path, where):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(gpt2_export, model_dir)
+    marker = tmp_path / "marker"
+    (model_dir / "foreign.py").write_text(FOREIGN_CODE.format(marker=str(marker)))
+    name, auto_map = FOREIGN_AUTO_MAP[where]
+    data = json.loads((model_dir / name).read_text())
+    data["auto_map"] = auto_map
+    (model_dir / name).write_text(json.dumps(data))
+
+    env = {**tiny.ENV, "HF_MODULES_CACHE": str(tmp_path / "modules"),
+           "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    result = subprocess.run([sys.executable, "-m", "textclf.cli.predict", "--model-dir",
+                             str(model_dir), "--device", "cpu", "A fine film."],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=300)
+    assert not marker.exists(), "the directory's code ran"
+    assert result.returncode != 0 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "foreign." in lines[0], \
+        result.stderr[-3000:]
+
+
+def test_an_older_bert_export_is_refused_not_misread(bert_export, tmp_path):
+    """An export naming textclf's class under stock BERT's model_type (as textclf wrote them
+    before) would load, without remote code, as stock BERT with a random pooler."""
+    import shutil
+
+    from textclf.core.errors import ModelLoadError
+    from textclf.export.hf_export import load_export
+
+    _, export_dir = bert_export
+    shutil.copytree(export_dir, tmp_path / "old")
+    config = json.loads((tmp_path / "old/config.json").read_text())
+    config["model_type"] = "bert"
+    config["auto_map"] = {"AutoModelForSequenceClassification":
+                          "hf_pooling.BertForMeanPooledClassification"}
+    (tmp_path / "old/config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="exported by an older textclf"):
+        load_export(tmp_path / "old")

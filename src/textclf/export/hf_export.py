@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from textclf.core.errors import ExportError
+from textclf.core.errors import ExportError, ModelLoadError
 from textclf.core.families import Family, family_for
 from textclf.core.tokenization import TextTokenizer, load_tokenizer, tokenize_split
 from textclf.modeling.batching import Collator
@@ -319,9 +319,10 @@ def check_export(export_dir: Path, clf: Classifier, info: TrainedModelInfo, text
     cut = split.full_lengths > split.lengths
     exact = ~cut if info.truncation == "head_tail" else np.ones(len(texts), dtype=bool)
 
+    check_no_foreign_code(export_dir)
     tokenizer = AutoTokenizer.from_pretrained(export_dir)
     model = AutoModelForSequenceClassification.from_pretrained(
-        export_dir, trust_remote_code=True, dtype=torch.float32).eval()
+        export_dir, dtype=torch.float32).eval()
     theirs = tokenizer(list(texts), truncation=True)["input_ids"]
     for i in np.flatnonzero(exact):
         if theirs[i] != ours[i]:
@@ -373,6 +374,38 @@ def is_export(model_dir: Path) -> bool:
     return (model_dir / "config.json").is_file() and not (model_dir / INFO_FILE).is_file()
 
 
+def check_no_foreign_code(model_dir: Path) -> None:
+    """Refuse a model directory whose config.json or tokenizer_config.json names code other than
+    textclf's own classes (`auto_map`). textclf never runs code from a model directory: it loads
+    without trust_remote_code, its own classes registered in this process
+    (register_exported_classes), so a directory that needs other code cannot load as intended."""
+    from textclf.export.hf_pooling import MODEL_TYPE
+
+    model_dir = Path(model_dir)
+    for name, allowed in (("config.json", OWN_AUTO_MAP), ("tokenizer_config.json", {})):
+        path = model_dir / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"{path} is not valid JSON ({e})") from None
+        auto_map = (data.get("auto_map") if isinstance(data, dict) else None) or {}
+        if not isinstance(auto_map, dict):  # tokenizer_config.json's older form: a list
+            auto_map = {"AutoTokenizer": auto_map}
+        for key, ref in auto_map.items():
+            if allowed.get(key) != ref:
+                raise ModelLoadError(
+                    f"{path} names code that is not textclf's (auto_map {key}: {ref}); textclf "
+                    "never runs code from a model directory. Load it with transformers and "
+                    "trust_remote_code=True only if you trust that code")
+        if auto_map and name == "config.json" and data.get("model_type") != MODEL_TYPE:
+            raise ModelLoadError(
+                f"{path} names textclf's class but has model_type {data.get('model_type')!r}, "
+                f"not {MODEL_TYPE!r}: it was exported by an older textclf, which stock "
+                "transformers would load as another model. Export it again (dvc repro export)")
+
+
 def load_export(model_dir: Path) -> tuple[ExportedClassifier, TrainedModelInfo, TextTokenizer]:
     """An export in eval mode, the run's description, and textclf's tokenizer on the export's
     tokenizer files with the base tokenizer's special tokens: with them, predict cuts texts
@@ -380,7 +413,8 @@ def load_export(model_dir: Path) -> tuple[ExportedClassifier, TrainedModelInfo, 
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     model_dir = Path(model_dir)
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
+    check_no_foreign_code(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
     meta = getattr(config, META_KEY, None)
     if not isinstance(meta, dict):
         raise FileNotFoundError(f"{model_dir}/config.json has no {META_KEY!r} entry: it is not "
@@ -390,5 +424,5 @@ def load_export(model_dir: Path) -> tuple[ExportedClassifier, TrainedModelInfo, 
     tokenizer = dataclasses.replace(load_tokenizer(str(model_dir), family_for(info.family)),
                                     special_prefix=list(meta["text_prefix"]),
                                     special_suffix=list(meta["text_suffix"]))
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=True)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     return ExportedClassifier(model).eval().requires_grad_(False), info, tokenizer
