@@ -199,7 +199,7 @@ def test_an_older_bert_export_is_refused_not_misread(bert_export, tmp_path):
     import shutil
 
     from textclf.core.errors import ModelLoadError
-    from textclf.export.hf_export import load_export
+    from textclf.export.hf_loading import load_export
 
     _, export_dir = bert_export
     shutil.copytree(export_dir, tmp_path / "old")

@@ -5,6 +5,6 @@ Importing it registers textclf's exported classes with transformers' Auto classe
 textclf's own) with no remote code: see textclf.export.hf_pooling.
 """
 
-from textclf.export.hf_export import register_exported_classes
+from textclf.export.hf_loading import register_exported_classes
 
 register_exported_classes()

@@ -17,7 +17,7 @@ gives the evaluate stage's probabilities. What is exported depends on the family
 - masked mean (BERT): no stock class pools so. The export has a model_type of its own, which
   stock transformers refuses to load (rather than load stock BERT with a random pooler), and
   loads one of two ways: in a process that ran `import textclf.export` (which registers the
-  classes, see register_exported_classes), or with trust_remote_code=True, from
+  classes, see hf_loading.register_exported_classes), or with trust_remote_code=True, from
   textclf/export/hf_pooling.py, copied into the directory and named by config.json's auto_map.
 
 The tokenizer is the base model's, with: truncation side and model_max_length of training (the
@@ -29,7 +29,7 @@ one side only: head_tail truncation is approximated (see ExportNotes.exact_trunc
 
 config.json also carries `textclf`: the TrainedModelInfo of the run and the base tokenizer's own special
 tokens, from which `textclf predict --model-dir export` rebuilds training's exact input
-pipeline (head_tail included).
+pipeline (head_tail included): see hf_loading.load_export.
 """
 
 from __future__ import annotations
@@ -46,21 +46,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from textclf.core.errors import ExportError, ModelLoadError
+from textclf.core.errors import ExportError
 from textclf.core.families import Family, family_for
 from textclf.core.tokenization import TextTokenizer, load_tokenizer, tokenize_split
+from textclf.export.hf_loading import META_KEY, check_no_foreign_code
 from textclf.modeling.batching import Collator
 from textclf.modeling.classifier import Classifier, base_model
-from textclf.modeling.model_info import INFO_FILE, TrainedModelInfo
+from textclf.modeling.model_info import TrainedModelInfo
 
-META_KEY = "textclf"  # config.json key: the run's TrainedModelInfo and the base tokenizer's specials
 TOLERANCE = 1e-4  # largest difference of a probability allowed between export and trained model
 # The module an export of a mean-pooled family loads its class from (copied into the directory)
-POOLING_MODULE = "hf_pooling"
-# config.json's auto_map of an export of textclf's own classes: the only code it may name
-OWN_AUTO_MAP = {"AutoConfig": f"{POOLING_MODULE}.BertMeanPooledConfig",
-                "AutoModelForSequenceClassification":
-                    f"{POOLING_MODULE}.BertForMeanPooledClassification"}
+POOLING_MODULE = "hf_pooling"  # hf_pooling.AUTO_MAP names its classes under this name
 # tokenizer_config.json's tokenizer_class: the class that loads tokenizer.json as it is
 GENERIC_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 # The head inside the exported class, per pooling: stock classes name it `score`
@@ -72,7 +68,9 @@ class ExportNotes:
     """How the export computes what was trained: what the model card and the stage report."""
 
     architecture: str  # the class config.json names
-    remote_code: bool  # loading needs trust_remote_code=True (a modelling file in the directory)
+    # textclf's own class: loads after `import textclf.export`, or with trust_remote_code=True
+    # (the modelling file in the directory); stock transformers refuses it
+    remote_code: bool
     bias_folded_into: str | None  # the final-norm bias holding the head's bias, if folded
     base_revision: str | None  # hub commit of the base model (weights and tokenizer files)
     max_length: int  # tokenizer model_max_length: text budget plus special tokens or prompt
@@ -165,26 +163,13 @@ def hf_classifier(clf: Classifier, info: TrainedModelInfo, family: Family,
 def own_config(config):
     """BERT's config under the export's own model_type, with auto_map naming the classes of the
     copied modelling file."""
-    from textclf.export.hf_pooling import BertMeanPooledConfig
+    from textclf.export.hf_pooling import AUTO_MAP, BertMeanPooledConfig
 
     values = config.to_dict()
     values.pop("model_type", None)
     own = BertMeanPooledConfig.from_dict(values)
-    own.auto_map = dict(OWN_AUTO_MAP)
+    own.auto_map = dict(AUTO_MAP)
     return own
-
-
-def register_exported_classes() -> None:
-    """Make AutoConfig and AutoModelForSequenceClassification (and so pipeline()) load the
-    exports of textclf's own classes from this process's textclf, with no remote code.
-    `import textclf.export` calls it."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from textclf.export.hf_pooling import BertForMeanPooledClassification, BertMeanPooledConfig
-
-    AutoConfig.register(BertMeanPooledConfig.model_type, BertMeanPooledConfig, exist_ok=True)
-    AutoModelForSequenceClassification.register(BertMeanPooledConfig,
-                                                BertForMeanPooledClassification, exist_ok=True)
 
 
 def fold_head_bias(head: nn.Linear, backbone: nn.Module, family: Family) -> str:
@@ -352,77 +337,3 @@ def check_export(export_dir: Path, clf: Classifier, info: TrainedModelInfo, text
                           f"{check.max_diff:.2e} (> {tolerance:g}) on text {worst + 1} "
                           f"({texts[worst][:60]!r}...)")
     return check
-
-
-# ---------------------------------------------------------------------------------------------
-# Load an export for textclf predict
-
-class ExportedClassifier(nn.Module):
-    """An exported transformers model behind the Classifier interface: logits of a batch."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-
-def is_export(model_dir: Path) -> bool:
-    """A directory written by export_model (config.json, no textclf.json of a train stage)."""
-    model_dir = Path(model_dir)
-    return (model_dir / "config.json").is_file() and not (model_dir / INFO_FILE).is_file()
-
-
-def check_no_foreign_code(model_dir: Path) -> None:
-    """Refuse a model directory whose config.json or tokenizer_config.json names code other than
-    textclf's own classes (`auto_map`). textclf never runs code from a model directory: it loads
-    without trust_remote_code, its own classes registered in this process
-    (register_exported_classes), so a directory that needs other code cannot load as intended."""
-    from textclf.export.hf_pooling import MODEL_TYPE
-
-    model_dir = Path(model_dir)
-    for name, allowed in (("config.json", OWN_AUTO_MAP), ("tokenizer_config.json", {})):
-        path = model_dir / name
-        if not path.is_file():
-            continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ModelLoadError(f"{path} is not valid JSON ({e})") from None
-        auto_map = (data.get("auto_map") if isinstance(data, dict) else None) or {}
-        if not isinstance(auto_map, dict):  # tokenizer_config.json's older form: a list
-            auto_map = {"AutoTokenizer": auto_map}
-        for key, ref in auto_map.items():
-            if allowed.get(key) != ref:
-                raise ModelLoadError(
-                    f"{path} names code that is not textclf's (auto_map {key}: {ref}); textclf "
-                    "never runs code from a model directory. Load it with transformers and "
-                    "trust_remote_code=True only if you trust that code")
-        if auto_map and name == "config.json" and data.get("model_type") != MODEL_TYPE:
-            raise ModelLoadError(
-                f"{path} names textclf's class but has model_type {data.get('model_type')!r}, "
-                f"not {MODEL_TYPE!r}: it was exported by an older textclf, which stock "
-                "transformers would load as another model. Export it again (dvc repro export)")
-
-
-def load_export(model_dir: Path) -> tuple[ExportedClassifier, TrainedModelInfo, TextTokenizer]:
-    """An export in eval mode, the run's description, and textclf's tokenizer on the export's
-    tokenizer files with the base tokenizer's special tokens: with them, predict cuts texts
-    exactly as training did (head_tail too), while the prompt comes from the TrainedModelInfo."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    model_dir = Path(model_dir)
-    check_no_foreign_code(model_dir)
-    config = AutoConfig.from_pretrained(model_dir)
-    meta = getattr(config, META_KEY, None)
-    if not isinstance(meta, dict):
-        raise FileNotFoundError(f"{model_dir}/config.json has no {META_KEY!r} entry: it is not "
-                                "a model exported by textclf (stages/export.py)")
-    fields = {f.name for f in dataclasses.fields(TrainedModelInfo)}
-    info = TrainedModelInfo(**{k: v for k, v in meta.items() if k in fields})
-    tokenizer = dataclasses.replace(load_tokenizer(str(model_dir), family_for(info.family)),
-                                    special_prefix=list(meta["text_prefix"]),
-                                    special_suffix=list(meta["text_suffix"]))
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    return ExportedClassifier(model).eval().requires_grad_(False), info, tokenizer

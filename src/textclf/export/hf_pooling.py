@@ -26,6 +26,9 @@ from transformers.models.bert.configuration_bert import BertConfig
 from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
 
 MODEL_TYPE = "textclf-bert-mean-pooled"  # config.json's model_type: unknown to stock transformers
+# config.json's auto_map: the classes of this file, copied into the export as hf_pooling.py
+AUTO_MAP = {"AutoConfig": "hf_pooling.BertMeanPooledConfig",
+            "AutoModelForSequenceClassification": "hf_pooling.BertForMeanPooledClassification"}
 
 
 class BertMeanPooledConfig(BertConfig):
