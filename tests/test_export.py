@@ -64,20 +64,8 @@ def gpt2_hub_like(tiny_dirs, tmp_path_factory) -> Path:
     """The tiny GPT-2 with its tokenizer saved as hub GPT-2's is (tokenizer_class
     GPT2Tokenizer, a class that rebuilds its pre-tokenizer from tokenizer_config.json), where
     the fixture's is a generic TokenizersBackend (which reads tokenizer.json as it is)."""
-    import shutil
-
-    from transformers import GPT2Tokenizer
-
-    directory = tmp_path_factory.mktemp("gpt2_hub_like")
-    shutil.copytree(tiny_dirs["gpt2"], directory, dirs_exist_ok=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        (directory / name).unlink(missing_ok=True)
-    bpe = json.loads((tiny_dirs["gpt2"] / "tokenizer.json").read_text())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in bpe["merges"]]
-    GPT2Tokenizer(vocab=bpe["vocab"], merges=merges).save_pretrained(directory)
-    assert json.loads((directory / "tokenizer_config.json").read_text())[
-        "tokenizer_class"] == "GPT2Tokenizer"
-    return directory
+    return tiny.hub_tokenizer_model_dir("gpt2", tiny_dirs["gpt2"],
+                                        tmp_path_factory.mktemp("gpt2_hub_like"))
 
 
 @pytest.fixture(scope="module")

@@ -114,7 +114,7 @@ def load_predictor(model_dir: str | Path = paths.MODEL_DIR, device: str = "auto"
     """
     from textclf.core.families import family_for
     from textclf.core.tokenization import load_tokenizer
-    from textclf.export.hf_export import is_export, load_export
+    from textclf.export.hf_loading import is_export, load_export
     from textclf.modeling.classifier import load_model
 
     model_dir = Path(model_dir)

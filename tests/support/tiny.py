@@ -226,3 +226,38 @@ def sh(cwd: Path, *cmd: str) -> str:
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=ENV)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
+
+
+# The tokenizer class each family's reference model ships with on the hub (gpt2,
+# bert-base-uncased, EleutherAI/pythia-70m). Such classes rebuild parts of the tokenizer from
+# their own settings on load, where the generic class of tiny_model_dir reads tokenizer.json as
+# it is.
+HUB_TOKENIZER_CLASS = {"gpt2": "GPT2Tokenizer", "bert": "BertTokenizer",
+                       "gpt_neox": "GPTNeoXTokenizer"}
+
+
+def hub_tokenizer_model_dir(family: str, source: Path, directory: Path) -> Path:
+    """A copy of the tiny model at `source` (tiny_model_dir) with the same trained vocabulary
+    saved by the hub model's tokenizer class (HUB_TOKENIZER_CLASS), offline."""
+    import shutil
+
+    import transformers
+
+    directory = Path(directory)
+    shutil.copytree(source, directory, dirs_exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (directory / name).unlink(missing_ok=True)
+    model = json.loads((Path(source) / "tokenizer.json").read_text())["model"]
+    cls = getattr(transformers, HUB_TOKENIZER_CLASS[family])
+    if family == "bert":
+        tok = cls(vocab=model["vocab"], do_lower_case=True)
+    else:
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+                  for m in model["merges"]]
+        # pythia's pad token <|padding|> is not in the tiny vocabulary: pad with EOS instead
+        extra = {"pad_token": "<|endoftext|>"} if family == "gpt_neox" else {}
+        tok = cls(vocab=model["vocab"], merges=merges, **extra)
+    tok.save_pretrained(directory)
+    saved = json.loads((directory / "tokenizer_config.json").read_text())["tokenizer_class"]
+    assert saved == HUB_TOKENIZER_CLASS[family], saved
+    return directory

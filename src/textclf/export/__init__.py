@@ -1,1 +1,10 @@
-"""The export stage's library: the Hugging Face model directory and its model card."""
+"""The export stage's library: the Hugging Face model directory and its model card.
+
+Importing it registers textclf's exported classes with transformers' Auto classes, so that
+`pipeline("text-classification", model="export")` loads a BERT export (its model_type is
+textclf's own) with no remote code: see textclf.export.hf_pooling.
+"""
+
+from textclf.export.hf_loading import register_exported_classes
+
+register_exported_classes()

@@ -14,8 +14,11 @@ gives the evaluate stage's probabilities. What is exported depends on the family
   Their `score` head has no bias and ours has one: the bias is folded into the final layer norm's
   bias (see fold_head_bias), which is exact because that norm feeds nothing but the head. So
   these load with no remote code, in any tool that knows the stock classes.
-- masked mean (BERT): no stock class pools so; textclf/hf_pooling.py is copied into the
-  directory and config.json's auto_map names its class: load with trust_remote_code=True.
+- masked mean (BERT): no stock class pools so. The export has a model_type of its own, which
+  stock transformers refuses to load (rather than load stock BERT with a random pooler), and
+  loads one of two ways: in a process that ran `import textclf.export` (which registers the
+  classes, see hf_loading.register_exported_classes), or with trust_remote_code=True, from
+  textclf/export/hf_pooling.py, copied into the directory and named by config.json's auto_map.
 
 The tokenizer is the base model's, with: truncation side and model_max_length of training (the
 text budget plus special tokens or prompt), right padding with the pad id training used, a
@@ -26,7 +29,7 @@ one side only: head_tail truncation is approximated (see ExportNotes.exact_trunc
 
 config.json also carries `textclf`: the TrainedModelInfo of the run and the base tokenizer's own special
 tokens, from which `textclf predict --model-dir export` rebuilds training's exact input
-pipeline (head_tail included).
+pipeline (head_tail included): see hf_loading.load_export.
 """
 
 from __future__ import annotations
@@ -46,14 +49,16 @@ from torch import nn
 from textclf.core.errors import ExportError
 from textclf.core.families import Family, family_for
 from textclf.core.tokenization import TextTokenizer, load_tokenizer, tokenize_split
+from textclf.export.hf_loading import META_KEY, check_no_foreign_code
 from textclf.modeling.batching import Collator
 from textclf.modeling.classifier import Classifier, base_model
-from textclf.modeling.model_info import INFO_FILE, TrainedModelInfo
+from textclf.modeling.model_info import TrainedModelInfo
 
-META_KEY = "textclf"  # config.json key: the run's TrainedModelInfo and the base tokenizer's specials
 TOLERANCE = 1e-4  # largest difference of a probability allowed between export and trained model
 # The module an export of a mean-pooled family loads its class from (copied into the directory)
-POOLING_MODULE = "hf_pooling"
+POOLING_MODULE = "hf_pooling"  # hf_pooling.AUTO_MAP names its classes under this name
+# tokenizer_config.json's tokenizer_class: the class that loads tokenizer.json as it is
+GENERIC_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 # The head inside the exported class, per pooling: stock classes name it `score`
 HEAD_MODULE = {"last": "score", "mean": "classifier"}
 
@@ -63,7 +68,9 @@ class ExportNotes:
     """How the export computes what was trained: what the model card and the stage report."""
 
     architecture: str  # the class config.json names
-    remote_code: bool  # loading needs trust_remote_code=True (a modelling file in the directory)
+    # textclf's own class: loads after `import textclf.export`, or with trust_remote_code=True
+    # (the modelling file in the directory); stock transformers refuses it
+    remote_code: bool
     bias_folded_into: str | None  # the final-norm bias holding the head's bias, if folded
     base_revision: str | None  # hub commit of the base model (weights and tokenizer files)
     max_length: int  # tokenizer model_max_length: text budget plus special tokens or prompt
@@ -102,6 +109,7 @@ def export_model(clf: Classifier, info: TrainedModelInfo, out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    _set_generic_tokenizer_class(out_dir / "tokenizer_config.json")
     if notes["leading_space"]:
         _set_add_prefix_space(out_dir / "tokenizer.json")
     if remote_code:
@@ -134,8 +142,7 @@ def hf_classifier(clf: Classifier, info: TrainedModelInfo, family: Family,
         if family.name != "bert":
             raise ExportError(f"no exported class pools the {family.name} family by masked mean "
                               f"(textclf/{POOLING_MODULE}.py has BERT's only)")
-        config.auto_map = {"AutoModelForSequenceClassification":
-                           f"{POOLING_MODULE}.{BertForMeanPooledClassification.__name__}"}
+        config = own_config(config)
         model = BertForMeanPooledClassification(config)
     else:
         model = AutoModelForSequenceClassification.from_config(config)
@@ -151,6 +158,18 @@ def hf_classifier(clf: Classifier, info: TrainedModelInfo, family: Family,
         else:
             folded = fold_head_bias(clf.head, model.base_model, family)
     return model, remote_code, folded
+
+
+def own_config(config):
+    """BERT's config under the export's own model_type, with auto_map naming the classes of the
+    copied modelling file."""
+    from textclf.export.hf_pooling import AUTO_MAP, BertMeanPooledConfig
+
+    values = config.to_dict()
+    values.pop("model_type", None)
+    own = BertMeanPooledConfig.from_dict(values)
+    own.auto_map = dict(AUTO_MAP)
+    return own
 
 
 def fold_head_bias(head: nn.Linear, backbone: nn.Module, family: Family) -> str:
@@ -224,6 +243,19 @@ def _put_prompt_around(tokenizer, prefix: list[int], suffix: list[int]) -> None:
         single=single, pair=f"{single} $B:1", special_tokens=specials)
 
 
+def _set_generic_tokenizer_class(tokenizer_config: Path) -> None:
+    """Name the generic tokenizer class in a saved tokenizer_config.json, so that tokenizer.json
+    (prompt included) is the tokenizer, loaded as written.
+
+    The hub models' own classes rebuild parts of it on load from their settings:
+    GPTNeoXTokenizer (Pythia) its post-processor, dropping the zero-shot prompt; GPT2Tokenizer its
+    pre-tokenizer. PreTrainedTokenizerFast is the generic class under transformers 4 and 5."""
+    data = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+    data["tokenizer_class"] = GENERIC_TOKENIZER_CLASS
+    tokenizer_config.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n",
+                                encoding="utf-8")
+
+
 def _set_add_prefix_space(tokenizer_json: Path) -> None:
     """Turn on add_prefix_space in every ByteLevel pre-tokenizer of a saved tokenizer.json.
 
@@ -272,9 +304,10 @@ def check_export(export_dir: Path, clf: Classifier, info: TrainedModelInfo, text
     cut = split.full_lengths > split.lengths
     exact = ~cut if info.truncation == "head_tail" else np.ones(len(texts), dtype=bool)
 
+    check_no_foreign_code(export_dir)
     tokenizer = AutoTokenizer.from_pretrained(export_dir)
     model = AutoModelForSequenceClassification.from_pretrained(
-        export_dir, trust_remote_code=True, dtype=torch.float32).eval()
+        export_dir, dtype=torch.float32).eval()
     theirs = tokenizer(list(texts), truncation=True)["input_ids"]
     for i in np.flatnonzero(exact):
         if theirs[i] != ours[i]:
@@ -304,44 +337,3 @@ def check_export(export_dir: Path, clf: Classifier, info: TrainedModelInfo, text
                           f"{check.max_diff:.2e} (> {tolerance:g}) on text {worst + 1} "
                           f"({texts[worst][:60]!r}...)")
     return check
-
-
-# ---------------------------------------------------------------------------------------------
-# Load an export for textclf predict
-
-class ExportedClassifier(nn.Module):
-    """An exported transformers model behind the Classifier interface: logits of a batch."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-
-def is_export(model_dir: Path) -> bool:
-    """A directory written by export_model (config.json, no textclf.json of a train stage)."""
-    model_dir = Path(model_dir)
-    return (model_dir / "config.json").is_file() and not (model_dir / INFO_FILE).is_file()
-
-
-def load_export(model_dir: Path) -> tuple[ExportedClassifier, TrainedModelInfo, TextTokenizer]:
-    """An export in eval mode, the run's description, and textclf's tokenizer on the export's
-    tokenizer files with the base tokenizer's special tokens: with them, predict cuts texts
-    exactly as training did (head_tail too), while the prompt comes from the TrainedModelInfo."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    model_dir = Path(model_dir)
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
-    meta = getattr(config, META_KEY, None)
-    if not isinstance(meta, dict):
-        raise FileNotFoundError(f"{model_dir}/config.json has no {META_KEY!r} entry: it is not "
-                                "a model exported by textclf (stages/export.py)")
-    fields = {f.name for f in dataclasses.fields(TrainedModelInfo)}
-    info = TrainedModelInfo(**{k: v for k, v in meta.items() if k in fields})
-    tokenizer = dataclasses.replace(load_tokenizer(str(model_dir), family_for(info.family)),
-                                    special_prefix=list(meta["text_prefix"]),
-                                    special_suffix=list(meta["text_suffix"]))
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=True)
-    return ExportedClassifier(model).eval().requires_grad_(False), info, tokenizer

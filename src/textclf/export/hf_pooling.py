@@ -1,8 +1,13 @@
 """BERT with masked mean pooling and a linear head: the exported model of the `bert` family.
 
-This file is copied into an exported model directory, and its config.json points
-AutoModelForSequenceClassification at the class below (`auto_map`), so the export loads with
-`trust_remote_code=True`:
+The export's config.json has a model_type of its own (MODEL_TYPE), which stock transformers
+does not know, so that no tool can load it as stock BERT (whose [CLS] pooler it lacks) and score
+other numbers: loading it any other way than these two raises.
+
+- In a process that imports textclf: `import textclf.export` registers these classes with
+  AutoConfig and AutoModelForSequenceClassification; no code is read from the directory.
+- Anywhere else: this file is copied into the export, and config.json's `auto_map` names its
+  classes, which load with `trust_remote_code=True`:
 
     pipeline("text-classification", model="export", trust_remote_code=True, truncation=True)
 
@@ -17,7 +22,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.models.bert.configuration_bert import BertConfig
 from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
+
+MODEL_TYPE = "textclf-bert-mean-pooled"  # config.json's model_type: unknown to stock transformers
+# config.json's auto_map: the classes of this file, copied into the export as hf_pooling.py
+AUTO_MAP = {"AutoConfig": "hf_pooling.BertMeanPooledConfig",
+            "AutoModelForSequenceClassification": "hf_pooling.BertForMeanPooledClassification"}
+
+
+class BertMeanPooledConfig(BertConfig):
+    """BERT's configuration under the export's own model_type."""
+
+    model_type = MODEL_TYPE
 
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -29,6 +46,8 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
 class BertForMeanPooledClassification(BertPreTrainedModel):
     """BertModel without its [CLS] pooler, the masked mean of its last hidden states, dropout
     (active only in training) and a linear head with bias."""
+
+    config_class = BertMeanPooledConfig
 
     def __init__(self, config):
         super().__init__(config)

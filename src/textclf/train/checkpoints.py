@@ -2,7 +2,9 @@
 
 A checkpoint (checkpoints/last.pt, outside DVC's outputs) holds the trainable weights, optimizer,
 scheduler, RNG states and position in the epoch, with a fingerprint of the params and data: it
-resumes only a run like the one that wrote it.
+resumes only a run like the one that wrote it. It holds tensors and plain values only (dicts,
+lists, tuples, numbers, strings) and is read with torch.load(weights_only=True), so a checkpoint
+file can never run code: one holding any other object is ignored.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import signal
 from pathlib import Path
@@ -42,8 +45,13 @@ class Checkpointer:
     def load(self) -> dict | None:
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") != self.fingerprint:
+        try:  # data only: unpickling anything else could run code
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            self.log(f"ignoring checkpoint {self.path}: it holds objects other than tensors and "
+                     f"plain values ({(str(e).splitlines() or [''])[0][:200]}); starting over")
+            return None
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
             self.log(f"ignoring stale checkpoint {self.path}: it was written with other params or "
                      "data; starting over")
             return None
@@ -54,7 +62,7 @@ class Checkpointer:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+        torch.save(plain({**state, "fingerprint": self.fingerprint}), tmp)
         os.replace(tmp, self.path)
 
     def clear(self) -> None:
@@ -62,8 +70,25 @@ class Checkpointer:
             self.path.unlink()
 
 
+def plain(value: Any) -> Any:
+    """`value` with numpy scalars as Python numbers and numpy arrays as tensors: what
+    torch.load(weights_only=True) reads back."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    return value
+
+
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    """The RNG states of Python, numpy and torch, as plain values and tensors."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached_gaussian)],
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -71,8 +96,11 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss,
+                         cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
