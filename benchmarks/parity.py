@@ -92,7 +92,7 @@ def side_params(params_path: Path, model: str, side: str, overrides: dict) -> Pa
         # fast keeps the params file's train.mixed_precision (auto: bf16 on a GPU that supports
         # it; bf16: also on a CPU); no_speedups is always fp32
         "train": {**overrides.get("train", {}), "cache_frozen": fast, "group_by_length": fast,
-                  **({} if fast else {"mixed_precision": "no"})},
+                  **({} if fast else {"mixed_precision": "fp32"})},
     })
 
 

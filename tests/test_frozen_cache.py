@@ -86,7 +86,7 @@ def test_training_with_the_cache_gives_the_same_model(tiny_dirs, data_dir, tmp_p
         tokenizer = load_tokenizer(params.model, fam)
         collator = Collator(classifier_format(tokenizer), tokenizer.pad_id)
         result = train_classifier(clf, prepared.train, prepared.val, collator, params.train,
-                                  params.learning_rate, 8, params.seed, make_accelerator("no"),
+                                  params.learning_rate, 8, params.seed, make_accelerator("fp32"),
                                   log=lambda *a: None)
         weights.append(({n: p.detach().clone() for n, p in clf.named_parameters()},
                         result.history))

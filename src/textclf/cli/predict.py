@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="texts per batch, and per output chunk (eval.batch_size's default)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto = a GPU if there is one")
-    parser.add_argument("--mixed-precision", choices=("auto", "bf16", "no"), default="auto",
+    parser.add_argument("--mixed-precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="as train.mixed_precision: auto = bf16 on GPUs that support it")
     args = parser.parse_args(argv)
     if args.texts and args.file:

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import torch
 
+PRECISIONS = ("auto", "bf16", "fp32")  # train.mixed_precision and predict --mixed-precision
+
 
 def resolved_precision(mixed_precision: str, cuda: bool) -> str:
     """The one precision rule of train, evaluate and predict: `auto` is bf16 autocast on a GPU
-    that supports it and fp32 ("no") elsewhere; bf16 and no are taken as they are."""
+    that supports it and fp32 elsewhere; bf16 and fp32 are taken as they are."""
+    if mixed_precision not in PRECISIONS:
+        raise ValueError(f"mixed precision must be one of {', '.join(PRECISIONS)}, "
+                         f"got {mixed_precision!r}")
     if mixed_precision != "auto":
         return mixed_precision
-    return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def make_accelerator(mixed_precision: str, device: str = "auto"):
@@ -24,7 +29,9 @@ def make_accelerator(mixed_precision: str, device: str = "auto"):
     from accelerate import Accelerator
 
     cuda = torch.cuda.is_available() and device != "cpu"
-    return Accelerator(mixed_precision=resolved_precision(mixed_precision, cuda), cpu=not cuda)
+    precision = resolved_precision(mixed_precision, cuda)
+    # Accelerate spells fp32 "no"
+    return Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=not cuda)
 
 
 def device_name(device: torch.device) -> str:
