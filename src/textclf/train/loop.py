@@ -1,9 +1,10 @@
 """The training loop: Accelerate as the engine, length-grouped batches, checkpoints that resume.
 
-One optimizer step per batch: forward under autocast (bf16 on GPUs that support it, fp32 on CPU),
-backward, clip the gradient norm (after backward), AdamW step, scheduler step. Frozen modules have
-requires_grad=False, so autograd records nothing through them. After each epoch the model is
-scored on the validation split; the best epoch's weights are kept and restored at the end.
+One optimizer step per batch: forward under autocast (train.mixed_precision, by the rule of
+textclf.modeling.device.resolved_precision), backward, clip the gradient norm (after backward),
+AdamW step, scheduler step. Frozen modules have requires_grad=False, so autograd records nothing
+through them. After each epoch the model is scored on the validation split; the best epoch's
+weights are kept and restored at the end.
 """
 
 from __future__ import annotations
