@@ -236,3 +236,16 @@ def test_the_old_precision_spelling_names_the_new_one(tmp_path, value):
     assert "train.mixed_precision" in message and "is the old spelling of fp32" in message
     assert "dvc exp run -S train.mixed_precision=fp32" in message
 
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("true", True), ("false", False)])
+def test_cache_frozen_takes_auto_true_or_false(tmp_path, value, expected):
+    params = load_params(dvc_set(tmp_path, f"train.cache_frozen={value}"))
+    assert params.train.cache_frozen == expected
+
+
+def test_cache_frozen_defaults_to_auto_and_names_its_values():
+    assert load_params(PARAMS_YAML).train.cache_frozen == "auto"
+    with pytest.raises(ParamsError, match="train.cache_frozen must be one of 'auto' or true or "
+                                          "false, got 'sometimes'"):
+        load_params(PARAMS_YAML, {"train": {"cache_frozen": "sometimes"}})

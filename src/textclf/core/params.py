@@ -144,7 +144,7 @@ class TrainParams(Section):
     head_dropout: float
     group_by_length: bool
     mixed_precision: Literal["auto", "bf16", "fp32"]
-    cache_frozen: bool
+    cache_frozen: Literal["auto"] | bool
     compile: bool
     log_every: int
     checkpoint_every: int
