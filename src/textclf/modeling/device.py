@@ -17,8 +17,8 @@ def cpu_capabilities() -> dict:
 
 def native_bf16_cpu() -> bool:
     """The CPU computes bf16 in hardware: AVX-512 BF16 or AMX-BF16 (x86). Without them, bf16
-    autocast is emulated: on an Ice Lake Xeon (AVX-512, no BF16) it trained about 4x slower than
-    fp32 (docs/performance.md)."""
+    autocast is emulated and slower than fp32 (measured on an Ice Lake Xeon, AVX-512 without
+    BF16: docs/performance.md, "What auto chooses")."""
     caps = cpu_capabilities()
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
