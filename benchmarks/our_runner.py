@@ -20,7 +20,6 @@ from textclf.modeling.batching import Collator, pad_multiple_for
 from textclf.modeling.classifier import build_classifier
 from textclf.modeling.device import make_accelerator
 from textclf.modeling.inference import predict_logits
-from textclf.train.frozen_cache import cache_applies
 from textclf.train.loop import train_classifier
 from textclf.train.zero_shot import build_zero_shot
 
@@ -42,18 +41,21 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
     collator = CountingCollator(
         Collator(case.fmt, case.pad_id, pad_multiple_for(device, compiled)), lambda: clf.training)
     meter = Meter(device, collator)
+    cache = "off"  # where the loop kept the frozen-block cache (train.cache_frozen)
     if training:
         with meter.training(settings.warmup, settings.steps):
-            train_classifier(clf, case.train, case.val, collator, params.train,
-                             params.learning_rate, params.eval.batch_size, params.seed,
-                             accelerator, checkpointer=None, live=None, log=quiet)
+            result = train_classifier(clf, case.train, case.val, collator, params.train,
+                                      params.learning_rate, params.eval.batch_size, params.seed,
+                                      accelerator, checkpointer=None, live=None, log=quiet)
+        cache = result.frozen_cache
         t = params.train
         adapted = (f"lora r {params.lora.r} on the last {params.lora.trainable_blocks} blocks"
                    if params.method == "lora" else
                    f"finetune trainable_blocks {params.finetune.trainable_blocks}")
         what = (f"textclf.train.loop.train_classifier, {adapted}, AdamW lr "
                 f"{params.learning_rate:g}, grad clip {t.grad_clip:g}, compile "
-                f"{str(t.compile).lower()}, cache_frozen {str(t.cache_frozen).lower()}")
+                f"{str(t.compile).lower()}, cache_frozen {str(t.cache_frozen).lower()} "
+                f"({'off' if cache == 'off' else 'on the ' + cache})")
         padding = (("length-grouped" if t.group_by_length else "shuffled") +
                    f" batches padded to their longest (multiple of {collator.pad_multiple})")
     else:
@@ -67,7 +69,7 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
             if case.method == "zero_shot" else " on textclf.modeling.classifier.build_classifier")
         padding = ("sorted by length, padded to the batch's longest (multiple of "
                    f"{collator.pad_multiple})")
-    cached = training and cache_applies(params.train.cache_frozen, clf)
+    cached = cache != "off"
     flops = flops_per_token(clf, family, training, cached)
     if cached:
         flops["cache_build_flops"] = cache_build_flops(flops, [case.train, case.val], case.fmt)

@@ -5,8 +5,8 @@ final norm if any and a head trained; the learning rate, schedule, weight decay,
 size of params.yaml) is trained three ways, and each is scored on the same held-out texts:
 
 - fast: `textclf.train.loop.train_classifier` with length-grouped batches and the frozen-block
-  cache, and the params file's `train.mixed_precision` (by default bf16 autocast on a GPU that
-  supports it, fp32 otherwise): the engine's speed-ups, all on;
+  cache, and the params file's `train.mixed_precision` (by default bf16 autocast where the GPU
+  or CPU computes bf16 natively, fp32 otherwise): the engine's speed-ups, all on;
 - no_speedups: the same loop with them off: shuffled batches, every step through the whole
   model, fp32;
 - trainer: `transformers.Trainer` on `AutoModelForSequenceClassification` (the model's own
@@ -90,9 +90,9 @@ def side_params(params_path: Path, model: str, side: str, overrides: dict) -> Pa
         **overrides, "model": model, "method": "finetune",
         "finetune": {"trainable_blocks": TRAINABLE_BLOCKS},
         # fast keeps the params file's train.mixed_precision (auto: bf16 on a GPU that supports
-        # it; bf16: also on a CPU); no_speedups is always fp32
+        # it or a CPU with native bf16; bf16: on any CPU); no_speedups is always fp32
         "train": {**overrides.get("train", {}), "cache_frozen": fast, "group_by_length": fast,
-                  **({} if fast else {"mixed_precision": "no"})},
+                  **({} if fast else {"mixed_precision": "fp32"})},
     })
 
 

@@ -8,7 +8,8 @@ prepared data), zero_shot, finetune, lora, train, eval.batch_size.
 Writes: models/ (only what was trained: head, trained blocks or LoRA adapter, and textclf.json to
 rebuild it on the base model), metrics/train.json (parameter counts, best epoch and validation
 accuracy), metrics/train_log/ (dvclive: loss per step, validation accuracy per epoch) and
-outputs/train/run.json (steps, seconds, device, per-epoch history).
+outputs/train/run.json (steps, seconds, device, precision, where the frozen-block cache was kept
+and why, per-epoch history).
 Resumes from checkpoints/last.pt when an earlier run with the same params was interrupted.
 """
 
@@ -118,12 +119,15 @@ def main() -> None:
                    "total_params": counts["total_params"]}
         run = {"model": params.model, "method": params.method,
                "device": device_name(accelerator.device), "processes": accelerator.num_processes,
+               "precision": "bf16 autocast" if accelerator.mixed_precision == "bf16" else "fp32",
                "trainable_backbone_params": counts["trainable_backbone_params"]}
         if result is not None:
             metrics.update(best_epoch=result.best_epoch,
                            best_val_accuracy=round(result.best_val_accuracy, 6))
             run.update(steps=result.steps, train_seconds=round(result.train_seconds, 1),
                        resumed_at_step=result.resumed_at_step,
+                       frozen_cache=result.frozen_cache,
+                       frozen_cache_reason=result.frozen_cache_reason,
                        epochs=[{k: round(v, 6) if isinstance(v, float) else v
                                 for k, v in row.items()} for row in result.history])
             checkpointer.clear()

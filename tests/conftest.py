@@ -52,7 +52,7 @@ def accelerator():
     """The CPU accelerator the stages build here (fp32, one process)."""
     from textclf.modeling.device import make_accelerator
 
-    return make_accelerator("no")
+    return make_accelerator("fp32")
 
 
 @pytest.fixture(scope="session")

@@ -140,17 +140,22 @@ def test_flops_with_the_cache_leave_out_the_frozen_blocks_forward(tiny_dirs, dat
 
 
 @pytest.mark.slow
-def test_the_frozen_block_cache_is_not_credited_with_the_frozen_blocks(tmp_path):
+@pytest.mark.parametrize("setting", [True, "auto"])
+def test_the_frozen_block_cache_is_not_credited_with_the_frozen_blocks(tmp_path, setting):
     """With train.cache_frozen our training forward runs through the trainable blocks only: the
     FLOPs counted per token drop by the frozen blocks' forward share (2 x their parameters), the
-    plain side (no cache) keeps them, and the one-time cache build is reported apart."""
+    plain side (no cache) keeps them, and the one-time cache build is reported apart. auto (the
+    default) is decided by the training loop, as in the train stage: the tiny cache fits."""
     import yaml
 
-    from textclf.core.params import deep_merge
+    from textclf.core.params import deep_merge, load_params
+    from textclf.modeling.device import resolved_precision
 
+    default = load_params(REPO / "params.yaml").train
+    assert default.cache_frozen == "auto"  # the benchmark measures what users get by default
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(deep_merge(
-        yaml.safe_load((REPO / "params.yaml").read_text()), {"train": {"cache_frozen": True}})))
+        yaml.safe_load((REPO / "params.yaml").read_text()), {"train": {"cache_frozen": setting}})))
     results = bench_script().main([*TINY, "--model", "gpt2", "--methods", "last2", "--data",
                                    str(tmp_path / "absent.jsonl.gz"), "--params", str(params),
                                    "--out", str(tmp_path / "bench.json")])
@@ -159,7 +164,11 @@ def test_the_frozen_block_cache_is_not_credited_with_the_frozen_blocks(tmp_path)
             if k.startswith("gpt2.last2.ours.")}
     plain = {k.removeprefix("gpt2.last2.plain."): v for k, v in results.items()
              if k.startswith("gpt2.last2.plain.")}
-    assert "cache_frozen true" in ours["recipe"]
+    assert f"cache_frozen {str(setting).lower()} (on the device)" in ours["recipe"]
+    import torch
+
+    expected = resolved_precision(default.mixed_precision, torch.cuda.is_available())
+    assert ours["dtype"] == ("bf16 autocast, fp32 weights" if expected == "bf16" else "fp32")
     # the tiny benchmark GPT-2 has 3 blocks, the last 2 trained: block 0 is frozen and cached
     frozen = ours["n_model"] - ours["n_through"]
     assert 0 < frozen < ours["n_model"] and ours["n_forward"] == ours["n_through"]

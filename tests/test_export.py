@@ -128,7 +128,7 @@ def trained_model_dir(base: Path, data_dir: Path, out: Path, family: str, method
 def evaluate_probabilities(models: Path, texts: list[str]) -> np.ndarray:
     """The evaluate stage's probabilities of `texts` (predict computes them as it does: see
     test_predict.test_predict_equals_evaluate)."""
-    return load_predictor(models, "cpu", "no").probabilities(texts, batch_size=8)
+    return load_predictor(models, "cpu", "fp32").probabilities(texts, batch_size=8)
 
 
 # A user's process: the pipeline with nothing of textclf imported, on one export
@@ -211,7 +211,7 @@ def test_predict_reads_an_export_as_it_reads_models(exported, texts, tmp_path, c
     for source in (models, export_dir):
         with pytest.raises(SystemExit) as exit_info:
             main(["--model-dir", str(source), "--file", str(tmp_path / "texts.txt"),
-                  "--batch-size", "8", "--device", "cpu", "--mixed-precision", "no"])
+                  "--batch-size", "8", "--device", "cpu", "--mixed-precision", "fp32"])
         assert exit_info.value.code == 0
         records[source] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(records[export_dir]) == len(texts)
@@ -328,7 +328,7 @@ def test_export_stage_after_the_real_pipeline(tiny_dirs, data_dir, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny.tiny_params(
         tiny_dirs["gpt_neox"], data_dir, data={"max_tokens": MAX_TOKENS},
-        train={"epochs": 1, "mixed_precision": "no"}), sort_keys=False))
+        train={"epochs": 1, "mixed_precision": "fp32"}), sort_keys=False))
     for script in ("prepare", "train", "evaluate", "export"):
         result = subprocess.run(tiny.stage_command(script, params, tmp_path),
                                 capture_output=True, text=True, env=tiny.ENV)

@@ -1,6 +1,8 @@
 """The frozen-prefix cache (train.cache_frozen): training on the cached output of the frozen
 blocks is the same computation as training the full model."""
 
+import contextlib
+
 import pytest
 import torch
 from support import tiny
@@ -12,13 +14,22 @@ from textclf.core.tokenization import classifier_format, load_tokenizer, tokeniz
 from textclf.modeling.batching import Collator, sorted_batches
 from textclf.modeling.classifier import build_classifier
 from textclf.modeling.device import make_accelerator
+from textclf.train import frozen_cache, loop
 from textclf.train.frozen_cache import (
+    CACHE_MEMORY_SHARE,
+    CachePlacement,
     FrozenCache,
     cached_forward,
+    choose_placement,
+    estimated_cache_bytes,
     frozen_prefix,
+    host_available_bytes,
+    placement_for,
     skipping_frozen_blocks,
 )
 from textclf.train.loop import make_optimizer, train_classifier
+
+GB = 10**9
 
 
 def classifier(tiny_dirs, data_dir, family, method):
@@ -69,15 +80,41 @@ def test_the_prefix_skips_the_frozen_blocks(tiny_dirs, data_dir):
     assert calls == [2, 3]
 
 
-def test_training_with_the_cache_gives_the_same_model(tiny_dirs, data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def prepared_gpt2(tiny_dirs, data_dir, tmp_path_factory):
     import yaml
 
-    params_file = tmp_path / "params.yaml"
+    root = tmp_path_factory.mktemp("prepared")
+    params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump(tiny.tiny_params(tiny_dirs["gpt2"], data_dir)))
-    tiny.run_stages(tmp_path, params_file, stages=("prepare",))
-    prepared = load_prepared(tmp_path / "data" / "prepared")
+    tiny.run_stages(root, params_file, stages=("prepare",))
+    return load_prepared(root / "data" / "prepared")
+
+
+def forced(where: str):
+    """choose_placement as if memory had decided `where` for auto and true (a CPU-only machine
+    never picks host: its device is the host)."""
+    def choose(cache_frozen, *args, **kwargs):
+        if cache_frozen is False:
+            return CachePlacement("off", "train.cache_frozen is false")
+        return CachePlacement(where, f"forced {where} by the test")
+
+    return choose
+
+
+@pytest.mark.parametrize("setting, where", [
+    (True, "device"),   # true = on the device
+    ("auto", "device"),  # the tiny cache fits
+    ("auto", "host"),   # states in host memory, gathered per batch
+    ("auto", "off"),    # nothing fits: the same model, every step through the frozen blocks
+])
+def test_training_with_the_cache_gives_the_same_model(tiny_dirs, data_dir, prepared_gpt2,
+                                                      monkeypatch, setting, where):
+    prepared = prepared_gpt2
+    if (setting, where) != ("auto", "device"):
+        monkeypatch.setattr(loop, "choose_placement", forced(where))
     weights = []
-    for cache in (False, True):
+    for cache in (False, setting):
         raw = tiny.tiny_params(tiny_dirs["gpt2"], data_dir, train={"cache_frozen": cache})
         params = parse_params(raw)
         _, fam = checked_config_and_family(params)
@@ -86,10 +123,11 @@ def test_training_with_the_cache_gives_the_same_model(tiny_dirs, data_dir, tmp_p
         tokenizer = load_tokenizer(params.model, fam)
         collator = Collator(classifier_format(tokenizer), tokenizer.pad_id)
         result = train_classifier(clf, prepared.train, prepared.val, collator, params.train,
-                                  params.learning_rate, 8, params.seed, make_accelerator("no"),
+                                  params.learning_rate, 8, params.seed, make_accelerator("fp32"),
                                   log=lambda *a: None)
         weights.append(({n: p.detach().clone() for n, p in clf.named_parameters()},
                         result.history))
+        assert result.frozen_cache == (where if cache == setting else "off")
     # The cache is built in other batches (other padding widths) than training uses, so float
     # sums may differ in the last bits; the single-step test above shows exact equality.
     for full, cached in zip(weights[0][1], weights[1][1]):
@@ -118,12 +156,24 @@ class CpuBf16:
         return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
+class CpuFp32(CpuBf16):
+    mixed_precision = "no"
+
+    @staticmethod
+    def autocast():
+        return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("where", ["device", "host"])
+@pytest.mark.parametrize("accelerator", [CpuFp32, CpuBf16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("method", ["finetune", "lora"])
 @pytest.mark.parametrize("family", ["gpt2", "bert", "gpt_neox"])
-def test_the_cache_is_exact_under_bf16_autocast(tiny_dirs, data_dir, family, method):
-    """The cache holds what the uncached forward feeds the first trainable block under bf16
-    autocast (the fp32 residual stream), so logits, loss and the updated weights agree as in
-    fp32. A bf16 copy of the states was off by up to ~4e-3 in the logits of the tiny GPT-2."""
+def test_the_cache_is_exact_in_each_precision_and_placement(tiny_dirs, data_dir, family, method,
+                                                             accelerator, where):
+    """The cache holds what the uncached forward feeds the first trainable block (under bf16
+    autocast: the fp32 residual stream), wherever it is kept, so logits, loss and the updated
+    weights agree as in fp32. A bf16 copy of the states was off by up to ~4e-3 in the logits of
+    the tiny GPT-2."""
     texts = ["A wonderful film, I loved every minute of it.", "Terrible and far too long.",
              "Great.", "The acting is superb and the story kept me hooked to the very end."]
     labels = torch.tensor([1, 0, 1, 1])
@@ -142,14 +192,14 @@ def test_the_cache_is_exact_under_bf16_autocast(tiny_dirs, data_dir, family, met
                     p.normal_(0, 0.5)
         optimizer = make_optimizer(clf, 1e-3, 0.01, fused=False)
         clf.eval()
-        cache = (FrozenCache.compute(clf, split, collator, len(texts), CpuBf16())
-                 if use_cache else None)
+        cache = (FrozenCache.compute(clf, split, collator, len(texts), accelerator(),
+                                     where=where) if use_cache else None)
         assert cache is None or cache.states[0].dtype == torch.float32
-        with torch.no_grad(), CpuBf16.autocast():
+        with torch.no_grad(), accelerator.autocast():
             eval_logits = cached_forward(clf, clf, cache)(batch).float()
         clf.train()
         torch.manual_seed(1)  # the same dropout masks in the trainable blocks
-        with CpuBf16.autocast():
+        with accelerator.autocast():
             logits = cached_forward(clf, clf, cache)(batch)
         loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
         loss.backward()
@@ -162,3 +212,94 @@ def test_the_cache_is_exact_under_bf16_autocast(tiny_dirs, data_dir, family, met
     for name in full_weights:
         torch.testing.assert_close(cached_weights[name], full_weights[name], rtol=0, atol=1e-6,
                                    msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_host_placement_on_a_gpu_keeps_states_on_the_host_and_batches_on_the_gpu(tiny_dirs,
+                                                                                  data_dir):
+    class Cuda(CpuFp32):
+        device = torch.device("cuda")
+
+    tok = load_tokenizer(str(tiny_dirs["gpt2"]), FAMILIES["gpt2"])
+    collator = Collator(classifier_format(tok), tok.pad_id)
+    split = tokenize_split(tok, ["Great.", "Terrible and far too long."], [1, 0], 64, "left", 0)
+    _, clf = classifier(tiny_dirs, data_dir, "gpt2", "finetune")
+    clf = clf.cuda().eval()
+    on_device, on_host = (FrozenCache.compute(clf, split, collator, 2, Cuda(), where=where)
+                          for where in ("device", "host"))
+    assert on_device.states[0].is_cuda and not on_host.states[0].is_cuda
+    index = torch.tensor([1, 0])
+    assert on_host.batch(index, 16).is_cuda
+    assert torch.equal(on_host.batch(index, 16), on_device.batch(index, 16))
+
+
+# ---------------------------------------------------------------------------------------------
+# Where train.cache_frozen puts the cache
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.mark.parametrize("setting, estimated, device, device_free, host_free, expected", [
+    (False, 1 * GB, CPU, 100 * GB, 100 * GB, "off"),
+    (True, 90 * GB, CPU, 10 * GB, 10 * GB, "device"),  # true: on the device, fits or not
+    ("auto", 5 * GB, CPU, 10 * GB, 10 * GB, "device"),  # exactly the share: fits
+    ("auto", 6 * GB, CPU, 10 * GB, 10 * GB, "off"),  # a CPU's device is the host: no host step
+    ("auto", 1 * GB, CUDA, 40 * GB, 100 * GB, "device"),
+    ("auto", 30 * GB, CUDA, 40 * GB, 100 * GB, "host"),
+    ("auto", 30 * GB, CUDA, 40 * GB, 50 * GB, "off"),
+    ("auto", 1 * GB, CPU, None, None, "off"),  # free memory unknown: not cached
+])
+def test_placement_rule(setting, estimated, device, device_free, host_free, expected):
+    assert CACHE_MEMORY_SHARE == 0.5  # the figures above assume it
+    placement = placement_for(setting, estimated, device, device_free, host_free)
+    assert placement.where == expected
+    assert placement.reason  # the log line and run.json say why
+
+
+def test_the_reason_names_the_sizes():
+    placement = placement_for("auto", 30 * GB, CUDA, 40 * GB, 100 * GB)
+    assert placement.reason == ("auto: estimated 30.00 GB is over 50% of the 40.00 GB free on "
+                                "cuda, fits in 50% of the host's 100.00 GB")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert", "gpt_neox"])
+def test_the_estimate_is_the_size_the_cache_has(tiny_dirs, data_dir, family):
+    tok = load_tokenizer(str(tiny_dirs[family]), FAMILIES[family])
+    fmt = classifier_format(tok)
+    texts = ["A wonderful film.", "Terrible and far too long, I left early.", "Great."]
+    split = tokenize_split(tok, texts, torch.tensor([1, 0, 1]).numpy(), 64, "left", 0)
+    _, clf = classifier(tiny_dirs, data_dir, family, "finetune")
+    cache = FrozenCache.compute(clf.eval(), split, Collator(fmt, tok.pad_id), 2, CpuFp32())
+    assert estimated_cache_bytes(clf, [split, split], fmt.extra) == 2 * cache.nbytes
+
+
+def test_auto_decides_before_computing_and_nothing_frozen_means_off(tiny_dirs, data_dir,
+                                                                    monkeypatch):
+    tok = load_tokenizer(str(tiny_dirs["gpt2"]), FAMILIES["gpt2"])
+    split = tokenize_split(tok, ["Great.", "Bad."], torch.tensor([1, 0]).numpy(), 64, "left", 0)
+    _, clf = classifier(tiny_dirs, data_dir, "gpt2", "finetune")
+    estimated = estimated_cache_bytes(clf, [split], 0)
+    monkeypatch.setattr(frozen_cache, "host_available_bytes", lambda: 2 * estimated)
+    assert choose_placement("auto", clf, [split], 0, CPU).where == "device"
+    monkeypatch.setattr(frozen_cache, "host_available_bytes", lambda: 2 * estimated - 1)
+    assert choose_placement("auto", clf, [split], 0, CPU).where == "off"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes on this host: half each
+    monkeypatch.setattr(frozen_cache, "host_available_bytes", lambda: 2 * 2 * estimated - 1)
+    assert choose_placement("auto", clf, [split], 0, CPU).where == "off"
+    clf.first_trainable_block = 0
+    assert choose_placement(True, clf, [split], 0, CPU) == CachePlacement(
+        "off", "no frozen blocks to cache")
+
+
+def test_host_memory_is_memavailable_under_the_cgroup_limit(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       32000000 kB\nMemAvailable:   20000000 kB\n")
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    assert host_available_bytes(meminfo, cgroup) == 20000000 * 1024  # no cgroup files
+    (cgroup / "memory.max").write_text("max\n")
+    (cgroup / "memory.current").write_text("1000\n")
+    assert host_available_bytes(meminfo, cgroup) == 20000000 * 1024
+    (cgroup / "memory.max").write_text(f"{8 * GB}\n")
+    (cgroup / "memory.current").write_text(f"{3 * GB}\n")
+    assert host_available_bytes(meminfo, cgroup) == 5 * GB

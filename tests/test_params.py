@@ -205,3 +205,47 @@ def test_renamed_keys_name_their_new_name(section, old, new):
     raw[section][old] = 2 if old == "blocks" else 0.1
     with pytest.raises(ParamsError, match=f"{section}.{old} was renamed to {new}"):
         parse_params(raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Values as `dvc exp run -S key=value` writes them: unquoted, read back by PyYAML (YAML 1.1)
+
+def dvc_set(tmp_path, *overrides: str):
+    """A copy of params.yaml edited as `dvc exp run -S` edits it (DVC's own function)."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS_YAML.read_text())
+    apply_overrides(str(path), list(overrides))
+    return path
+
+
+@pytest.mark.parametrize("value", ["auto", "bf16", "fp32"])
+def test_every_precision_survives_dvc_set(tmp_path, value):
+    params = load_params(dvc_set(tmp_path, f"train.mixed_precision={value}"))
+    assert params.train.mixed_precision == value
+
+
+@pytest.mark.parametrize("value", ["no", "'no'"])
+def test_the_old_precision_spelling_names_the_new_one(tmp_path, value):
+    # -S train.mixed_precision=no is written unquoted; PyYAML reads it as false
+    path = dvc_set(tmp_path, f"train.mixed_precision={value}")
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    message = str(error.value)
+    assert "train.mixed_precision" in message and "is the old spelling of fp32" in message
+    assert "dvc exp run -S train.mixed_precision=fp32" in message
+
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("true", True), ("false", False)])
+def test_cache_frozen_takes_auto_true_or_false(tmp_path, value, expected):
+    params = load_params(dvc_set(tmp_path, f"train.cache_frozen={value}"))
+    assert params.train.cache_frozen == expected
+
+
+def test_cache_frozen_defaults_to_auto_and_names_its_values():
+    assert load_params(PARAMS_YAML).train.cache_frozen == "auto"
+    with pytest.raises(ParamsError, match="train.cache_frozen must be one of 'auto' or true or "
+                                          "false, got 'sometimes'"):
+        load_params(PARAMS_YAML, {"train": {"cache_frozen": "sometimes"}})

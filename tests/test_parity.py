@@ -83,4 +83,4 @@ def test_fast_side_keeps_the_params_precision_plain_side_is_fp32(tmp_path, tiny_
     fast = side_params(params_path, model, "fast", {}).train
     plain = side_params(params_path, model, "no_speedups", {}).train
     assert (fast.mixed_precision, fast.cache_frozen, fast.group_by_length) == (precision, True, True)
-    assert (plain.mixed_precision, plain.cache_frozen, plain.group_by_length) == ("no", False, False)
+    assert (plain.mixed_precision, plain.cache_frozen, plain.group_by_length) == ("fp32", False, False)

@@ -23,7 +23,7 @@ from textclf.predictor import load_predictor, predict_texts
 EVAL_BATCH = 8  # tiny.tiny_params' eval.batch_size
 # fp32 everywhere, also on a GPU: this process may already hold Accelerate's one global state
 # (other test modules build fp32 accelerators), which cannot switch to bf16 afterwards.
-PRECISION = "no"
+PRECISION = "fp32"
 
 # Texts are cut hard (max_tokens far below the fixture reviews' 20-30 tokens), so predictions
 # only match evaluation if predict truncates exactly as prepare did.

@@ -252,7 +252,7 @@ def test_an_edit_stales_exactly_the_stages_that_run_the_code_or_read_the_key(tmp
     for key, value, expected in (("eval.bootstrap", 20, {"evaluate", "export"}),
                                  ("lora.r", 4, {"train", "export"}),
                                  ("data.val_fraction", 0.3, {"prepare", "export"}),
-                                 ("train.mixed_precision", "no", {"train", "evaluate", "export"})):
+                                 ("train.mixed_precision", "fp32", {"train", "evaluate", "export"})):
         section, leaf = key.split(".")
         changed = json.loads(json.dumps(params))
         changed[section][leaf] = value

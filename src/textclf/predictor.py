@@ -86,10 +86,13 @@ def prediction_record(probs: np.ndarray, names: list[str]) -> dict:
 def check_device(device: str, mixed_precision: str) -> None:
     import torch
 
+    from textclf.modeling.device import PRECISIONS
+
     if device not in ("auto", "cpu", "cuda"):
         raise PredictError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if mixed_precision not in ("auto", "bf16", "no"):
-        raise PredictError(f"--mixed-precision must be auto, bf16 or no, got {mixed_precision!r}")
+    if mixed_precision not in PRECISIONS:
+        raise PredictError(f"--mixed-precision must be {', '.join(PRECISIONS)}, "
+                           f"got {mixed_precision!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise PredictError("--device cuda: no CUDA GPU is available to torch; use --device cpu "
                            "(or auto)")

@@ -163,8 +163,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="texts per batch, and per output chunk (eval.batch_size's default)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto = a GPU if there is one")
-    parser.add_argument("--mixed-precision", choices=("auto", "bf16", "no"), default="auto",
-                        help="as train.mixed_precision: auto = bf16 on GPUs that support it")
+    parser.add_argument("--mixed-precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="as train.mixed_precision: auto = bf16 where the GPU or CPU "
+                             "computes it natively, else fp32")
     args = parser.parse_args(argv)
     if args.texts and args.file:
         parser.error("give texts as arguments or --file, not both")

@@ -143,8 +143,8 @@ class TrainParams(Section):
     grad_clip: float
     head_dropout: float
     group_by_length: bool
-    mixed_precision: Literal["auto", "bf16", "no"]
-    cache_frozen: bool
+    mixed_precision: Literal["auto", "bf16", "fp32"]
+    cache_frozen: Literal["auto"] | bool
     compile: bool
     log_every: int
     checkpoint_every: int
@@ -270,6 +270,25 @@ RENAMED = {
     "finetune.head_dropout": "train.head_dropout",  # the head is trained by finetune and lora alike
 }
 
+# Values renamed since earlier versions: (dotted key, old value) -> new value. The old fp32
+# spelling `no` could not be set: `dvc exp run -S train.mixed_precision=no` writes it unquoted,
+# and YAML 1.1 (PyYAML) reads an unquoted no as false.
+RENAMED_VALUES = {
+    ("train.mixed_precision", "no"): "fp32",
+    ("train.mixed_precision", False): "fp32",
+}
+
+
+def _renamed_value(key: str, value: Any) -> str | None:
+    """The error for a value that was renamed, or None. Compared with its type: 0 is not false."""
+    for (old_key, old), new in RENAMED_VALUES.items():
+        if old_key == key and type(value) is type(old) and value == old:
+            shown = str(value).lower() if isinstance(value, bool) else repr(value)
+            why = " (YAML reads an unquoted no as false)" if isinstance(value, bool) else ""
+            return (f"{key}: {shown} is the old spelling of {new}{why}: write {new} instead "
+                    f"(dvc exp run -S {key}={new})")
+    return None
+
 
 def _build(cls, raw: Any, prefix: str, errors: list[str]):
     where = prefix.rstrip(".") or "the top level"
@@ -291,7 +310,10 @@ def _build(cls, raw: Any, prefix: str, errors: list[str]):
             errors.append(f"missing key {key}")
             continue
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        renamed = _renamed_value(key, raw[name])
+        if renamed:
+            errors.append(renamed)
+        elif dataclasses.is_dataclass(tp):
             values[name] = _build(tp, raw[name], key + ".", errors)
         else:
             ok, value = _coerce(raw[name], tp)

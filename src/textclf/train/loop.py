@@ -1,9 +1,10 @@
 """The training loop: Accelerate as the engine, length-grouped batches, checkpoints that resume.
 
-One optimizer step per batch: forward under autocast (bf16 on GPUs that support it, fp32 on CPU),
-backward, clip the gradient norm (after backward), AdamW step, scheduler step. Frozen modules have
-requires_grad=False, so autograd records nothing through them. After each epoch the model is
-scored on the validation split; the best epoch's weights are kept and restored at the end.
+One optimizer step per batch: forward under autocast (train.mixed_precision, by the rule of
+textclf.modeling.device.resolved_precision), backward, clip the gradient norm (after backward),
+AdamW step, scheduler step. Frozen modules have requires_grad=False, so autograd records nothing
+through them. After each epoch the model is scored on the validation split; the best epoch's
+weights are kept and restored at the end.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from textclf.core.tokenization import TokenizedSplit
 from textclf.modeling.batching import Collator, LengthGroupedBatches, TokenDataset, to_device
 from textclf.modeling.inference import predict_logits
 from textclf.train.checkpoints import Checkpointer, StopSignals, rng_state, set_rng_state
-from textclf.train.frozen_cache import FrozenCache, cache_applies, cached_forward
+from textclf.train.frozen_cache import FrozenCache, cached_forward, choose_placement
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, fused: bool):
@@ -56,6 +57,8 @@ class TrainResult:
     steps: int = 0
     resumed_at_step: int | None = None  # global step a checkpoint resumed from, if any
     train_seconds: float = 0.0
+    frozen_cache: str = "off"  # where the frozen-block cache was kept: device, host or off
+    frozen_cache_reason: str = ""
 
 
 def trainable_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -100,15 +103,19 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
     trainable = [p for p in model.parameters() if p.requires_grad]
     started = time.perf_counter()  # train_seconds include building the cache
     train_cache = val_cache = None
-    if cache_applies(tp.cache_frozen, unwrapped):
+    placement = choose_placement(tp.cache_frozen, unwrapped, [train, val], collator.fmt.extra,
+                                 accelerator.device)
+    if placement.where == "off":
+        log(f"frozen-block cache off ({placement.reason})")
+    else:
         unwrapped.eval()
-        train_cache = FrozenCache.compute(unwrapped, train, collator, eval_batch_size,
-                                          accelerator, desc="cache train")
-        val_cache = FrozenCache.compute(unwrapped, val, collator, eval_batch_size, accelerator,
-                                        desc="cache val")
-        log(f"cached the frozen blocks' output of {len(train) + len(val)} texts "
-            f"({(train_cache.nbytes + val_cache.nbytes) / 1e9:.2f} GB) in "
-            f"{time.perf_counter() - started:.1f} s")
+        train_cache, val_cache = (
+            FrozenCache.compute(unwrapped, split, collator, eval_batch_size, accelerator,
+                                desc=f"cache {name}", where=placement.where)
+            for name, split in (("train", train), ("val", val)))
+        log(f"frozen-block cache on the {placement.where} ({placement.reason}): "
+            f"{len(train) + len(val)} texts, {(train_cache.nbytes + val_cache.nbytes) / 1e9:.2f} "
+            f"GB, built in {time.perf_counter() - started:.1f} s")
     train_forward = cached_forward(model, unwrapped, train_cache)
     # validation runs on the plain model (no DDP wrapper): processes score different batches
     val_forward = cached_forward(unwrapped, unwrapped, val_cache)
@@ -212,4 +219,5 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
     load_weights(unwrapped, best["weights"])
     return TrainResult(best_val_accuracy=best["accuracy"], best_epoch=best["epoch"],
                        history=history, steps=global_step, resumed_at_step=resumed_at,
-                       train_seconds=time.perf_counter() - started)
+                       train_seconds=time.perf_counter() - started,
+                       frozen_cache=placement.where, frozen_cache_reason=placement.reason)
