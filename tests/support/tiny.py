@@ -186,6 +186,7 @@ def run_stages(run_dir: Path, params: dict | Path, stages=("prepare", "train", "
 
 # Files of the repository a DVC project needs (the package itself is installed).
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src", "compare", ".dvc/config",
+                 ".dvc/plots",  # the custom plot templates dvc.yaml names
                  ".dvcignore", ".gitignore"]  # compare/ brings its own .dvc/config
 
 
