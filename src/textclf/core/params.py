@@ -66,9 +66,15 @@ class DataParams(Section):
     max_tokens: int
     truncation: Truncation
     head_tokens: int
+    label_names: list[str] | None
 
     def problems(self) -> list[str]:
         out = _fraction("data.val_fraction", self.val_fraction, closed_low=False)
+        names = self.label_names
+        if names is not None and (len(set(names)) != len(names) or len(names) < 2
+                                  or not all(n.strip() for n in names)):
+            out.append(f"data.label_names must be null or a list of distinct, non-empty names, "
+                       f"got {names}")
         if not self.source.strip():
             out.append("data.source must not be empty")
         elif _looks_like_path(self.source) and not Path(self.source).expanduser().is_dir():
