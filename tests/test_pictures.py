@@ -24,3 +24,36 @@ def test_accuracy_by_length_keeps_the_bins_in_length_order():
     y = template["encoding"]["y"]
     assert y["field"] == "<DVC_METRIC_Y>" and "sort" in y and y["sort"] is None
     assert template["encoding"]["x"]["scale"]["domain"] == [0, 1]
+
+
+def test_figures_are_stable_pngs_with_the_class_names():
+    import numpy as np
+
+    from textclf.evaluate.figures import confusion_figure, figure_files
+    from textclf.evaluate.metrics import length_bins
+
+    labels = np.array([1, 1, 1, 0, 0, 0])
+    probs = np.array([[0.1, 0.9], [0.3, 0.7], [0.6, 0.4], [0.8, 0.2], [0.4, 0.6], [0.9, 0.1]])
+    bins = length_bins(labels, probs.argmax(1), np.array([10, 100, 300, 600, 900, 2000]), 2)
+    files = figure_files(labels, probs, ["negative", "positive"], bins, "gpt2_tokens")
+    assert set(files) == {"confusion.png", "roc.png", "precision_recall.png",
+                          "length_accuracy.png"}
+    assert all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in files.values())
+    # the same numbers give the same bytes: a rerun leaves git with nothing to commit
+    assert figure_files(labels, probs, ["negative", "positive"], bins, "gpt2_tokens") == files
+    ax = confusion_figure(labels, probs.argmax(1), ["negative", "positive"]).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["negative", "positive"]
+    assert sorted(t.get_text() for t in ax.texts) == ["1", "1", "2", "2"]
+
+
+def test_loss_figure_draws_the_log_and_an_empty_one(tmp_path):
+    from textclf.train.loss_figure import write_loss_figure
+    from textclf.train.train_log import LOGGED, empty_log
+
+    empty_log(tmp_path / "empty")
+    assert write_loss_figure(tmp_path / "empty").read_bytes().startswith(b"\x89PNG")
+    log = tmp_path / "run" / LOGGED[0][1]
+    log.parent.mkdir(parents=True)
+    log.write_text("timestamp\tstep\tloss\n" + "".join(f"0\t{s}\t{1 / s}\n" for s in (2, 4, 6)))
+    assert write_loss_figure(tmp_path / "run") == tmp_path / "run" / "loss.png"
+    assert (tmp_path / "run" / "loss.png").read_bytes().startswith(b"\x89PNG")

@@ -17,6 +17,7 @@ import yaml
 from textclf.core import data
 from textclf.core.families import family_for
 from textclf.core.params import Params, flat_params
+from textclf.core.prepared_data import LENGTH_UNITS
 from textclf.export.hf_export import POOLING_MODULE, ExportCheck, ExportNotes
 from textclf.modeling.model_info import TrainedModelInfo
 from textclf.results_table import QUALITY, run_params
@@ -25,7 +26,6 @@ LOSS_NOTE = "cross-entropy, nats"
 # Keys that define which published configuration a run reproduces; the others (seed, epochs,
 # learning rate, ...) are listed as differences from it
 IDENTITY_KEYS = ("model", "method", "data.source", "data.hub_config", "data.test_split")
-LENGTH_UNITS = {"gpt2_tokens": "GPT-2 tokens", "model_tokens": "the model's tokens"}
 
 
 @dataclass(frozen=True)
