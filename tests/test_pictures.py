@@ -57,3 +57,39 @@ def test_loss_figure_draws_the_log_and_an_empty_one(tmp_path):
     log.write_text("timestamp\tstep\tloss\n" + "".join(f"0\t{s}\t{1 / s}\n" for s in (2, 4, 6)))
     assert write_loss_figure(tmp_path / "run") == tmp_path / "run" / "loss.png"
     assert (tmp_path / "run" / "loss.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_named_classes_and_pictures_reach_every_output(tiny_dirs, data_dir, tmp_path):
+    """data.label_names [negative, positive] on 0/1 data: meta.json, the predictions, the
+    confusion plot, the export's id2label and the model card say the names; the figures are PNGs
+    under metrics/, the card carries license and language and shows two of them from export/."""
+    import re
+
+    from support import tiny
+
+    params = tiny.tiny_params(tiny_dirs["gpt2"], data_dir, data={"label_names": ["negative",
+                                                                               "positive"]},
+                              train={"epochs": 1}, export={"license": "apache-2.0",
+                                                           "language": ["en"]})
+    run = tiny.run_stages(tmp_path, params, stages=("prepare", "train", "evaluate", "export"),
+                          in_process=True)
+    names = ["negative", "positive"]
+    assert json.loads((run / "data/prepared/meta.json").read_text())["label_names"] == names
+    predictions = (run / "outputs/evaluate/predictions.jsonl").read_text()
+    assert '"negative"' in predictions and '"positive"' in predictions  # 6 test texts of each
+    confusion = (run / "metrics/plots/confusion.csv").read_text().splitlines()
+    assert set(confusion[1:]) <= {f"{a},{b}" for a in names for b in names}
+    config = json.loads((run / "export/config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    for name in ("confusion", "roc", "precision_recall", "length_accuracy"):
+        assert (run / f"metrics/plots/{name}.png").read_bytes().startswith(b"\x89PNG")
+    assert (run / "metrics/train_log/loss.png").read_bytes().startswith(b"\x89PNG")
+
+    card = (run / "export/README.md").read_text()
+    meta = yaml.safe_load(re.fullmatch(r"---\n(.*?)---\n.*", card, re.S).group(1))
+    assert meta["license"] == "apache-2.0" and meta["language"] == ["en"]
+    assert "`negative`, `positive`" in card
+    for image in ("confusion.png", "roc.png"):
+        assert f'src="{image}"' in card
+        assert (run / "export" / image).read_bytes() == \
+            (run / "metrics/plots" / image).read_bytes()

@@ -130,6 +130,7 @@ def stage_command(stage: str, params_file: Path, run_dir: Path) -> list[str]:
                    "--eval-metrics", run / "metrics/eval.json",
                    "--train-metrics", run / "metrics/train.json",
                    "--length-bins", run / "outputs/evaluate/length_bins.json",
+                   "--plots-dir", run / "metrics/plots",
                    "--compare-config", Path(__file__).resolve().parents[2] / "compare/params.yaml",
                    "--out", run / "export"],
     }[stage]
