@@ -32,7 +32,7 @@ def loss_png(steps: list[float], losses: list[float]) -> bytes:
                 ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (cross-entropy, nats)")
-    ax.set_title("Training loss (mean over each train.log_every steps)")
+    ax.set_title("Training loss (mean of each train.log_every steps)", fontsize="medium")
     ax.grid(alpha=0.3)
     buf = io.BytesIO()
     figure.savefig(buf, format="png", metadata={"Software": None})
