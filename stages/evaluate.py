@@ -4,8 +4,9 @@
 
 Reads params: seed (bootstrap), eval, train.mixed_precision.
 Writes: metrics/eval.json (accuracy, precision, recall, f1, roc_auc, loss, n and 95% bootstrap
-intervals), metrics/plots/*.csv (confusion, ROC, precision-recall, accuracy by length) and
-outputs/evaluate/ (predictions.jsonl: one line per test text; errors.md: the most confident
+intervals), metrics/plots/*.csv (confusion, ROC, precision-recall, accuracy by length: drawn by
+`dvc plots show` with Vega), the same four as *.png images (shown offline, and in the model card)
+and outputs/evaluate/ (predictions.jsonl: one line per test text; errors.md: the most confident
 errors; length_bins.json: the per-length table; run.json: seconds, device, confusion counts).
 """
 
@@ -16,9 +17,10 @@ import this_checkout  # noqa: F401  (first: this checkout's src/ on the import p
 
 from textclf.core import paths
 from textclf.core.errors import DataError
-from textclf.core.outputs import staged_dir, write_json, write_text
+from textclf.core.outputs import staged_dir, write_bytes, write_json, write_text
 from textclf.core.prepared_data import load_prepared
 from textclf.core.runner import log, params_from_args, run_stage, stage_parser
+from textclf.evaluate.figures import figure_files
 from textclf.evaluate.metrics import bootstrap_ci, classification_metrics, length_bins
 from textclf.evaluate.plots import plot_files
 from textclf.evaluate.reports import errors_markdown, prediction_lines
@@ -61,7 +63,7 @@ def main() -> None:
     probs, labels = softmax(logits), prepared.test.labels
     preds = probs.argmax(axis=1)
 
-    # Metrics, per-length table, plots, errors, predictions
+    # Metrics, per-length table, plots and figures, errors, predictions
     metrics = classification_metrics(labels, probs)
     counts = {key: metrics.pop(key) for key in CONFUSION_COUNTS if key in metrics}
     metrics.update(bootstrap_ci(labels, preds, len(names), params.eval.bootstrap, params.seed))
@@ -75,6 +77,9 @@ def main() -> None:
                                           "device": device_name(accelerator.device), **counts})
     for name, text in plot_files(labels, probs, names, bins).items():
         write_text(args.plots_dir / name, text)
+    for name, png in figure_files(labels, probs, names, bins,
+                                  prepared.meta["length_unit"]).items():
+        write_bytes(args.plots_dir / name, png)
     write_json(args.metrics, metrics)
     log(f"test: accuracy {metrics['accuracy']:.4f}, f1 {metrics['f1']:.4f}, "
         f"roc_auc {metrics['roc_auc']}, n {metrics['n']} ({len(labels) / seconds:.0f} texts/s)")

@@ -6,18 +6,20 @@ Then, from Python or the shell (the card, export/README.md, says which and why):
     pipeline("text-classification", model="export", truncation=True, top_k=None)
     textclf predict --model-dir export --file reviews.txt
 
-Reads params: all of them (seed, model, method, data, zero_shot, finetune, lora, train, eval): the
-model card reports them and compares them with the published reference run's.
+Reads params: all of them (seed, model, method, data, zero_shot, finetune, lora, train, eval,
+export): the model card reports them, compares them with the published reference run's, and
+states export.license and export.language.
 Reads: models/ (what train saved), data/prepared (test texts for the check), metrics/eval.json,
-metrics/train.json, outputs/evaluate/length_bins.json and compare/params.yaml (the published
-reference rows).
+metrics/train.json, outputs/evaluate/length_bins.json, metrics/plots/confusion.png and roc.png
+(the card's figures) and compare/params.yaml (the published reference rows).
 Writes: export/ — config.json (class names, textclf's input description), model.safetensors
-(full weights, LoRA merged), the tokenizer files, README.md (the model card) and, for BERT's
-masked mean pooling, hf_pooling.py (load with trust_remote_code=True). Before it replaces the
-previous export, the new one is loaded back with transformers and its probabilities compared with
+(full weights, LoRA merged), the tokenizer files, README.md (the model card), confusion.png and
+roc.png (its figures) and, for BERT's masked mean pooling, hf_pooling.py (load with
+trust_remote_code=True). Before it replaces the previous export, the new one is loaded back with transformers and its probabilities compared with
 the trained model's on the shortest and longest test texts (at most 1e-4 apart, or it fails).
 """
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ from textclf.core.outputs import read_json, staged_dir, write_text
 from textclf.core.prepared_data import load_prepared
 from textclf.core.runner import log, params_from_args, run_stage, stage_parser
 from textclf.export.hf_export import check_export, export_model
-from textclf.export.model_card import CardInputs, find_reference, model_card
+from textclf.export.model_card import FIGURES, CardInputs, find_reference, model_card
 from textclf.modeling.classifier import hub_revision, load_model
 
 CHECK_TEXTS = 32  # test texts the export is checked on: half the shortest, half the longest
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("--train-metrics", type=Path, default=paths.METRICS / "train.json")
     parser.add_argument("--length-bins", type=Path,
                         default=paths.EVAL_OUTPUTS / "length_bins.json")
+    parser.add_argument("--plots-dir", type=Path, default=paths.PLOTS)  # the card's figures
     parser.add_argument("--compare-config", type=Path, default=Path("compare/params.yaml"))
     parser.add_argument("--out", type=Path, default=paths.EXPORT)
     args = parser.parse_args()
@@ -62,12 +65,15 @@ def main() -> None:
     with staged_dir(args.out) as tmp:
         notes = export_model(model, info, tmp, revision)
         check = check_export(tmp, model, info, texts)
+        for name, _ in FIGURES:
+            shutil.copyfile(args.plots_dir / name, tmp / name)
         card = CardInputs(params=params, info=info, notes=notes, check=check,
                           evaluation=read_json(args.eval_metrics),
                           length_bins=read_json(args.length_bins),
                           training=read_json(args.train_metrics),
                           reference=find_reference(params, compare_config,
-                                                   Path(args.params)))
+                                                   Path(args.params)),
+                          figures=FIGURES)
         write_text(tmp / "README.md", model_card(card))
 
     loader = " (trust_remote_code=True)" if notes.remote_code else ""

@@ -7,7 +7,8 @@ Reads params: seed, model, method, data.max_tokens/truncation/head_tokens (check
 prepared data), zero_shot, finetune, lora, train, eval.batch_size.
 Writes: models/ (only what was trained: head, trained blocks or LoRA adapter, and textclf.json to
 rebuild it on the base model), metrics/train.json (parameter counts, best epoch and validation
-accuracy), metrics/train_log/ (dvclive: loss per step, validation accuracy per epoch) and
+accuracy), metrics/train_log/ (dvclive: loss per step, validation accuracy per epoch; and
+loss.png, the loss as an image that `dvc plots show` shows offline) and
 outputs/train/run.json (steps, seconds, device, precision, where the frozen-block cache was kept
 and why, per-epoch history).
 Resumes from checkpoints/last.pt when an earlier run with the same params was interrupted.
@@ -33,6 +34,7 @@ from textclf.modeling.model_info import TrainedModelInfo
 from textclf.train.checkpoints import Checkpointer, fingerprint
 from textclf.train.launch import launched, relaunch
 from textclf.train.loop import train_classifier
+from textclf.train.loss_figure import write_loss_figure
 from textclf.train.train_log import CheckpointsWithLog, empty_log, step_logger
 from textclf.train.zero_shot import prompt_tokens, zero_shot_classifier
 
@@ -133,6 +135,7 @@ def main() -> None:
             checkpointer.clear()
         else:
             empty_log(args.log_dir)
+        write_loss_figure(args.log_dir)
         if calibration is not None:
             run["content_free_probs"] = dict(zip(params.zero_shot.answers,
                                                  [round(p, 6) for p in calibration]))

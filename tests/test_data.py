@@ -184,6 +184,28 @@ def test_names_column_that_is_not_one_to_one_is_ignored(tmp_path, label_text):
     assert corpus.label_names == ["0", "1"]
 
 
+def test_label_names_name_integer_classes(tmp_path):
+    """data.label_names names the classes 0..K-1 in order, over the data's own names."""
+    corpus = load(jsonl_dir(tmp_path, rows(5, 5), rows(2, 2, tag="test")),
+                  label_names=["negative", "positive"])
+    assert corpus.label_names == ["negative", "positive"]
+    assert [corpus.label_names[y] for y in corpus.test.labels] == [
+        "positive" if "pos" in t else "negative" for t in corpus.test.texts]
+    named = jsonl_dir(tmp_path / "named", [{**r, "label_text": "abc"[r["label"]]}
+                                           for r in rows(5, 5)], rows(2, 2, tag="test"))
+    assert load(named).label_names == ["0", "1"]  # not one to one over both splits
+    assert load(named, label_names=["bad", "good"]).label_names == ["bad", "good"]
+
+
+@pytest.mark.parametrize("names", [["negative", "neutral", "positive"], list("abcd")])
+def test_label_names_of_the_wrong_length_is_one_clear_error(tmp_path, names):
+    with pytest.raises(DataError) as error:
+        load(jsonl_dir(tmp_path, rows(5, 5), rows(2, 2, tag="test")), label_names=names)
+    assert str(error.value) == (
+        f"data.label_names lists {len(names)} name{'s' * (len(names) > 1)}, but the data has 2 "
+        "classes (0, 1): give one name per class, in label order, or null for the data's own")
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad data
 

@@ -418,6 +418,26 @@ def test_chart_of_runs_of_different_lengths_uses_the_fraction_of_each_run():
     assert base[-1] < base[0] and pr[-1] < pr[0]  # smoothed, the loss still falls
 
 
+def loss_tsv_from(first: int, last: int, every: int) -> str:
+    return "timestamp\tstep\tloss\n" + "".join(f"0\t{s}\t{1 / (1 + s)}\n"
+                                               for s in range(first, last + 1, every))
+
+
+@pytest.mark.parametrize("first, last, every", [(2, 8, 2), (0, 7, 1), (0, 1234, 2), (20, 60, 20),
+                                                      (0, 12000, 100)])
+def test_loss_chart_steps_are_whole_thinned_and_distinct(first, last, every):
+    """A short run (a few logged steps) once gave 21 fractional labels such as 2.3 and 2.6;
+    the step axis holds whole steps, one step apart at most, a round stride apart at least."""
+    text = loss_tsv_from(first, last, every)
+    labels, (base, pr) = series(pr_charts.mermaid(chart("Training loss"), text, text, "main"))
+    steps = [int(label) for label in labels]  # integers, or this raises
+    assert len(set(steps)) == len(steps) == len(base) <= pr_charts.POINTS
+    assert first <= steps[0] and steps[-1] <= last and steps == sorted(steps)
+    strides = {b - a for a, b in zip(steps, steps[1:])}
+    assert len(strides) == 1 and str(strides.pop())[0] in "125"  # 1, 2, 5, 10, 20, 50, ...
+    assert len(steps) >= min(pr_charts.POINTS // 2, last - first + 1)
+
+
 def test_chart_of_categories_keeps_bins_with_values_on_every_side():
     base = "length_bin,accuracy,n\n0-256,0.9,10\n256-512,0.8,5\n>512,,0\n"
     pr = "length_bin,accuracy,n\n0-256,0.92,10\n256-512,0.85,5\n>512,0.5,1\n"

@@ -130,6 +130,7 @@ def stage_command(stage: str, params_file: Path, run_dir: Path) -> list[str]:
                    "--eval-metrics", run / "metrics/eval.json",
                    "--train-metrics", run / "metrics/train.json",
                    "--length-bins", run / "outputs/evaluate/length_bins.json",
+                   "--plots-dir", run / "metrics/plots",
                    "--compare-config", Path(__file__).resolve().parents[2] / "compare/params.yaml",
                    "--out", run / "export"],
     }[stage]
@@ -186,6 +187,7 @@ def run_stages(run_dir: Path, params: dict | Path, stages=("prepare", "train", "
 
 # Files of the repository a DVC project needs (the package itself is installed).
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "src", "compare", ".dvc/config",
+                 ".dvc/plots",  # the custom plot templates dvc.yaml names
                  ".dvcignore", ".gitignore"]  # compare/ brings its own .dvc/config
 
 

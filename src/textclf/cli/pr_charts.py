@@ -37,6 +37,7 @@ class Chart:
     y_label: str
     categorical: bool = False  # x is a label per row (length bins) rather than a number
     smooth: bool = False  # per-step values are noisy: average each grid cell's neighbourhood
+    whole_x: bool = False  # x counts something (steps): whole numbers on a round stride
     y_range: tuple[float, float] | None = None  # fixed y-axis; None lets Mermaid fit the data
 
 
@@ -47,7 +48,7 @@ CHARTS = (
     Chart("Accuracy by review length (test)", PurePosixPath(paths.PLOTS, "length_accuracy.csv"),
           "length_bin", "accuracy", "review length", "accuracy", categorical=True),
     Chart("Training loss", PurePosixPath(paths.TRAIN_LOG, "plots/metrics/train/loss.tsv"),
-          "step", "loss", "step", "loss", smooth=True),
+          "step", "loss", "step", "loss", smooth=True, whole_x=True),
 )
 
 
@@ -107,6 +108,20 @@ def grid(lo: float, hi: float) -> list[float]:
     return [lo + (hi - lo) * i / (POINTS - 1) for i in range(POINTS)]
 
 
+def whole_grid(lo: float, hi: float) -> list[int]:
+    """Whole numbers in [lo, hi] on the smallest round stride (1, 2, 5, 10, 20, 50, ...) that
+    gives at most POINTS of them: a short run's few steps are each a label of their own, rather
+    than 21 fractional ones ("2.3", "2.6"), and a long run's read 0, 50, 100, ..."""
+    strides = (m * 10 ** e for e in range(19) for m in (1, 2, 5))
+    for stride in strides:
+        first, last = math.ceil(lo / stride), math.floor(hi / stride)
+        if last - first + 1 <= POINTS:
+            break
+    if last <= first:  # a range shorter than one stride: its two ends
+        return sorted({math.ceil(lo), math.floor(hi)})
+    return [stride * i for i in range(first, last + 1)]
+
+
 def short(value: float) -> str:
     """4 significant digits: plenty for a chart, and keeps the comment small."""
     return f"{value:.4g}"
@@ -123,8 +138,8 @@ def curve_axes(chart: Chart, sides: dict[str, list[tuple[float, float]]]):
     ranges = {name: (pairs[0][0], pairs[-1][0]) for name, pairs in sides.items()}
     if len(set(ranges.values())) == 1:
         lo, hi = next(iter(ranges.values()))
-        xs = grid(lo, hi)
-        labels, x_label = [short(x) for x in xs], chart.x_label
+        xs = whole_grid(lo, hi) if chart.whole_x else grid(lo, hi)
+        labels, x_label = [str(x) if chart.whole_x else short(x) for x in xs], chart.x_label
         per_side = {name: xs for name in sides}
     else:
         labels = [f"{round(100 * i / (POINTS - 1))}%" for i in range(POINTS)]

@@ -6,9 +6,10 @@ Sources (`data.source`):
 - a local aclImdb-style directory: <split>/pos/*.txt and <split>/neg/*.txt;
 - a local directory with <split>.jsonl, .jsonl.gz, .csv or .parquet files (text and label columns).
 
-Class names come from string labels (sorted), or for integer labels from the hub dataset's
-ClassLabel feature, a `<label column>_text` / `_name` column that pairs them one to one
-(SetFit/20_newsgroups' label_text), aclImdb's neg/pos folders; else they are the numbers.
+Class names come from `data.label_names` if set (one per class, in label order); else from string
+labels (sorted), or for integer labels from the hub dataset's ClassLabel feature, a
+`<label column>_text` / `_name` column that pairs them one to one (SetFit/20_newsgroups'
+label_text), aclImdb's neg/pos folders; else they are the numbers.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def load_corpus(p: DataParams, seed: int) -> Corpus:
         texts[split] = ([cleaned[i] for i in keep], [split_labels[i] for i in keep])
 
     train_labels, test_labels, names = encode_labels(
-        texts["train"][1], texts["test"][1], names_hint, p.source)
+        texts["train"][1], texts["test"][1], names_hint, p.source, p.label_names)
     train = Split(texts["train"][0], train_labels)
     test = Split(texts["test"][0], test_labels)
 
@@ -107,8 +108,10 @@ def stratified_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> n
     return np.sort(np.concatenate(picked))
 
 
-def encode_labels(train: list, test: list, names_hint: list[str] | None, source: str):
-    """Class ids 0..K-1 for both splits, and the class names.
+def encode_labels(train: list, test: list, names_hint: list[str] | None, source: str,
+                  label_names: list[str] | None = None):
+    """Class ids 0..K-1 for both splits, and the class names: `label_names` (data.label_names)
+    if given, else the data's own (`names_hint`, string labels, or the numbers).
 
     Integer labels must already be 0..K-1; string labels are mapped in sorted order.
     """
@@ -141,6 +144,13 @@ def encode_labels(train: list, test: list, names_hint: list[str] | None, source:
     if len(names) < 2:
         raise DataError(f"data.source {source!r}: only one class ({names[0]!r}) in train; "
                         "classification needs at least two")
+    if label_names is not None:
+        if len(label_names) != len(names):
+            n = len(label_names)
+            raise DataError(f"data.label_names lists {n} name{'s' * (n > 1)}, but the data has "
+                            f"{len(names)} classes ({', '.join(names)}): give one name per class, "
+                            "in label order, or null for the data's own")
+        names = list(label_names)
     return train_ids, test_ids, names
 
 

@@ -24,6 +24,16 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Binary files (PNG figures), written and renamed as write_text does."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def write_json(path: str | os.PathLike, data) -> None:
     """Indented JSON with a stable key order (as given), ending in a newline."""
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

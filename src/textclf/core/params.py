@@ -66,9 +66,15 @@ class DataParams(Section):
     max_tokens: int
     truncation: Truncation
     head_tokens: int
+    label_names: list[str] | None
 
     def problems(self) -> list[str]:
         out = _fraction("data.val_fraction", self.val_fraction, closed_low=False)
+        names = self.label_names
+        if names is not None and (len(set(names)) != len(names) or len(names) < 2
+                                  or not all(n.strip() for n in names)):
+            out.append(f"data.label_names must be null or a list of distinct, non-empty names, "
+                       f"got {names}")
         if not self.source.strip():
             out.append("data.source must not be empty")
         elif _looks_like_path(self.source) and not Path(self.source).expanduser().is_dir():
@@ -176,6 +182,23 @@ class EvalParams(Section):
 
 
 @dataclass(frozen=True)
+class ExportParams(Section):
+    license: str | None
+    language: list[str] | None
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.license is not None and (not self.license.strip() or " " in self.license):
+            out.append(f"export.license must be a Hub license id such as 'mit' or 'apache-2.0', "
+                       f"or null, got {self.license!r}")
+        if self.language is not None and (not self.language or not all(
+                code.strip() and " " not in code for code in self.language)):
+            out.append(f"export.language must be null or a list of language codes such as "
+                       f"[en], got {self.language}")
+        return out
+
+
+@dataclass(frozen=True)
 class Params(Section):
     seed: int
     model: str
@@ -186,6 +209,7 @@ class Params(Section):
     lora: LoraParams
     train: TrainParams
     eval: EvalParams
+    export: ExportParams
 
     def problems(self) -> list[str]:
         out = []
@@ -196,7 +220,8 @@ class Params(Section):
         elif _looks_like_path(self.model) and not Path(self.model).expanduser().is_dir():
             out.append(f"model: no such directory {self.model!r} (give a hub id such as 'gpt2' or "
                        "an existing local model directory)")
-        for section in (self.data, self.zero_shot, self.finetune, self.lora, self.train, self.eval):
+        for section in (self.data, self.zero_shot, self.finetune, self.lora, self.train, self.eval,
+                        self.export):
             out.extend(section.problems())
         return out
 

@@ -14,6 +14,9 @@ from textclf.core.families import Family
 from textclf.core.params import Params
 from textclf.core.tokenization import TextTokenizer, TokenizedSplit
 
+# meta["length_unit"]: what the test texts' lengths count (the per-length table and figure)
+LENGTH_UNITS = {"gpt2_tokens": "GPT-2 tokens", "model_tokens": "the model's tokens"}
+
 
 @dataclass
 class Prepared:

@@ -3,8 +3,9 @@
 Everything in it comes from the params, the saved model's description, the train and evaluate
 stages' metrics, the per-length table, the published reference of compare/params.yaml and the
 export's own notes and check: nothing is typed by hand. The format is the Hugging Face Hub's:
-YAML front matter (base_model, datasets, metrics, model-index with the test results), then
-Markdown.
+YAML front matter (license, language, base_model, datasets, metrics, model-index with the test
+results), then Markdown, with the evaluate stage's confusion matrix and ROC curve as images
+beside it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import yaml
 from textclf.core import data
 from textclf.core.families import family_for
 from textclf.core.params import Params, flat_params
+from textclf.core.prepared_data import LENGTH_UNITS
 from textclf.export.hf_export import POOLING_MODULE, ExportCheck, ExportNotes
 from textclf.modeling.model_info import TrainedModelInfo
 from textclf.results_table import QUALITY, run_params
@@ -25,7 +27,10 @@ LOSS_NOTE = "cross-entropy, nats"
 # Keys that define which published configuration a run reproduces; the others (seed, epochs,
 # learning rate, ...) are listed as differences from it
 IDENTITY_KEYS = ("model", "method", "data.source", "data.hub_config", "data.test_split")
-LENGTH_UNITS = {"gpt2_tokens": "GPT-2 tokens", "model_tokens": "the model's tokens"}
+# Keys that only describe the export (license, language): never a difference in results
+DESCRIPTIVE_PREFIXES = ("export.",)
+# The evaluate stage's images the card shows, copied beside it: (file name, caption)
+FIGURES = (("confusion.png", "Confusion matrix (test)"), ("roc.png", "ROC curve (test)"))
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class CardInputs:
     length_bins: dict  # the evaluate stage's per-length table (with "length_unit")
     training: dict  # metrics/train.json: trainable_params, total_params, best epoch
     reference: Reference | None
+    figures: tuple[tuple[str, str], ...] = ()  # images beside the card: (file name, caption)
 
 
 def find_reference(params: Params, compare_config: dict, base_params: Path) -> Reference | None:
@@ -62,7 +68,8 @@ def find_reference(params: Params, compare_config: dict, base_params: Path) -> R
             continue
         differences = [(key, ours.get(key), theirs.get(key))
                        for key in sorted(set(ours) | set(theirs))
-                       if ours.get(key) != theirs.get(key)]
+                       if ours.get(key) != theirs.get(key)
+                       and not key.startswith(DESCRIPTIVE_PREFIXES)]
         if best is None or len(differences) < len(best.differences):
             best = Reference(name, dict(run["reference"]), differences)
     return best
@@ -85,6 +92,10 @@ def front_matter(c: CardInputs) -> str:
     dataset = dataset_id(p)
     on_hub = not Path(info.base_model).expanduser().is_dir()
     meta: dict = {"library_name": "transformers", "pipeline_tag": "text-classification"}
+    if p.export.license is not None:
+        meta["license"] = p.export.license
+    if p.export.language is not None:
+        meta["language"] = list(p.export.language)
     if on_hub:
         meta["base_model"] = info.base_model
         if info.method != "zero_shot":
@@ -230,8 +241,17 @@ def _results_section(c: CardInputs) -> list[str]:
                   f"({c.params.eval.bootstrap} resamples); they do not cover the spread over "
                   "seeds. Precision, recall and F1 are of the second class for two classes, "
                   "macro averages otherwise.", ""]
-    lines += _length_table(c.length_bins) + _reference_table(c)
+    lines += _figures(c) + _length_table(c.length_bins) + _reference_table(c)
     return lines
+
+
+def _figures(c: CardInputs) -> list[str]:
+    """The images beside the card, side by side (relative links: the Hub and a local viewer
+    both resolve them in the model's directory)."""
+    if not c.figures:
+        return []
+    return [" ".join(f'<img src="{name}" alt="{caption}" width="400">'
+                     for name, caption in c.figures), ""]
 
 
 def _length_table(bins: dict) -> list[str]:
