@@ -88,6 +88,7 @@ def test_bench_writes_well_formed_json(tmp_path, tiny_dirs, reviews_gz, capsys):
     assert "gpt2   lora      ours" in table and "ratio" in table
 
 
+@pytest.mark.slow  # a fresh process or a data pass: seconds
 def test_synthetic_lengths_without_data(tmp_path):
     out = tmp_path / "bench.json"
     results = bench_script().main([*TINY, "--model", "bert", "--methods", "eval", "--plain-bf16",

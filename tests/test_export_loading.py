@@ -127,6 +127,7 @@ def test_bert_export_loaded_without_textclf_or_remote_code_fails_loudly(bert_exp
             f"{way}: {outcome}"
 
 
+@pytest.mark.slow
 def test_bert_export_with_textclf_imported_gives_evaluate_probabilities(bert_export, texts,
                                                                         tmp_path):
     models, export_dir = bert_export
@@ -167,8 +168,11 @@ def gpt2_export(tiny_dirs, data_dir, texts, tmp_path_factory) -> Path:
     return export_dir
 
 
+@pytest.mark.parametrize("fresh_process", [False, pytest.param(True, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("where", list(FOREIGN_AUTO_MAP))
-def test_predict_refuses_a_directory_naming_foreign_code(gpt2_export, tmp_path, where):
+def test_predict_refuses_a_directory_naming_foreign_code(gpt2_export, tmp_path, where,
+                                                         fresh_process, capsys, monkeypatch):
+    """In this process (main()) and, slow, as a user runs it (a fresh `python -m`)."""
     import shutil
 
     model_dir = tmp_path / "model"
@@ -180,17 +184,27 @@ def test_predict_refuses_a_directory_naming_foreign_code(gpt2_export, tmp_path, 
     data["auto_map"] = auto_map
     (model_dir / name).write_text(json.dumps(data))
 
-    env = {**tiny.ENV, "HF_MODULES_CACHE": str(tmp_path / "modules"),
-           "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    result = subprocess.run([sys.executable, "-m", "textclf.cli.predict", "--model-dir",
-                             str(model_dir), "--device", "cpu", "A fine film."],
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
-                            cwd=tmp_path, timeout=300)
+    args = ["--model-dir", str(model_dir), "--device", "cpu", "A fine film."]
+    if fresh_process:
+        env = {**tiny.ENV, "HF_MODULES_CACHE": str(tmp_path / "modules"),
+               "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+        result = subprocess.run([sys.executable, "-m", "textclf.cli.predict", *args],
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                env=env, cwd=tmp_path, timeout=300)
+        code, out, err = result.returncode, result.stdout, result.stderr
+    else:
+        from textclf.cli.predict import main
+
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        code = exit_.value.code
+        out, err = capsys.readouterr()
     assert not marker.exists(), "the directory's code ran"
-    assert result.returncode != 0 and result.stdout == ""
-    lines = result.stderr.strip().splitlines()
+    assert code != 0 and out == ""
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "foreign." in lines[0], \
-        result.stderr[-3000:]
+        err[-3000:]
 
 
 def test_an_older_bert_export_is_refused_not_misread(bert_export, tmp_path):

@@ -162,6 +162,7 @@ def test_default_pipeline_runs_from_the_hub(offline_cache, tmp_path):
     assert json.loads((project / paths.METRICS / "eval.json").read_text())["n"] == 8
 
 
+@pytest.mark.slow  # a fresh process or a data pass: seconds
 def test_missing_tiktoken_encoding_is_one_error_line(offline_cache, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params()))
     empty = tmp_path / "tiktoken"

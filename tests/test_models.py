@@ -95,6 +95,7 @@ def test_finetune_trains_the_last_blocks_and_final_norm(tiny_dirs, data_dir, fam
     assert clf.first_trainable_block == first
 
 
+@pytest.mark.slow  # seconds: a git + DVC repository, or full-size weights
 def test_full_size_gpt2_trainable_figure(tmp_path, data_dir):
     """The figure in docs/design.md: GPT-2 124M with the last 2 blocks and ln_f trainable has 14,177,280
     trainable parameters before the head (a random GPT2Config() model: no download)."""

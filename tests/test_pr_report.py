@@ -189,6 +189,7 @@ def metrics_at(root: Path, rev: str) -> dict:
 
 # ---------------------------------------------------------------- the three kinds of PR
 
+@pytest.mark.slow  # seconds: a git + DVC repository, or full-size weights
 def test_params_changed_but_not_rerun_is_reported_stale(repo):
     """The issue: train.lr changed without `dvc repro` used to read "No metrics changed"."""
     tree = repo.parent / "params-only"
@@ -209,6 +210,7 @@ def test_params_changed_but_not_rerun_is_reported_stale(repo):
     # --fail-on-stale: test_workflow_report_step_runs_here[params-only-True]
 
 
+@pytest.mark.slow
 def test_stale_names_the_params_changed_since_the_stage_ran_not_since_the_base(repo):
     """dvc status finds the train group changed against dvc.lock; the params to name under it
     are those that differ from dvc.lock, not from the base: train.epochs changed and was rerun,
@@ -267,7 +269,7 @@ def test_method_change_headline_ci_delta_and_charts(repo):
     assert "grey: `main`, blue: this PR" in plots
 
 
-@pytest.mark.parametrize("base", ["main", "sha"])
+@pytest.mark.parametrize("base", ["main", pytest.param("sha", marks=pytest.mark.slow)])
 def test_nothing_changed_says_so_plainly(repo, base):
     if base == "sha":
         base = git(repo, "rev-parse", "main").strip()

@@ -274,6 +274,7 @@ def test_output_file(runs, tmp_path, capsys):
                                scored(runs, texts), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # a fresh process or a data pass: seconds
 def test_records_stream_out_while_the_input_is_still_open(runs, tmp_path):
     """A chunk of --batch-size lines is scored and written (flushed) as soon as it is read: the
     first records come out while stdin is still open, as they must for a 25,000-line file."""
