@@ -39,7 +39,7 @@ corpus = load_corpus(params.data, params.seed)
 train, val = (tokenize_split(tok, split.texts, split.labels, params.data.max_tokens,
                              params.data.truncation, params.data.head_tokens)
               for split in (corpus.train, corpus.val))
-accelerator = make_accelerator("no")
+accelerator = make_accelerator("fp32")
 clf = build_classifier(params, FAMILIES["gpt2"], 2)
 collate = Collator(classifier_format(tok), tok.pad_id)
 batches = []
@@ -117,7 +117,7 @@ params = load_params(sys.argv[1])
 out, name = Path(sys.argv[2]), sys.argv[3]
 texts = [line for line in Path(sys.argv[4]).read_text().splitlines()]
 tok = load_tokenizer(params.model, FAMILIES["gpt2"])
-accelerator = make_accelerator("no")
+accelerator = make_accelerator("fp32")
 torch.manual_seed(0)
 clf = build_classifier(params, FAMILIES["gpt2"], 2).to(accelerator.device)
 collator = Collator(classifier_format(tok), tok.pad_id)
