@@ -26,7 +26,8 @@ from textclf.results_table import QUALITY, run_params
 LOSS_NOTE = "cross-entropy, nats"
 # Keys that define which published configuration a run reproduces; the others (seed, epochs,
 # learning rate, ...) are listed as differences from it
-IDENTITY_KEYS = ("model", "method", "data.source", "data.hub_config", "data.test_split")
+IDENTITY_KEYS = ("model", "method", "data.source", "data.hub_config", "data.test_split",
+                 "train.head")  # an attention-head run is not compared with a linear one
 # Keys that only describe the export (license, language): never a difference in results
 DESCRIPTIVE_PREFIXES = ("export.",)
 # The evaluate stage's images the card shows, copied beside it: (file name, caption)
