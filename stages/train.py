@@ -114,7 +114,8 @@ def main() -> None:
             input_suffix=list(fmt.suffix), pad_id=tokenizer.pad_id,
             # the input format of the data the model was trained on
             max_tokens=meta["max_tokens"], truncation=meta["truncation"],
-            head_tokens=meta["head_tokens"])
+            head_tokens=meta["head_tokens"],
+            attention_heads=None if model.attention is None else model.attention.num_heads)
         with staged_dir(args.out) as tmp:
             save_model(model, tmp, info)
         metrics = {"trainable_params": counts["trainable_params"],

@@ -32,23 +32,25 @@ from textclf.train.loop import make_optimizer, train_classifier
 GB = 10**9
 
 
-def classifier(tiny_dirs, data_dir, family, method):
-    params = parse_params(tiny.tiny_params(tiny_dirs[family], data_dir, method=method))
+def classifier(tiny_dirs, data_dir, family, method, head="linear"):
+    params = parse_params(tiny.tiny_params(tiny_dirs[family], data_dir, method=method,
+                                           train={"head": head}))
     _, fam = checked_config_and_family(params)
     torch.manual_seed(0)
     return params, build_classifier(params, fam, 2)
 
 
+@pytest.mark.parametrize("head", ["linear", "attention"])  # the attention head: after the cache
 @pytest.mark.parametrize("method", ["finetune", "lora"])
 @pytest.mark.parametrize("family", ["gpt2", "bert", "gpt_neox"])
 def test_a_training_step_on_the_cache_equals_one_on_the_full_model(tiny_dirs, data_dir, family,
-                                                                    method):
+                                                                    method, head):
     ids = torch.tensor([[5, 17, 33, 41, 9, 12, 60, 7], [8, 21, 14, 3, 0, 0, 0, 0]])
     mask = (torch.arange(8) < torch.tensor([[8], [4]])).long()
     labels = torch.tensor([1, 0])
     results = []
     for use_cache in (False, True):
-        _, clf = classifier(tiny_dirs, data_dir, family, method)
+        _, clf = classifier(tiny_dirs, data_dir, family, method, head)
         optimizer = make_optimizer(clf, 1e-3, 0.01, fused=False)
         clf.train()
         batch = {"input_ids": ids, "attention_mask": mask, "index": torch.arange(2)}

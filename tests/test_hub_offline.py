@@ -92,6 +92,7 @@ EXPECTED_DATA = {  # model's tokenizer, class names
     "bert_imdb": ("bert-base-uncased", ["neg", "pos"]),
     "pythia_sst2": ("EleutherAI/pythia-70m", ["negative", "positive"]),
     "gpt2_20newsgroups": (TIKTOKEN_GPT2, NEWSGROUPS),
+    "gpt2_20newsgroups_512": (TIKTOKEN_GPT2, NEWSGROUPS),
 }
 
 

@@ -147,6 +147,10 @@ def model_problems(params: Params, config, family: Family, extra_tokens: int = 0
         if value != "all" and value > blocks:
             out.append(f"{params.method}.trainable_blocks is {value} but {params.model!r} has "
                        f"{blocks} blocks (allowed: 1..{blocks} or 'all')")
+        heads, hidden = params.train.attention_heads, int(config.hidden_size)
+        if params.train.head == "attention" and hidden % heads:
+            out.append(f"train.attention_heads is {heads} but must divide the hidden size of "
+                       f"{params.model!r}, {hidden} (train.head: attention)")
     return out
 
 

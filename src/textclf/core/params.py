@@ -148,6 +148,9 @@ class TrainParams(Section):
     schedule: Literal["linear", "cosine", "constant"]
     grad_clip: float
     head_dropout: float
+    head: Literal["linear", "attention"]
+    attention_heads: int
+    attention_dropout: float
     group_by_length: bool
     mixed_precision: Literal["auto", "bf16", "fp32"]
     cache_frozen: Literal["auto"] | bool
@@ -157,13 +160,13 @@ class TrainParams(Section):
 
     def problems(self) -> list[str]:
         out = []
-        for key in ("epochs", "batch_size", "processes", "log_every"):
+        for key in ("epochs", "batch_size", "processes", "log_every", "attention_heads"):
             out += _positive_int(f"train.{key}", getattr(self, key))
         if self.lr <= 0:
             out.append(f"train.lr must be positive, got {self.lr}")
         out += _at_least_zero("train.weight_decay", self.weight_decay)
-        out += _fraction("train.warmup_ratio", self.warmup_ratio)
-        out += _fraction("train.head_dropout", self.head_dropout)
+        for key in ("warmup_ratio", "head_dropout", "attention_dropout"):
+            out += _fraction(f"train.{key}", getattr(self, key))
         out += _at_least_zero("train.grad_clip", self.grad_clip, " (0 disables clipping)")
         out += _at_least_zero("train.checkpoint_every", self.checkpoint_every, " (0 disables)")
         return out
@@ -298,10 +301,7 @@ RENAMED = {
 # Values renamed since earlier versions: (dotted key, old value) -> new value. The old fp32
 # spelling `no` could not be set: `dvc exp run -S train.mixed_precision=no` writes it unquoted,
 # and YAML 1.1 (PyYAML) reads an unquoted no as false.
-RENAMED_VALUES = {
-    ("train.mixed_precision", "no"): "fp32",
-    ("train.mixed_precision", False): "fp32",
-}
+RENAMED_VALUES = {("train.mixed_precision", "no"): "fp32", ("train.mixed_precision", False): "fp32"}
 
 
 def _renamed_value(key: str, value: Any) -> str | None:

@@ -14,6 +14,8 @@ gives the evaluate stage's probabilities. What is exported depends on the family
   Their `score` head has no bias and ours has one: the bias is folded into the final layer norm's
   bias (see fold_head_bias), which is exact because that norm feeds nothing but the head. So
   these load with no remote code, in any tool that knows the stock classes.
+- the attention head (train.head: attention, any family): textclf.export.hf_attention's class
+  of the family, with a model_type of its own, loaded as BERT's below (hf_attention.py copied).
 - masked mean (BERT): no stock class pools so. The export has a model_type of its own, which
   stock transformers refuses to load (rather than load stock BERT with a random pooler), and
   loads one of two ways: in a process that ran `import textclf.export` (which registers the
@@ -113,9 +115,10 @@ def export_model(clf: Classifier, info: TrainedModelInfo, out_dir: Path,
     if notes["leading_space"]:
         _set_add_prefix_space(out_dir / "tokenizer.json")
     if remote_code:
-        from textclf.export import hf_pooling
+        from textclf.export import hf_attention, hf_pooling
 
-        shutil.copy(hf_pooling.__file__, out_dir / f"{POOLING_MODULE}.py")
+        module = hf_attention if clf.attention is not None else hf_pooling
+        shutil.copy(module.__file__, out_dir / Path(module.__file__).name)
     return ExportNotes(architecture=type(model).__name__, remote_code=remote_code,
                        bias_folded_into=folded, base_revision=base_revision, **notes)
 
@@ -135,6 +138,8 @@ def hf_classifier(clf: Classifier, info: TrainedModelInfo, family: Family,
     setattr(config, META_KEY, {**dataclasses.asdict(info),
                                "text_prefix": text_tokenizer.special_prefix,
                                "text_suffix": text_tokenizer.special_suffix})
+    if clf.attention is not None:  # textclf's attention head: a class of our own, any family
+        return attention_head_classifier(clf, config, family), True, None
     remote_code = family.pooling == "mean"
     if remote_code:
         from textclf.export.hf_pooling import BertForMeanPooledClassification
@@ -158,6 +163,27 @@ def hf_classifier(clf: Classifier, info: TrainedModelInfo, family: Family,
         else:
             folded = fold_head_bias(clf.head, model.base_model, family)
     return model, remote_code, folded
+
+
+def attention_head_classifier(clf: Classifier, config, family: Family) -> nn.Module:
+    """The family's class of textclf.export.hf_attention holding `clf`'s weights, under a
+    model_type of its own (auto_map naming the copied modelling file's classes)."""
+    from textclf.export.hf_attention import AUTO_MAPS, CLASSES
+
+    config_class, model_class = CLASSES[family.name]
+    values = config.to_dict()
+    values.pop("model_type", None)
+    own = config_class.from_dict(values)
+    own.auto_map = dict(AUTO_MAPS[config_class.model_type])
+    own.attention_heads = clf.attention.num_heads
+    own.attention_dropout_rate = clf.attention.dropout
+    own.head_dropout = clf.dropout.p
+    backbone = base_model(clf)
+    model = model_class(own).to(next(backbone.parameters()).dtype).eval()
+    model.base_model.load_state_dict(backbone.state_dict(), strict=True)
+    model.attention.load_state_dict(clf.attention.state_dict())
+    model.classifier.load_state_dict(clf.head.state_dict())
+    return model
 
 
 def own_config(config):

@@ -3,7 +3,8 @@ from a model directory runs, and the export behind the Classifier interface for
 `textclf predict --model-dir export`.
 
 textclf loads every model directory without trust_remote_code. An export of textclf's own class
-(BERT with masked mean pooling, textclf.export.hf_pooling) has a model_type stock transformers
+(BERT with masked mean pooling, textclf.export.hf_pooling; the attention head of any family,
+textclf.export.hf_attention) has a model_type stock transformers
 does not know; register_exported_classes (run by `import textclf.export`) maps it to the class in
 this package, so no code is read from the directory. A directory whose config.json or
 tokenizer_config.json names any other code (`auto_map`) is refused (check_no_foreign_code).
@@ -32,11 +33,21 @@ def register_exported_classes() -> None:
     `import textclf.export` calls it."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from textclf.export.hf_attention import CLASSES
     from textclf.export.hf_pooling import BertForMeanPooledClassification, BertMeanPooledConfig
 
-    AutoConfig.register(BertMeanPooledConfig.model_type, BertMeanPooledConfig, exist_ok=True)
-    AutoModelForSequenceClassification.register(BertMeanPooledConfig,
-                                                BertForMeanPooledClassification, exist_ok=True)
+    for config, model in [(BertMeanPooledConfig, BertForMeanPooledClassification),
+                          *CLASSES.values()]:
+        AutoConfig.register(config.model_type, config, exist_ok=True)
+        AutoModelForSequenceClassification.register(config, model, exist_ok=True)
+
+
+def own_auto_maps() -> dict[str, dict[str, str]]:
+    """model_type -> the auto_map of textclf's own exported classes (hf_pooling, hf_attention)."""
+    from textclf.export.hf_attention import AUTO_MAPS
+    from textclf.export.hf_pooling import AUTO_MAP, MODEL_TYPE
+
+    return {MODEL_TYPE: AUTO_MAP, **AUTO_MAPS}
 
 
 class ExportedClassifier(nn.Module):
@@ -61,10 +72,9 @@ def check_no_foreign_code(model_dir: Path) -> None:
     textclf's own classes (`auto_map`). textclf never runs code from a model directory: it loads
     without trust_remote_code, its own classes registered in this process
     (register_exported_classes), so a directory that needs other code cannot load as intended."""
-    from textclf.export.hf_pooling import AUTO_MAP, MODEL_TYPE
-
+    own = own_auto_maps()
     model_dir = Path(model_dir)
-    for name, allowed in (("config.json", AUTO_MAP), ("tokenizer_config.json", {})):
+    for name, allowed_maps in (("config.json", list(own.values())), ("tokenizer_config.json", [])):
         path = model_dir / name
         if not path.is_file():
             continue
@@ -76,15 +86,16 @@ def check_no_foreign_code(model_dir: Path) -> None:
         if not isinstance(auto_map, dict):  # tokenizer_config.json's older form: a list
             auto_map = {"AutoTokenizer": auto_map}
         for key, ref in auto_map.items():
-            if allowed.get(key) != ref:
+            if not any(allowed.get(key) == ref for allowed in allowed_maps):
                 raise ModelLoadError(
                     f"{path} names code that is not textclf's (auto_map {key}: {ref}); textclf "
                     "never runs code from a model directory. Load it with transformers and "
                     "trust_remote_code=True only if you trust that code")
-        if auto_map and name == "config.json" and data.get("model_type") != MODEL_TYPE:
+        if auto_map and name == "config.json" and own.get(data.get("model_type")) != auto_map:
+            expected = next(t for t, m in own.items() if m.get(key) == ref)
             raise ModelLoadError(
                 f"{path} names textclf's class but has model_type {data.get('model_type')!r}, "
-                f"not {MODEL_TYPE!r}: it was exported by an older textclf, which stock "
+                f"not {expected!r}: it was exported by an older textclf, which stock "
                 "transformers would load as another model. Export it again (dvc repro export)")
 
 

@@ -26,7 +26,8 @@ from textclf.results_table import QUALITY, run_params
 LOSS_NOTE = "cross-entropy, nats"
 # Keys that define which published configuration a run reproduces; the others (seed, epochs,
 # learning rate, ...) are listed as differences from it
-IDENTITY_KEYS = ("model", "method", "data.source", "data.hub_config", "data.test_split")
+IDENTITY_KEYS = ("model", "method", "data.source", "data.hub_config", "data.test_split",
+                 "train.head")  # an attention-head run is not compared with a linear one
 # Keys that only describe the export (license, language): never a difference in results
 DESCRIPTIVE_PREFIXES = ("export.",)
 # The evaluate stage's images the card shows, copied beside it: (file name, caption)
@@ -343,7 +344,11 @@ def _input_section(c: CardInputs) -> list[str]:
 def _exactness_section(c: CardInputs) -> list[str]:
     n, k = c.notes, c.check
     family = family_for(c.info.family)
-    if n.remote_code:
+    if c.info.attention_heads:
+        model = (f"`{n.architecture}` (hf_attention.py in this directory, named by config.json's "
+                 f"`auto_map`): the base model, one self-attention layer ({c.info.attention_heads}"
+                 " heads, padding masked), the pooling of training and a linear head.")
+    elif n.remote_code:
         model = (f"`{n.architecture}` ({POOLING_MODULE}.py in this directory, named by "
                  "config.json's `auto_map`): BERT without its [CLS] pooler, the mean of the last "
                  "hidden states over the real tokens, and a linear head. No stock class pools "

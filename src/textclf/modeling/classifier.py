@@ -1,7 +1,8 @@
 """Build, freeze, adapt, save and reload the sequence classifier.
 
-Every method yields the same module: a base model (AutoModel, no task head), a pooling of its last
-hidden states and a linear head. Partial fine-tuning unfreezes the last blocks; LoRA wraps the base
+Every method yields the same module: a base model (AutoModel, no task head), optionally one
+self-attention layer over its last hidden states (train.head: attention), a pooling and a linear
+head. Partial fine-tuning unfreezes the last blocks; LoRA wraps the base
 model with peft; zero-shot uses a causal LM's output embeddings of the answer words as the head,
 so scoring "Review: ... Sentiment:" by its next-token logits is the same forward pass.
 """
@@ -50,19 +51,27 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.
 
 class Classifier(nn.Module):
     def __init__(self, backbone: nn.Module, family: Family, num_labels: int, head_dropout: float,
-                 first_trainable_block: int):
+                 first_trainable_block: int, attention_heads: int | None = None,
+                 attention_dropout: float = 0.0):
         super().__init__()
         self.backbone = backbone
         self.family = family
         self.first_trainable_block = first_trainable_block  # blocks before it are frozen
+        hidden = backbone.config.hidden_size
+        # train.head: attention: one self-attention layer over the last hidden states (None: linear)
+        self.attention = None if attention_heads is None else nn.MultiheadAttention(
+            hidden, attention_heads, dropout=attention_dropout, batch_first=True)
         self.dropout = nn.Dropout(head_dropout)
-        self.head = nn.Linear(backbone.config.hidden_size, num_labels)
+        self.head = nn.Linear(hidden, num_labels)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Class logits. (The frozen-block cache, textclf.train.frozen_cache, feeds the first
         trainable block from outside, with hooks, so this forward knows nothing of it.)"""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
-        pooled = pool(hidden.last_hidden_state, attention_mask, self.family.pooling)
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.attention is not None:  # padding is masked out as a key, so it changes nothing
+            hidden = self.attention(hidden, hidden, hidden, key_padding_mask=attention_mask == 0,
+                                    need_weights=False)[0]
+        pooled = pool(hidden, attention_mask, self.family.pooling)
         return self.head(self.dropout(pooled))
 
     def train(self, mode: bool = True) -> "Classifier":
@@ -145,7 +154,9 @@ def build_classifier(params: Params, family: Family, num_labels: int) -> Classif
         backbone = add_lora(backbone, family, params.lora, first, total)
     else:
         raise ValueError(f"build_classifier does not build method {params.method!r}")
-    return Classifier(backbone, family, num_labels, params.train.head_dropout, first)
+    heads = params.train.attention_heads if params.train.head == "attention" else None
+    return Classifier(backbone, family, num_labels, params.train.head_dropout, first, heads,
+                      params.train.attention_dropout)
 
 
 def lora_config(family: Family, lora: LoraParams, first: int, total: int):
@@ -176,7 +187,8 @@ def add_lora(backbone: nn.Module, family: Family, lora: LoraParams, first: int, 
 
 def parameter_counts(clf: Classifier) -> dict[str, int]:
     trainable_backbone = sum(p.numel() for p in clf.backbone.parameters() if p.requires_grad)
-    head = sum(p.numel() for p in clf.head.parameters() if p.requires_grad)
+    head = sum(p.numel() for name, p in clf.named_parameters()  # linear (and attention) head
+               if p.requires_grad and not name.startswith("backbone."))
     return {
         "trainable_params": trainable_backbone + head,
         "trainable_backbone_params": trainable_backbone,
@@ -187,7 +199,8 @@ def parameter_counts(clf: Classifier) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------
 # Save only what was trained; reload it on top of the base model.
 
-HEAD_FILE = "head.safetensors"
+HEAD_FILE = "head.safetensors"  # the linear head; with train.head attention, its layer too
+ATTENTION_PREFIX = "attention."  # the attention layer's weights in HEAD_FILE
 TRAINED_FILE = "trained.safetensors"  # finetune: the trained blocks (and final norm)
 ADAPTER_DIR = "adapter"  # lora: the peft adapter, loadable with PeftModel.from_pretrained
 
@@ -196,7 +209,7 @@ def save_model(clf: Classifier, out_dir: Path, info: TrainedModelInfo) -> None:
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(_cpu(clf.head.state_dict()), out_dir / HEAD_FILE)
+    save_file(_cpu(head_state(clf)), out_dir / HEAD_FILE)
     if info.method == "finetune":
         trained = {n: p for n, p in clf.backbone.named_parameters() if p.requires_grad}
         save_file(_cpu(trained), out_dir / TRAINED_FILE)
@@ -225,9 +238,21 @@ def load_model(model_dir: Path, merge_lora: bool = True) -> tuple[Classifier, Tr
         if unexpected:
             raise ValueError(f"{model_dir / TRAINED_FILE} does not fit {info.base_model!r}: "
                              f"unexpected weights {unexpected[:3]}")
-    clf = Classifier(backbone, family, len(info.label_names), 0.0, 0)
-    clf.head.load_state_dict(load_file(model_dir / HEAD_FILE))
+    clf = Classifier(backbone, family, len(info.label_names), 0.0, 0, info.attention_heads)
+    state = load_file(model_dir / HEAD_FILE)
+    clf.head.load_state_dict({k: v for k, v in state.items()
+                              if not k.startswith(ATTENTION_PREFIX)})
+    if clf.attention is not None:
+        clf.attention.load_state_dict({k[len(ATTENTION_PREFIX):]: v for k, v in state.items()
+                                       if k.startswith(ATTENTION_PREFIX)})
     return clf.eval().requires_grad_(False), info
+
+
+def head_state(clf: Classifier) -> dict[str, torch.Tensor]:
+    """What HEAD_FILE holds: the linear head's weight and bias, and the attention layer's
+    weights under ATTENTION_PREFIX."""
+    attention = {} if clf.attention is None else clf.attention.state_dict()
+    return {**clf.head.state_dict(), **{ATTENTION_PREFIX + k: v for k, v in attention.items()}}
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -32,6 +32,9 @@ class TrainedModelInfo:
     max_tokens: int  # model input length, special tokens included (the prepared data's)
     truncation: str  # left | right | head_tail (the prepared data's)
     head_tokens: int  # tokens kept from the start by head_tail
+    # train.head: attention: the heads of the self-attention layer before the pooling; None for
+    # the linear head (and in files written before the attention head existed)
+    attention_heads: int | None = None
 
     @property
     def input_format(self) -> InputFormat:
@@ -49,7 +52,7 @@ class TrainedModelInfo:
                                     "missing); run the train stage first (dvc repro train)")
         raw = json.loads(path.read_text())
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(names - set(raw))
+        missing = sorted(names - set(raw) - {"attention_heads"})  # absent: a linear head
         if missing == ["base_revision"]:  # written before revisions were recorded
             raw["base_revision"] = None
         elif missing:
