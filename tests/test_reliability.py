@@ -199,3 +199,29 @@ def test_two_processes_train_like_one(prepared_run, tmp_path):
     # Both see the whole validation split; tiny fixture data, so a loose tolerance (2 of 7).
     assert abs(two["best_val_accuracy"] - one["best_val_accuracy"]) <= 2 / 7 + 1e-9
     assert not (run / "checkpoints/last.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_run_stopped_between_log_rows_plots_as_an_uninterrupted_one(tiny_dirs, data_dir,
+                                                                      tmp_path):
+    """Rows only at epoch ends (log_every beyond an epoch), checkpoints only at epoch ends and on
+    the stop: a SIGTERM mid-epoch must neither add a row at the stop nor leave the resumed
+    epoch's row without the losses before it."""
+    params = write_params(tmp_path / "params.yaml", tiny.tiny_params(
+        tiny_dirs["gpt2"], data_dir, train={"epochs": 12, "checkpoint_every": 0,
+                                            "log_every": 1000}))
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    run_stage("prepare", params, reference)
+    run_stage("train", params, reference)
+    copy_prepared(reference, run)
+    checkpoint = run / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(stage_cmd("train", params, run), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    while not checkpoint.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.2)  # into the next epoch
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert "resuming from" in run_stage("train", params, run).stdout
+    assert training_log(run) == training_log(reference)

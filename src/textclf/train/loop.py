@@ -125,6 +125,8 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
     history: list[dict] = []
     epoch_losses: list[float] = []  # losses of the current epoch's steps so far
     resumed_at = None
+    pending: list[torch.Tensor] = []
+    window: list[torch.Tensor] = []  # this epoch's losses since the last log row
     saved = checkpointer.load() if checkpointer else None
     if saved:
         load_weights(unwrapped, saved["weights"])
@@ -133,6 +135,8 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
         set_rng_state(saved["rng"])
         epoch, step, global_step = saved["epoch"], saved["step"], saved["global_step"]
         best, history, epoch_losses = saved["best"], saved["history"], saved["epoch_losses"]
+        # losses of the steps since the last log row (a run stopped between log steps)
+        pending = [torch.tensor(v, device=accelerator.device) for v in saved.get("window", [])]
         resumed_at = global_step
         log(f"resuming from {checkpointer.path}: epoch {epoch + 1}, step {global_step}")
 
@@ -140,7 +144,7 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
         return {"weights": trainable_weights(unwrapped), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch,
                 "step": step, "global_step": global_step, "best": best, "history": history,
-                "epoch_losses": epoch_losses}
+                "epoch_losses": epoch_losses, "window": [float(v) for v in window]}
 
     def check_finite(window: list[torch.Tensor]) -> list[float]:
         values = torch.stack(window).float().cpu()
@@ -157,7 +161,7 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
         while epoch < tp.epochs:
             model.train()
             sampler.set_epoch(epoch, start=step)  # resumed mid-epoch: its remaining batches
-            window: list[torch.Tensor] = []
+            window, pending = pending, []  # a resumed epoch picks up its unlogged losses
             for batch in loader:
                 batch = to_device(batch, accelerator.device)
                 with accelerator.autocast():
@@ -175,8 +179,9 @@ def train_classifier(model: torch.nn.Module, train: TokenizedSplit, val: Tokeniz
                 bar.update(1)
                 due_checkpoint = checkpointer and tp.checkpoint_every and \
                     global_step % tp.checkpoint_every == 0
-                if global_step % tp.log_every == 0 or due_checkpoint or stop.received or \
-                        step == steps_per_epoch:
+                # (not on a stop: the window goes into the checkpoint, so a resumed run logs the
+                # same rows as an uninterrupted one)
+                if global_step % tp.log_every == 0 or due_checkpoint or step == steps_per_epoch:
                     values = check_finite(window)
                     epoch_losses += values
                     window = []
