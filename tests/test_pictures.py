@@ -1,4 +1,4 @@
-"""Names and pictures (issue 21): class names for integer labels, the figures as PNG images that
+"""Names and pictures: class names for integer labels, the figures as PNG images that
 `dvc plots show` shows offline and the model card links, and charts whose axes read in order."""
 
 import json
