@@ -26,7 +26,9 @@ MODULE = "hf_attention"  # the name this file has inside an export
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
-    """One vector per sequence: the last real token (right padding) or the masked mean."""
+    """One vector per sequence: the last real token (right padding) or the masked mean. (The
+    same as textclf.modeling.classifier.pool: this file runs inside an export, without
+    textclf, so it cannot import it; the export check compares the two on every export.)"""
     if how == "last":
         last = attention_mask.sum(dim=1) - 1
         return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
