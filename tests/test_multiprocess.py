@@ -41,16 +41,19 @@ train, val = (tokenize_split(tok, split.texts, split.labels, params.data.max_tok
               for split in (corpus.train, corpus.val))
 accelerator = make_accelerator("fp32")
 clf = build_classifier(params, FAMILIES["gpt2"], 2)
-collate = Collator(classifier_format(tok), tok.pad_id)
 batches = []
 
 
-def recording(items):  # training batches only: validation and the cache run in eval mode
-    if clf.training:
-        batches.append([i for i, _, _ in items])
-    return collate(items)
+class Recording(Collator):
+    """The collator, recording training batches (validation and the cache run in eval mode)."""
+
+    def __call__(self, items):
+        if clf.training:
+            batches.append([i for i, _, _ in items])
+        return super().__call__(items)
 
 
+recording = Recording(classifier_format(tok), tok.pad_id)
 result = train_classifier(clf, train, val, recording, params.train, params.learning_rate, 8,
                           params.seed, accelerator, log=lambda *a: None)
 (out / f"rank{accelerator.process_index}.json").write_text(json.dumps(
