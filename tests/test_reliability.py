@@ -63,6 +63,19 @@ def copy_prepared(src: Path, dst: Path) -> None:
     shutil.copytree(src / "data/prepared", dst / "data/prepared")
 
 
+def train_until_checkpoint(params: Path, run: Path, settle: float = 0.0) -> subprocess.Popen:
+    """The train stage started on `run`, returned once it has written its first checkpoint
+    (and `settle` seconds more), still running so that the test can interrupt it."""
+    proc = subprocess.Popen(stage_cmd("train", params, run), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    checkpoint, deadline = run / "checkpoints" / "last.pt", time.time() + 60
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(settle)
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    return proc
+
+
 def test_same_seed_same_numbers(prepared_run, tmp_path):
     root, params = prepared_run
     again = tmp_path / "again"
@@ -78,12 +91,7 @@ def test_interrupted_training_resumes_to_the_same_result(prepared_run, tmp_path,
     run = tmp_path / "run"
     copy_prepared(root / "reference", run)
     checkpoint = run / "checkpoints" / "last.pt"
-    proc = subprocess.Popen(stage_cmd("train", params, run), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc = train_until_checkpoint(params, run)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
@@ -115,13 +123,7 @@ def test_resumed_run_plots_the_same_training_log(prepared_run, tmp_path, sig, lo
     root, params = prepared_run
     run = tmp_path / "run"
     copy_prepared(root / "reference", run)
-    checkpoint = run / "checkpoints" / "last.pt"
-    proc = subprocess.Popen(stage_cmd("train", params, run), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    while not checkpoint.exists() and proc.poll() is None:
-        time.sleep(0.01)
-    time.sleep(0.3)  # a few steps past the checkpoint
-    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc = train_until_checkpoint(params, run, settle=0.3)  # a few steps past the checkpoint
     proc.send_signal(sig)
     proc.communicate(timeout=60)
     if log_removed:
@@ -136,10 +138,7 @@ def test_checkpoint_of_other_params_is_not_resumed(prepared_run, tmp_path):
     root, params = prepared_run
     run = tmp_path / "run"
     copy_prepared(root / "reference", run)
-    proc = subprocess.Popen(stage_cmd("train", params, run), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    while not (run / "checkpoints/last.pt").exists() and proc.poll() is None:
-        time.sleep(0.01)
+    proc = train_until_checkpoint(params, run)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
 
@@ -214,13 +213,7 @@ def test_a_run_stopped_between_log_rows_plots_as_an_uninterrupted_one(tiny_dirs,
     run_stage("prepare", params, reference)
     run_stage("train", params, reference)
     copy_prepared(reference, run)
-    checkpoint = run / "checkpoints" / "last.pt"
-    proc = subprocess.Popen(stage_cmd("train", params, run), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    while not checkpoint.exists() and proc.poll() is None:
-        time.sleep(0.01)
-    time.sleep(0.2)  # into the next epoch
-    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc = train_until_checkpoint(params, run, settle=0.2)  # into the next epoch
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert "resuming from" in run_stage("train", params, run).stdout
