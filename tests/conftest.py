@@ -1,5 +1,6 @@
-"""Shared fixtures: tiny random models (GPT-2, BERT, GPT-NeoX) with real tokenizers saved as
-local directories, and fixture review data, built once per test session."""
+"""Shared fixtures: tiny random models of every supported family with tokenizers of their hub
+models' classes, saved as local directories, and fixture review data, built once per test
+session."""
 
 import os
 import sys
@@ -18,8 +19,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from support import tiny  # noqa: E402
-
-FAMILIES = ("gpt2", "bert", "gpt_neox")
 
 
 def pytest_addoption(parser):
@@ -55,10 +54,23 @@ def accelerator():
     return make_accelerator("fp32")
 
 
+class TinyModelDirs(dict):
+    """family -> its tiny model directory, built on first use (a test session that touches
+    only GPT-2 builds only GPT-2)."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, family: str) -> Path:
+        self[family] = tiny.tiny_model_dir(family, self.root / family)
+        return self[family]
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny_models")
-    return {family: tiny.tiny_model_dir(family, root / family) for family in FAMILIES}
+    """Tiny random models of every family in textclf.core.families.FAMILIES."""
+    return TinyModelDirs(tmp_path_factory.mktemp("tiny_models"))
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from textclf.train.zero_shot import prompt_format, zero_shot_classifier
 TEXTS = ["A wonderful film.", "Terrible, boring and far too long for what it is.", "Great.",
          "The acting is superb and the story kept me hooked until the very last scene."]
 N_BLOCKS = 4  # the tiny models (tests/support/tiny.py)
-FAMILY_NAMES = ["gpt2", "bert", "gpt_neox"]  # each has a tiny model in tiny_dirs
+FAMILY_NAMES = list(FAMILIES)  # each has a tiny model in tiny_dirs
 CAUSAL = [name for name in FAMILY_NAMES if FAMILIES[name].causal]
 
 
@@ -224,7 +224,7 @@ def test_frozen_embeddings_run_without_dropout_when_every_block_trains(tiny_dirs
                                                                         family, blocks):
     """trainable_blocks equal to the number of blocks trains every block but not the embeddings:
     they are frozen, so in train mode what they feed the first block is the same on every
-    forward. 'all' trains the embeddings too, and their dropout stays on."""
+    forward. 'all' trains the embeddings too, and their dropout (if any) stays on."""
     clf = build(tiny_dirs, data_dir, family, finetune={"trainable_blocks": blocks}).train()
     model = base_model(clf)
     fam = FAMILIES[family]
@@ -241,7 +241,10 @@ def test_frozen_embeddings_run_without_dropout_when_every_block_trains(tiny_dirs
     for _ in range(2):
         logits_of(clf, batch)
     handle.remove()
-    assert torch.equal(*first_block_inputs) == (blocks != "all")
+    # Llama-style decoders have no dropout on their embeddings: nothing to switch off
+    dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0
+                  for module in embeddings for m in module.modules())
+    assert torch.equal(*first_block_inputs) == (blocks != "all" or not dropout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +284,7 @@ def test_padded_batch_equals_each_example_alone(tiny_dirs, data_dir, family, met
                 p.normal_(0, 0.5)
     batch = text_batch(tiny_dirs, family)
     lengths = batch["attention_mask"].sum(1)
-    assert len(set(lengths.tolist())) == len(TEXTS)  # all padded differently
+    assert len(set(lengths.tolist())) >= 3  # padded differently (two may be as long)
     together = logits_of(clf, batch)
     for i, text in enumerate(TEXTS):
         alone = logits_of(clf, text_batch(tiny_dirs, family, [text]))
@@ -293,7 +296,7 @@ def test_padded_batch_equals_each_example_alone(tiny_dirs, data_dir, family, met
 
 @pytest.mark.parametrize("family, method", [
     (family, method) for family in FAMILY_NAMES for method in ("finetune", "lora", "zero_shot")
-    if not (family == "bert" and method == "zero_shot")])
+    if FAMILIES[family].causal or method != "zero_shot"])
 @pytest.mark.parametrize("merge_lora", [True, False])
 def test_save_load_round_trip(tiny_dirs, data_dir, tmp_path, family, method, merge_lora):
     if method == "zero_shot":
@@ -337,11 +340,15 @@ def zero_shot_setup(tiny_dirs, data_dir, family, calibrate):
 
 
 def lm_answer_logits(family_dir, prompt: str) -> torch.Tensor:
-    """The causal LM's next-token logits of ' Negative' and ' Positive' after `prompt`."""
+    """The causal LM's next-token logits of ' Negative' and ' Positive' after `prompt`, as the
+    model's own tokenizer encodes them (its special tokens, as Llama's <s>, included)."""
     hf = AutoTokenizer.from_pretrained(family_dir)
     lm = AutoModelForCausalLM.from_pretrained(family_dir).eval()
-    answers = hf.convert_tokens_to_ids(["ĠNegative", "ĠPositive"])
-    ids = torch.tensor([hf(prompt, add_special_tokens=False)["input_ids"]])
+    answers = [hf(word, add_special_tokens=False)["input_ids"] for word in (" Negative",
+                                                                             " Positive")]
+    assert all(len(ids) == 1 for ids in answers), answers
+    answers = [ids[0] for ids in answers]
+    ids = torch.tensor([hf(prompt)["input_ids"]])
     with torch.no_grad():
         return lm(input_ids=ids).logits[0, -1, answers]
 

@@ -46,10 +46,8 @@ def _wordpiece_tokenizer(vocab_size: int = 400):
         models,
         normalizers,
         pre_tokenizers,
-        processors,
         trainers,
     )
-    from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -58,6 +56,15 @@ def _wordpiece_tokenizer(vocab_size: int = 400):
     tok.decoder = decoders.WordPiece()
     tok.train_from_iterator(corpus_texts(), trainers.WordPieceTrainer(
         vocab_size=vocab_size, special_tokens=specials))
+    return with_cls_and_sep(tok)
+
+
+def with_cls_and_sep(tok):
+    """A tokenizers.Tokenizer whose vocabulary holds BERT's special tokens, putting [CLS] and
+    [SEP] around each text, as a transformers fast tokenizer."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -72,6 +79,10 @@ def tiny_model_dir(family: str, directory: Path, layers: int = 4, dropout: float
     benchmarks' builder, benchmarks/random_models.py, at the tests' size)."""
     from random_models import save_random_model
 
+    if family not in ("gpt2", "bert", "gpt_neox"):  # with the tokenizer class of its hub models
+        from support.tiny_families import family_model_dir
+
+        return family_model_dir(family, directory, layers, dropout, seed)
     directory = Path(directory)
     tok = _wordpiece_tokenizer() if family == "bert" else _bpe_tokenizer()
     ids = {"pad_id": tok.pad_token_id} if family == "bert" else {"eos_id": tok.eos_token_id}

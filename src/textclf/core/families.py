@@ -1,7 +1,7 @@
 """What differs between model families, in one table; a model's config and what it allows.
 
 A family is picked by the Hugging Face config's `model_type`. Paths are attribute paths inside the
-base model (`AutoModel`, no task head): GPT2Model, BertModel, GPTNeoXModel.
+base model (`AutoModel`, no task head): GPT2Model, BertModel, LlamaModel, ...
 """
 
 from __future__ import annotations
@@ -28,6 +28,34 @@ class Family:
     lora_fan_in_fan_out: bool  # weights stored (in, out) as GPT-2's Conv1D, not (out, in)
     pooling: Literal["last", "mean"]  # last real token (causal) or masked mean (encoders)
     base_kwargs: tuple[tuple[str, object], ...] = ()  # extra AutoModel.from_pretrained kwargs
+    # Position ids start after this many table rows (RoBERTa: after the padding index, 1, so
+    # 2), which the longest input does not get: max_position_embeddings minus it
+    position_offset: int = 0
+    # A block returns (hidden states, attention weights) (DeBERTa), not the hidden states alone:
+    # what a skipped frozen block returns (textclf.train.frozen_cache)
+    block_returns_tuple: bool = False
+
+
+def decoder(name: str, lora_targets: tuple[str, ...] = ("q_proj", "v_proj")) -> Family:
+    """A Llama-style decoder: embed_tokens, layers, a final RMSNorm (no bias) named norm, rotary
+    positions computed by the model and handed to every layer. LoRA on the query and value
+    projections by default, as LoRA's paper and BERT's row here."""
+    return Family(name=name, causal=True, embeddings=("embed_tokens",), blocks="layers",
+                  final_norm="norm", lora_targets=lora_targets, lora_layers_pattern="layers",
+                  lora_fan_in_fan_out=False, pooling="last")
+
+
+def encoder(name: str, blocks: str, lora_targets: tuple[str, ...], final_norm: str | None = None,
+            **extra) -> Family:
+    """A bidirectional encoder, classified by the masked mean of its last hidden states."""
+    return Family(name=name, causal=False, embeddings=("embeddings",), blocks=blocks,
+                  final_norm=final_norm, lora_targets=lora_targets,
+                  lora_layers_pattern=blocks.rsplit(".", 1)[-1], lora_fan_in_fan_out=False,
+                  pooling="mean", **extra)
+
+
+# RoBERTa-style encoders: BERT's layout; the [CLS] pooler is not built, positions start at 2
+ROBERTA_LIKE = {"base_kwargs": (("add_pooling_layer", False),), "position_offset": 2}
 
 
 FAMILIES: dict[str, Family] = {
@@ -70,6 +98,22 @@ FAMILIES: dict[str, Family] = {
             lora_fan_in_fan_out=False,
             pooling="last",
         ),
+        # Llama 3 and SmolLM2; Qwen2 and Qwen2.5; Mistral; Gemma 3 (its text-only models, as
+        # gemma-3-1b and gemma-3-270m: model_type gemma3_text)
+        decoder("llama"),
+        decoder("qwen2"),
+        decoder("mistral"),
+        decoder("gemma3_text"),
+        decoder("phi3", lora_targets=("qkv_proj",)),  # Phi-3 fuses Q, K and V as GPT-2 does
+        encoder("roberta", "encoder.layer", ("query", "value"), **ROBERTA_LIKE),
+        encoder("xlm-roberta", "encoder.layer", ("query", "value"), **ROBERTA_LIKE),
+        encoder("distilbert", "transformer.layer", ("q_lin", "v_lin")),
+        # DeBERTa-v2 and -v3: relative positions (the encoder's rel_embeddings, frozen unless
+        # every block trains); no final norm
+        encoder("deberta-v2", "encoder.layer", ("query_proj", "value_proj"),
+                block_returns_tuple=True),
+        # ModernBERT fuses Q, K and V into Wqkv and ends with a final norm (no bias)
+        encoder("modernbert", "layers", ("Wqkv",), final_norm="final_norm"),
     )
 }
 
@@ -112,11 +156,13 @@ def n_blocks(config) -> int:
 
 def position_limit(config) -> tuple[int | None, str]:
     """The longest input the model's position embeddings take, and the config key that says so
-    (GPT-2: n_positions; BERT, GPT-NeoX: max_position_embeddings); None if there is none."""
+    (GPT-2: n_positions; the others: max_position_embeddings, less the family's
+    position_offset); None if there is none."""
     key = getattr(config, "attribute_map", {}).get("max_position_embeddings",
                                                     "max_position_embeddings")
     limit = getattr(config, key, None)
-    return (int(limit) if limit else None), key
+    offset = FAMILIES[config.model_type].position_offset if config.model_type in FAMILIES else 0
+    return (int(limit) - offset if limit else None), key
 
 
 def model_problems(params: Params, config, family: Family, extra_tokens: int = 0,
@@ -139,8 +185,13 @@ def model_problems(params: Params, config, family: Family, extra_tokens: int = 0
     if not method_checks:
         return out
     if params.method == "zero_shot" and not family.causal:
-        out.append(f"method: zero_shot needs a causal language model (gpt2, gpt_neox); "
+        causal = ", ".join(name for name, f in FAMILIES.items() if f.causal)
+        out.append(f"method: zero_shot needs a causal language model ({causal}); "
                    f"{params.model!r} is a {family.name} encoder: use finetune or lora")
+    if params.method == "zero_shot" and getattr(config, "final_logit_softcapping", None):
+        out.append(f"method: zero_shot scores the answer words' logits as a linear head, but "
+                   f"{params.model!r} caps its logits (final_logit_softcapping "
+                   f"{config.final_logit_softcapping}): use finetune or lora")
     if params.method in ("finetune", "lora"):
         section = params.finetune if params.method == "finetune" else params.lora
         value, blocks = section.trainable_blocks, n_blocks(config)

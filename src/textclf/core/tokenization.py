@@ -49,8 +49,10 @@ class TextTokenizer:
     pad_id: int
     special_prefix: list[int]  # added before the text by the tokenizer ([CLS])
     special_suffix: list[int]  # added after it ([SEP])
-    # Causal BPE tokenizers mark word starts with a leading space: the text is encoded as
-    # " " + text, so its first word gets the same token as it gets inside a prompt.
+    # Causal models whose tokenizer writes a word start as part of the token after it (GPT-2's
+    # "Ġgood", Gemma's "▁good") but not at the start of a string: the text is encoded as
+    # " " + text, so its first word gets the same token as it gets inside a prompt. Tokenizers
+    # that mark the first word themselves (Llama's SentencePiece "▁good") need none.
     leading_space: bool
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -96,8 +98,16 @@ def load_tokenizer(model: str, family: Family) -> TextTokenizer:
         pad_id=int(pad_id),
         special_prefix=prefix,
         special_suffix=suffix,
-        leading_space=family.causal,
+        leading_space=family.causal and not marks_first_word(encode_batch),
     )
+
+
+def marks_first_word(encode_batch: Callable[[Sequence[str]], list[list[int]]]) -> bool:
+    """Whether a string's first word gets the token it gets after a space: "movie" alone
+    encodes as the end of "x movie" (SentencePiece with a dummy prefix), or not (byte-level
+    BPE, Gemma)."""
+    alone, after = encode_batch(["movie", "x movie"])
+    return after[-len(alone):] == alone
 
 
 def _auto_tokenizer(model: str):

@@ -41,9 +41,11 @@ def hub_revision(model: str, cache_dir: str | Path | None = None) -> str | None:
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
-    """One vector per sequence: the last real token (right padding) or the masked mean."""
+    """One vector per sequence: the last real token (the rightmost position the mask keeps, so
+    with padding on either side) or the masked mean."""
     if how == "last":
-        last = attention_mask.sum(dim=1) - 1
+        positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
+        last = (positions * attention_mask).argmax(dim=1)
         return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)

@@ -231,7 +231,8 @@ def skipping_frozen_blocks(model: Classifier, prefix_hidden: torch.Tensor):
     frozen = list(blocks[: model.first_trainable_block])
 
     def passthrough(*args, **kwargs):
-        return args[0] if args else kwargs["hidden_states"]
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden, None) if model.family.block_returns_tuple else hidden
 
     def feed(module, args, kwargs):
         if args:
