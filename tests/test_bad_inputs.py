@@ -122,7 +122,8 @@ def test_unknown_model_family(tmp_path, data_dir, capsys):
     (model / "config.json").write_text(json.dumps({"model_type": "t5"}))
     code, _, err = prepare(tmp_path, tiny.tiny_params(model, data_dir), capsys)
     assert_clear_error(code, err, "model family 't5' is not supported",
-                       "supported: gpt2, bert, gpt_neox")
+                       "supported: gpt2, bert, gpt_neox, llama, qwen2, mistral, gemma3_text, "
+                       "phi3, roberta, xlm-roberta, distilbert, deberta-v2, modernbert")
 
 
 def test_unreachable_hub_model(tmp_path, data_dir, capsys, monkeypatch):

@@ -93,6 +93,8 @@ EXPECTED_DATA = {  # model's tokenizer, class names
     "pythia_sst2": ("EleutherAI/pythia-70m", ["negative", "positive"]),
     "gpt2_20newsgroups": (TIKTOKEN_GPT2, NEWSGROUPS),
     "gpt2_20newsgroups_512": (TIKTOKEN_GPT2, NEWSGROUPS),
+    "qwen25_imdb": ("Qwen/Qwen2.5-0.5B", ["neg", "pos"]),
+    "modernbert_imdb": ("answerdotai/ModernBERT-base", ["neg", "pos"]),
 }
 
 

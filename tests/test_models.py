@@ -3,6 +3,7 @@ autograd graph), pooling that ignores padding, save/load, and zero-shot scoring 
 causal LM's next-token logits."""
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -422,3 +423,19 @@ def test_zero_shot_counts_the_prompt_against_the_position_limit(tiny_dirs, data_
     shorter = run_params(tiny_dirs[family], data_dir, method="zero_shot",
                          data={"max_tokens": POSITIONS - prompt})
     checked_config_and_family(shorter, extra_tokens=prompt)  # no error
+
+
+def test_the_readme_lists_every_family_with_its_lora_targets_and_pooling():
+    """README's Models table: one row per family of the table, decoders first, with the
+    table's LoRA targets, pooling and zero-shot answer."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Models", 1)[1].split("\n## ", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| `")]
+    assert sorted(row[0].strip("`") for row in rows) == sorted(FAMILIES)
+    for name, _, pooling, targets, zero_shot in rows:
+        family = FAMILIES[name.strip("`")]
+        assert pooling == {"last": "last real token", "mean": "masked mean"}[family.pooling]
+        assert [t.strip("` ") for t in targets.split("(")[0].split(",")] == \
+            list(family.lora_targets)
+        assert zero_shot == ("yes" if family.causal else "no")

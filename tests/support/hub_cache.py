@@ -61,13 +61,16 @@ class OfflineCache:
 
 
 def build(root: Path, tiny_dirs: dict[str, Path]) -> OfflineCache:
-    """Both caches under `root`; `tiny_dirs` are tests/support/tiny.py's model directories by family."""
+    """Both caches under `root`; `tiny_dirs`: tests/support/tiny.py's model directories by
+    family."""
     cache = OfflineCache(root / "hf_home", seed_tiktoken(root / "tiktoken"))
     hub = cache.hf_home / "hub"
     add_model(hub, "gpt2", tiny_gpt2_with_gpt2_tokenizer(root / "tiny_gpt2"))
     add_model(hub, "bert-base-uncased", tiny_dirs["bert"])
     add_model(hub, "EleutherAI/pythia-70m", tiny_dirs["gpt_neox"])
     add_model(hub, OTHER_VOCAB_GPT2, tiny_dirs["gpt2"])
+    add_model(hub, "Qwen/Qwen2.5-0.5B", tiny_dirs["qwen2"])
+    add_model(hub, "answerdotai/ModernBERT-base", tiny_dirs["modernbert"])
     datasets_dir, sources = cache.hf_home / "datasets", root / "dataset_files"
     add_dataset(datasets_dir, sources, "stanfordnlp/imdb", "plain_text", *imdb())
     add_dataset(datasets_dir, sources, "stanfordnlp/sst2", "default", *sst2())
