@@ -23,6 +23,7 @@ from textclf.modeling.classifier import (
     load_backbone,
     load_model,
     parameter_counts,
+    pool,
     save_model,
 )
 from textclf.modeling.inference import predict_logits, softmax
@@ -290,6 +291,16 @@ def test_padded_batch_equals_each_example_alone(tiny_dirs, data_dir, family, met
     for i, text in enumerate(TEXTS):
         alone = logits_of(clf, text_batch(tiny_dirs, family, [text]))
         torch.testing.assert_close(together[i:i + 1], alone, rtol=0, atol=1e-5)
+
+
+def test_last_token_pooling_takes_the_last_real_token_with_padding_on_either_side():
+    """Right padding (textclf's collator) and left padding (what decoders' generation uses)
+    pool the same token: the rightmost position the mask keeps."""
+    hidden = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert torch.equal(pool(hidden, right, "last"), hidden[[0, 1], [2, 4]])
+    assert torch.equal(pool(hidden, left, "last"), hidden[[0, 1], [4, 4]])
 
 
 # ---------------------------------------------------------------------------------------------
