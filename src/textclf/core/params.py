@@ -23,6 +23,7 @@ from textclf.core.schema import Renames, build
 
 Method = Literal["zero_shot", "finetune", "lora"]
 Truncation = Literal["left", "right", "head_tail"]
+ModelDtype = Literal["fp32", "bf16"]  # the dtype of the base model's frozen weights
 
 
 def _positive_int(key: str, value: int) -> list[str]:
@@ -153,6 +154,7 @@ class TrainParams(Section):
     mixed_precision: Literal["auto", "bf16", "fp32"]
     cache_frozen: Literal["auto"] | bool
     compile: bool
+    gradient_checkpointing: bool
     log_every: int
     checkpoint_every: int
 
@@ -203,6 +205,7 @@ class ExportParams(Section):
 class Params(Section):
     seed: int
     model: str
+    model_dtype: ModelDtype
     method: Method
     data: DataParams
     zero_shot: ZeroShotParams
