@@ -163,7 +163,8 @@ def keep_frozen_in(backbone: nn.Module, family: Family, model_dtype: str) -> Non
     A trained block that follows frozen bf16 ones gets its floating inputs (hidden states, masks,
     rotary tables) cast to fp32 by a forward pre-hook, so it computes as in an fp32 model. LoRA
     blocks need none: their frozen projections run in bf16 and peft casts the input of the fp32
-    adapters and their output back. Under bf16 autocast the casts change nothing."""
+    adapters and their output back. (Under bf16 autocast too, the trained blocks then compute as
+    on an fp32 base: an fp32 residual stream, bf16 matrix products.)"""
     dtype = DTYPES[model_dtype]
     frozen = [module for module in backbone.modules()
               if list(module.parameters(recurse=False))
