@@ -183,6 +183,24 @@ def test_a_bf16_model_reloads_in_its_dtypes_and_scores_as_at_the_end_of_training
     assert torch.equal(logits_of(loaded, batch), logits_of(clf, batch))
 
 
+@pytest.mark.parametrize("method", ["finetune", "lora"])
+def test_the_export_loads_a_bf16_run_as_a_plain_fp32_model(tiny_dirs, data_dir, tmp_path,
+                                                           method):
+    """load_model(fp32=True), what the export stage writes: every weight fp32 (the frozen ones
+    bf16-rounded as trained, upcast exactly), LoRA merged; it scores as the trained model within
+    the bf16 tolerance (its frozen part now computes in fp32)."""
+    clf, tok, batch = setup(tiny_dirs, data_dir, "gpt2", method, model_dtype="bf16")
+    if method == "lora":
+        adapters_moved(clf)
+    clf.eval()
+    save_model(clf, tmp_path, model_info(tiny_dirs, "gpt2", method, tok, "bf16"))
+    loaded, _ = load_model(tmp_path, fp32=True)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert not [n for n, _ in loaded.named_parameters() if "lora_" in n]
+    torch.testing.assert_close(logits_of(loaded, batch), logits_of(clf, batch), rtol=0,
+                               atol=BF16_LOGITS_ATOL)
+
+
 def test_a_model_saved_before_the_knob_loads_in_fp32(tiny_dirs, data_dir, tmp_path):
     import json
 

@@ -298,8 +298,11 @@ def save_model(clf: Classifier, out_dir: Path, info: TrainedModelInfo) -> None:
     info.save(out_dir)
 
 
-def load_model(model_dir: Path, merge_lora: bool = True) -> tuple[Classifier, TrainedModelInfo]:
-    """The saved classifier in eval mode, and its description (labels, input format, ...)."""
+def load_model(model_dir: Path, merge_lora: bool = True,
+               fp32: bool = False) -> tuple[Classifier, TrainedModelInfo]:
+    """The saved classifier in eval mode, and its description (labels, input format, ...), its
+    frozen weights in the run's model_dtype. `fp32`: every weight in fp32 (a bf16 run's frozen
+    weights upcast, exactly) and LoRA merged in fp32: the plain model the export writes."""
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
@@ -320,9 +323,11 @@ def load_model(model_dir: Path, merge_lora: bool = True) -> tuple[Classifier, Tr
         for name, p in backbone.named_parameters():
             p.requires_grad_(name in trained)
     keep_frozen_in(backbone, family, info.model_dtype)  # the dtypes the run trained with
+    if fp32:
+        backbone.float()
     # Merged into bf16 weights, an adapter's update would be rounded to their precision (most
     # of it lost): with model_dtype bf16 the adapters stay beside the weights, as trained.
-    if info.method == "lora" and merge_lora and info.model_dtype == "fp32":
+    if info.method == "lora" and merge_lora and (info.model_dtype == "fp32" or fp32):
         backbone = backbone.merge_and_unload()
     clf = Classifier(backbone, family, len(info.label_names), 0.0, 0, info.attention_heads)
     state = load_file(model_dir / HEAD_FILE)
