@@ -52,7 +52,9 @@ def main() -> None:
     params = params_from_args(args)
 
     # Load the trained model, the texts to check the export on, and the run's results
-    model, info = load_model(args.model_dir)
+    # fp32 weights (model_dtype bf16: the frozen ones upcast exactly, LoRA merged in fp32): the
+    # export is a plain model, checked against this one
+    model, info = load_model(args.model_dir, fp32=True)
     prepared = load_prepared(args.prepared, with_train=False)
     order = np.argsort(prepared.test_lengths, kind="stable")
     half = CHECK_TEXTS // 2

@@ -3,8 +3,8 @@
     python stages/train.py                                  # what `dvc repro train` runs
     dvc exp run -S train.processes=2                        # data-parallel: 2 GPUs or CPU processes
 
-Reads params: seed, model, method, data.max_tokens/truncation/head_tokens (checked against the
-prepared data), zero_shot, finetune, lora, train, eval.batch_size.
+Reads params: seed, model, model_dtype, method, data.max_tokens/truncation/head_tokens (checked
+against the prepared data), zero_shot, finetune, lora, train, eval.batch_size.
 Writes: models/ (only what was trained: head, trained blocks or LoRA adapter, and textclf.json to
 rebuild it on the base model), metrics/train.json (parameter counts, best epoch and validation
 accuracy), metrics/train_log/ (dvclive: loss per step, validation accuracy per epoch; and
@@ -83,10 +83,14 @@ def main() -> None:
 
     # Train (zero-shot has nothing to train)
     if params.method != "zero_shot":
-        # what the trained weights depend on (the data: through the prepared files)
-        trained_by = {"seed": params.seed, "model": params.model, "method": params.method,
+        # what the trained weights depend on (the data: through the prepared files); not
+        # gradient checkpointing, so a run can resume with it switched on to save memory
+        train_knobs = {k: v for k, v in params.train.to_dict().items()
+                       if k != "gradient_checkpointing"}
+        trained_by = {"seed": params.seed, "model": params.model,
+                      "model_dtype": params.model_dtype, "method": params.method,
                       "finetune": params.finetune.to_dict(), "lora": params.lora.to_dict(),
-                      "train": params.train.to_dict()}
+                      "train": train_knobs}
         run_id = fingerprint(trained_by, accelerator.num_processes, files=(
             args.prepared / paths.SPLIT_FILE.format(split="train"),
             args.prepared / paths.SPLIT_FILE.format(split="val")))
@@ -115,7 +119,8 @@ def main() -> None:
             # the input format of the data the model was trained on
             max_tokens=meta["max_tokens"], truncation=meta["truncation"],
             head_tokens=meta["head_tokens"],
-            attention_heads=None if model.attention is None else model.attention.num_heads)
+            attention_heads=None if model.attention is None else model.attention.num_heads,
+            model_dtype=params.model_dtype)
         with staged_dir(args.out) as tmp:
             save_model(model, tmp, info)
         metrics = {"trainable_params": counts["trainable_params"],
@@ -123,6 +128,8 @@ def main() -> None:
         run = {"model": params.model, "method": params.method,
                "device": device_name(accelerator.device), "processes": accelerator.num_processes,
                "precision": "bf16 autocast" if accelerator.mixed_precision == "bf16" else "fp32",
+               "model_dtype": params.model_dtype,  # of the frozen weights
+               "gradient_checkpointing": params.train.gradient_checkpointing,
                "trainable_backbone_params": counts["trainable_backbone_params"]}
         if result is not None:
             metrics.update(best_epoch=result.best_epoch,

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -22,9 +19,11 @@ from typing import Any, Literal, Union
 import yaml
 
 from textclf.core.errors import ParamsError
+from textclf.core.schema import Renames, build
 
 Method = Literal["zero_shot", "finetune", "lora"]
 Truncation = Literal["left", "right", "head_tail"]
+ModelDtype = Literal["fp32", "bf16"]  # the dtype of the base model's frozen weights
 
 
 def _positive_int(key: str, value: int) -> list[str]:
@@ -155,6 +154,7 @@ class TrainParams(Section):
     mixed_precision: Literal["auto", "bf16", "fp32"]
     cache_frozen: Literal["auto"] | bool
     compile: bool
+    gradient_checkpointing: bool
     log_every: int
     checkpoint_every: int
 
@@ -205,6 +205,7 @@ class ExportParams(Section):
 class Params(Section):
     seed: int
     model: str
+    model_dtype: ModelDtype
     method: Method
     data: DataParams
     zero_shot: ZeroShotParams
@@ -254,7 +255,7 @@ def parse_params(raw: dict, source: str = "params") -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"invalid {source}: the top level must be a mapping, got "
                           f"{type(raw).__name__}")
-    params = _build(Params, raw, "", errors)
+    params = build(Params, raw, errors, RENAMES)
     if not errors:
         errors = params.problems()
     if errors:
@@ -290,8 +291,6 @@ def _looks_like_path(value: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Generic type checking of a dict against the dataclasses above.
-
 # Keys renamed since earlier versions of params.yaml: old dotted name -> new dotted name
 RENAMED = {
     "lora.blocks": "lora.trainable_blocks",  # one name for one idea, as finetune.trainable_blocks
@@ -302,99 +301,4 @@ RENAMED = {
 # spelling `no` could not be set: `dvc exp run -S train.mixed_precision=no` writes it unquoted,
 # and YAML 1.1 (PyYAML) reads an unquoted no as false.
 RENAMED_VALUES = {("train.mixed_precision", "no"): "fp32", ("train.mixed_precision", False): "fp32"}
-
-
-def _renamed_value(key: str, value: Any) -> str | None:
-    """The error for a value that was renamed, or None. Compared with its type: 0 is not false."""
-    for (old_key, old), new in RENAMED_VALUES.items():
-        if old_key == key and type(value) is type(old) and value == old:
-            shown = str(value).lower() if isinstance(value, bool) else repr(value)
-            why = " (YAML reads an unquoted no as false)" if isinstance(value, bool) else ""
-            return (f"{key}: {shown} is the old spelling of {new}{why}: write {new} instead "
-                    f"(dvc exp run -S {key}={new})")
-    return None
-
-
-def _build(cls, raw: Any, prefix: str, errors: list[str]):
-    where = prefix.rstrip(".") or "the top level"
-    if not isinstance(raw, dict):
-        errors.append(f"{where} must be a mapping, got {type(raw).__name__}")
-        return None
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if prefix + str(key) in RENAMED:
-            errors.append(f"{prefix}{key} was renamed to {RENAMED[prefix + str(key)]}: "
-                          "rename it in your params file")
-        elif key not in names:
-            errors.append(f"unknown key {prefix}{key} (allowed in {where}: {', '.join(names)})")
-    values = {}
-    for name in names:
-        key = prefix + name
-        if name not in raw:
-            errors.append(f"missing key {key}")
-            continue
-        tp = hints[name]
-        renamed = _renamed_value(key, raw[name])
-        if renamed:
-            errors.append(renamed)
-        elif dataclasses.is_dataclass(tp):
-            values[name] = _build(tp, raw[name], key + ".", errors)
-        else:
-            ok, value = _coerce(raw[name], tp)
-            if ok:
-                values[name] = value
-            else:
-                errors.append(f"{key} must be {_describe(tp)}, got {raw[name]!r}")
-    if len(values) != len(names):
-        return None
-    return cls(**values)
-
-
-def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            ok, out = _coerce(value, arg)
-            if ok:
-                return True, out
-        return False, None
-    if origin is Literal:
-        return (value in typing.get_args(tp)), value
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            return False, None
-        items = [_coerce(v, item_tp) for v in value]
-        return all(ok for ok, _ in items), [v for _, v in items]
-    if tp is type(None):
-        return value is None, None
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is float:
-        # YAML 1.1 (PyYAML) reads 5e-5 as a string; DVC's -S writes such values, so accept them.
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                return False, None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return math.isfinite(value), float(value)  # NaN would pass every range check
-        return False, None
-    if tp is str:
-        return isinstance(value, str), value
-    raise TypeError(f"unsupported params type {tp}")
-
-
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(tp)[0])}"
-    return {type(None): "null", bool: "true or false", int: "an integer",
-            float: "a finite number", str: "a string"}[tp]
+RENAMES = Renames(RENAMED, RENAMED_VALUES)

@@ -5,6 +5,10 @@ self-attention layer over its last hidden states (train.head: attention), a pool
 head. Partial fine-tuning unfreezes the last blocks; LoRA wraps the base
 model with peft; zero-shot uses a causal LM's output embeddings of the answer words as the head,
 so scoring "Review: ... Sentiment:" by its next-token logits is the same forward pass.
+
+Memory knobs: `model_dtype` bf16 keeps the frozen weights in bf16 (keep_frozen_in), and
+`train.gradient_checkpointing` recomputes the trained blocks' activations in backward
+(checkpoint_trained_blocks).
 """
 
 from __future__ import annotations
@@ -69,7 +73,12 @@ class Classifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Class logits. (The frozen-block cache, textclf.train.frozen_cache, feeds the first
         trainable block from outside, with hooks, so this forward knows nothing of it.)"""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # no KV cache: nothing is generated, and recomputed (checkpointed) blocks would append
+        # their keys and values to it a second time
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               use_cache=False).last_hidden_state
+        # the head is fp32; with model_dtype bf16 a frozen last block hands over bf16 states
+        hidden = hidden.to(self.head.weight.dtype)
         if self.attention is not None:  # padding is masked out as a key, so it changes nothing
             hidden = self.attention(hidden, hidden, hidden, key_padding_mask=attention_mask == 0,
                                     need_weights=False)[0]
@@ -88,7 +97,10 @@ class Classifier(nn.Module):
 
 def base_model(clf: Classifier) -> nn.Module:
     """The plain transformers base model, also when peft wraps it."""
-    backbone = clf.backbone
+    return base_model_of(clf.backbone)
+
+
+def base_model_of(backbone: nn.Module) -> nn.Module:
     return backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
 
 
@@ -132,9 +144,73 @@ def from_pretrained(cls, model: str, **kwargs) -> nn.Module:
 
 
 def load_backbone(model: str, family: Family) -> nn.Module:
+    """The base model with fp32 weights. Explicitly: transformers 5 would otherwise keep the
+    dtype of the checkpoint's config (Pythia's: fp16). model_dtype bf16 is applied afterwards,
+    to the frozen modules only (keep_frozen_in)."""
     from transformers import AutoModel
 
-    return from_pretrained(AutoModel, model, **dict(family.base_kwargs))
+    return from_pretrained(AutoModel, model, dtype=torch.float32, **dict(family.base_kwargs))
+
+
+# model_dtype -> the dtype of the frozen weights
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def keep_frozen_in(backbone: nn.Module, family: Family, model_dtype: str) -> None:
+    """model_dtype: cast the weights of every module of the base model that trains nothing (none
+    of its own parameters requires a gradient) to that dtype; trained modules (blocks and final
+    norm, LoRA adapters) keep fp32 master weights for the optimizer, from the checkpoint's exact
+    values. Buffers (rotary frequencies, position ids) are left as they are.
+
+    A trained block that follows frozen bf16 ones gets its floating inputs (hidden states, masks,
+    rotary tables) cast to fp32 by a forward pre-hook, so it computes as in an fp32 model. LoRA
+    blocks need none: their frozen projections run in bf16 and peft casts the input of the fp32
+    adapters and their output back. (Under bf16 autocast too, the trained blocks then compute as
+    on an fp32 base: an fp32 residual stream, bf16 matrix products.)"""
+    dtype = DTYPES[model_dtype]
+    frozen = [module for module in backbone.modules()
+              if list(module.parameters(recurse=False))
+              and not any(p.requires_grad for p in module.parameters(recurse=False))]
+    if dtype == torch.float32 or not frozen:
+        return
+    for module in frozen:
+        for p in module.parameters(recurse=False):
+            p.data = p.data.to(dtype)
+    for block in blocks_of(base_model_of(backbone), family):
+        weights = list(block.parameters())
+        if weights and all(p.dtype == torch.float32 for p in weights):
+            block.register_forward_pre_hook(_inputs_to_fp32, with_kwargs=True)
+
+
+def _inputs_to_fp32(module: nn.Module, args: tuple, kwargs: dict):
+    def cast(value):
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.float()
+        if isinstance(value, tuple):  # (cos, sin) rotary tables
+            return tuple(cast(v) for v in value)
+        return value
+
+    return cast(args), {key: cast(value) for key, value in kwargs.items()}
+
+
+def checkpoint_trained_blocks(clf: "Classifier") -> None:
+    """train.gradient_checkpointing: every block with trained weights keeps only its inputs in
+    the forward and recomputes its activations in backward (torch.utils.checkpoint, non-reentrant,
+    with the RNG state saved, so dropout draws the same masks: the same loss and gradients).
+    Only while training with autograd on; validation and frozen blocks run as they are."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in blocks_of(base_model(clf), clf.family):
+        if not any(p.requires_grad for p in block.parameters()):
+            continue
+        forward = block.forward
+
+        def checkpointed(*args, _block=block, _forward=forward, **kwargs):
+            if _block.training and torch.is_grad_enabled():
+                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return _forward(*args, **kwargs)
+
+        block.forward = checkpointed
 
 
 def build_classifier(params: Params, family: Family, num_labels: int) -> Classifier:
@@ -156,9 +232,13 @@ def build_classifier(params: Params, family: Family, num_labels: int) -> Classif
         backbone = add_lora(backbone, family, params.lora, first, total)
     else:
         raise ValueError(f"build_classifier does not build method {params.method!r}")
+    keep_frozen_in(backbone, family, params.model_dtype)
     heads = params.train.attention_heads if params.train.head == "attention" else None
-    return Classifier(backbone, family, num_labels, params.train.head_dropout, first, heads,
-                      params.train.attention_dropout)
+    clf = Classifier(backbone, family, num_labels, params.train.head_dropout, first, heads,
+                     params.train.attention_dropout)
+    if params.train.gradient_checkpointing:
+        checkpoint_trained_blocks(clf)
+    return clf
 
 
 def lora_config(family: Family, lora: LoraParams, first: int, total: int):
@@ -220,8 +300,11 @@ def save_model(clf: Classifier, out_dir: Path, info: TrainedModelInfo) -> None:
     info.save(out_dir)
 
 
-def load_model(model_dir: Path, merge_lora: bool = True) -> tuple[Classifier, TrainedModelInfo]:
-    """The saved classifier in eval mode, and its description (labels, input format, ...)."""
+def load_model(model_dir: Path, merge_lora: bool = True,
+               fp32: bool = False) -> tuple[Classifier, TrainedModelInfo]:
+    """The saved classifier in eval mode, and its description (labels, input format, ...), its
+    frozen weights in the run's model_dtype. `fp32`: every weight in fp32 (a bf16 run's frozen
+    weights upcast, exactly) and LoRA merged in fp32: the plain model the export writes."""
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
@@ -231,15 +314,23 @@ def load_model(model_dir: Path, merge_lora: bool = True) -> tuple[Classifier, Tr
     if info.method == "lora":
         from peft import PeftModel
 
-        backbone = PeftModel.from_pretrained(backbone, model_dir / ADAPTER_DIR)
-        if merge_lora:
-            backbone = backbone.merge_and_unload()
+        # trainable while the frozen part is cast: the adapters keep fp32, as in training
+        backbone = PeftModel.from_pretrained(backbone, model_dir / ADAPTER_DIR, is_trainable=True)
     elif info.method == "finetune":
         trained = load_file(model_dir / TRAINED_FILE)
         missing, unexpected = backbone.load_state_dict(trained, strict=False)
         if unexpected:
             raise ValueError(f"{model_dir / TRAINED_FILE} does not fit {info.base_model!r}: "
                              f"unexpected weights {unexpected[:3]}")
+        for name, p in backbone.named_parameters():
+            p.requires_grad_(name in trained)
+    keep_frozen_in(backbone, family, info.model_dtype)  # the dtypes the run trained with
+    if fp32:
+        backbone.float()
+    # Merged into bf16 weights, an adapter's update would be rounded to their precision (most
+    # of it lost): with model_dtype bf16 the adapters stay beside the weights, as trained.
+    if info.method == "lora" and merge_lora and (info.model_dtype == "fp32" or fp32):
+        backbone = backbone.merge_and_unload()
     clf = Classifier(backbone, family, len(info.label_names), 0.0, 0, info.attention_heads)
     state = load_file(model_dir / HEAD_FILE)
     clf.head.load_state_dict({k: v for k, v in state.items()

@@ -35,6 +35,9 @@ class TrainedModelInfo:
     # train.head: attention: the heads of the self-attention layer before the pooling; None for
     # the linear head (and in files written before the attention head existed)
     attention_heads: int | None = None
+    # model_dtype of the run: the dtype its frozen weights were kept in, so evaluate and predict
+    # rebuild the model it trained (fp32 in files written before the knob existed)
+    model_dtype: str = "fp32"
 
     @property
     def input_format(self) -> InputFormat:
@@ -52,7 +55,8 @@ class TrainedModelInfo:
                                     "missing); run the train stage first (dvc repro train)")
         raw = json.loads(path.read_text())
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(names - set(raw) - {"attention_heads"})  # absent: a linear head
+        # absent: a linear head, fp32 weights
+        missing = sorted(names - set(raw) - {"attention_heads", "model_dtype"})
         if missing == ["base_revision"]:  # written before revisions were recorded
             raw["base_revision"] = None
         elif missing:

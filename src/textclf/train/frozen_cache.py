@@ -2,9 +2,11 @@
 first trainable block, computed once per text and reused on every later pass over the split.
 
 Exact: frozen modules always run without dropout (`Classifier.train` keeps them in eval mode),
-and the cache keeps the hidden states the model itself feeds its first trainable block, in their
+and the cache keeps the hidden states the frozen part hands the first trainable block, in their
 own dtype. Under bf16 autocast that is the fp32 residual stream (the blocks' bf16 outputs are
-added to it in fp32), so cached and uncached training agree as closely as in fp32.
+added to it in fp32), so cached and uncached training agree as closely as in fp32. With
+`model_dtype` bf16 it is the bf16 stream of the bf16 frozen blocks, kept before the trained
+block's cast to fp32 (textclf.modeling.classifier.keep_frozen_in), which is exact.
 
 Interface: `choose_placement` (where the cache goes, and why: `train.cache_frozen` auto, true or
 false), `FrozenCache.compute` (once per split), `cached_forward` (batch -> logits: the
@@ -12,8 +14,9 @@ classifier's own forward, with the frozen blocks skipped and the first trainable
 the cache by `skipping_frozen_blocks`). The classifier (textclf.modeling.classifier) knows
 nothing of the cache: this module builds on it, not back.
 
-Memory: texts x tokens x hidden size x 4 bytes (the residual stream of GPT-2, BERT and GPT-NeoX
-is fp32, also under bf16 autocast), estimated before anything is computed. Placement:
+Memory: texts x tokens x hidden size x the bytes of the embeddings' dtype (4; 2 with model_dtype
+bf16: the residual stream of GPT-2, BERT and GPT-NeoX keeps the dtype of the embeddings, also
+under bf16 autocast), estimated before anything is computed. Placement:
 - device: the states live on the training device; a batch is gathered there.
 - host: the states live in host memory (on a GPU: each batch is gathered into pinned memory and
   copied to the GPU without blocking); the same values, so the same results, as on the device.
@@ -55,7 +58,8 @@ def estimated_cache_bytes(model: Classifier, splits: list[TokenizedSplit],
     the input format adds around it), the width of the residual stream, its dtype's size."""
     tokens = sum(int(split.lengths.sum()) + extra_tokens * len(split) for split in splits)
     backbone = base_model(model)
-    element = next(backbone.parameters()).element_size()  # fp32, also under autocast
+    # the embeddings' dtype: fp32 (also under autocast), bf16 with model_dtype bf16
+    element = next(backbone.parameters()).element_size()
     return tokens * backbone.config.hidden_size * element
 
 
@@ -211,9 +215,10 @@ def frozen_prefix(model: Classifier, input_ids: torch.Tensor,
         captured.append(args[0] if args else kwargs["hidden_states"])
         raise _PrefixReady
 
-    handle = first.register_forward_pre_hook(capture, with_kwargs=True)
+    # prepended: before the block's own hooks (keep_frozen_in's cast), what the frozen part made
+    handle = first.register_forward_pre_hook(capture, with_kwargs=True, prepend=True)
     try:
-        model.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        model.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     except _PrefixReady:
         pass
     finally:
@@ -239,7 +244,9 @@ def skipping_frozen_blocks(model: Classifier, prefix_hidden: torch.Tensor):
             return (prefix_hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": prefix_hidden}
 
-    handle = blocks[model.first_trainable_block].register_forward_pre_hook(feed, with_kwargs=True)
+    # prepended: the block's own hooks (keep_frozen_in's cast) then see the cached states
+    handle = blocks[model.first_trainable_block].register_forward_pre_hook(feed, with_kwargs=True,
+                                                                           prepend=True)
     for block in frozen:
         block.forward = passthrough
     try:

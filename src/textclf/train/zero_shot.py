@@ -10,7 +10,7 @@ from textclf.core.errors import ParamsError
 from textclf.core.families import Family, n_blocks
 from textclf.core.params import Params
 from textclf.core.tokenization import InputFormat, TextTokenizer, truncate
-from textclf.modeling.classifier import Classifier, from_pretrained
+from textclf.modeling.classifier import Classifier, from_pretrained, keep_frozen_in
 
 
 def prompt_format(tokenizer: TextTokenizer, template: str) -> InputFormat:
@@ -25,11 +25,13 @@ def prompt_format(tokenizer: TextTokenizer, template: str) -> InputFormat:
     )
 
 
-def build_zero_shot(model: str, family: Family, answer_ids: list[int]) -> Classifier:
-    """A causal LM as a classifier: the head's rows are the LM head's rows of the answer words."""
+def build_zero_shot(model: str, family: Family, answer_ids: list[int],
+                    model_dtype: str = "fp32") -> Classifier:
+    """A causal LM as a classifier: the head's rows are the LM head's rows of the answer words
+    (fp32, copied before the base model is cast to `model_dtype`: all of it is frozen)."""
     from transformers import AutoModelForCausalLM
 
-    lm = from_pretrained(AutoModelForCausalLM, model)
+    lm = from_pretrained(AutoModelForCausalLM, model, dtype=torch.float32)
     output = lm.get_output_embeddings()
     backbone = lm.base_model
     backbone.requires_grad_(False)
@@ -38,6 +40,7 @@ def build_zero_shot(model: str, family: Family, answer_ids: list[int]) -> Classi
         clf.head.weight.copy_(output.weight[answer_ids])
         clf.head.bias.copy_(output.bias[answer_ids] if output.bias is not None else 0.0)
     clf.head.requires_grad_(False)
+    keep_frozen_in(backbone, family, model_dtype)
     return clf
 
 
@@ -68,7 +71,8 @@ def zero_shot_classifier(params: Params, family: Family, tokenizer: TextTokenize
                           f"{num_labels} classes: give one answer word per class, in label order")
     answer_ids = [tokenizer.single_token(word) for word in zs.answers]
     fmt = prompt_format(tokenizer, zs.template)
-    clf = build_zero_shot(params.model, family, answer_ids).to(device).eval()
+    clf = build_zero_shot(params.model, family, answer_ids,
+                          params.model_dtype).to(device).eval()
     content_free = None
     if zs.calibrate:
         budget = params.data.max_tokens - tokenizer.n_special
