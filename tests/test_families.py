@@ -172,3 +172,45 @@ def test_an_unsupported_family_gets_the_one_line_error(exported, tmp_path):
     message = str(error.value)
     assert "model family 't5' is not supported" in message and "\n" not in message
     assert f"supported: {', '.join(FAMILIES)}" in message
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_through_export_and_predict(tiny_dirs, data_dir, tmp_path):
+    """`dvc exp run -S model=<tiny dir>` in a fresh repository runs every stage, export
+    included, for a decoder (LoRA and zero-shot) and an encoder; the export's pipeline() (in a
+    fresh process) and `python -m textclf.cli.predict --model-dir export` give evaluate's
+    predictions.jsonl."""
+    from test_export_loading import WITH_TEXTCLF
+
+    project = tiny.dvc_project(tmp_path / "project", tiny.tiny_params(
+        tiny_dirs["gpt2"], data_dir, data={"max_tokens": 24},
+        train={"epochs": 1, "mixed_precision": "fp32"}))
+    env = {**tiny.ENV, "PYTHONPATH": str(project / "src"),
+           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    for family, method in [("qwen2", "lora"), ("qwen2", "zero_shot"), ("modernbert", "finetune")]:
+        tiny.sh(project, "dvc", "exp", "run", "-S", f"model={tiny_dirs[family]}",
+                "-S", f"method={method}")
+        config = json.loads((project / "export/config.json").read_text())
+        assert config["base_config"]["model_type"] == family
+        assert config["textclf"]["method"] == method
+        texts = [json.loads(line)["text"] for line in
+                 (project / "data/prepared/test_texts.jsonl").read_text().splitlines()]
+        evaluated = [json.loads(line)["probs"] for line in
+                     (project / "outputs/evaluate/predictions.jsonl").read_text().splitlines()]
+        (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+        result = subprocess.run(
+            [sys.executable, "-m", "textclf.cli.predict", "--model-dir", "export", "--file",
+             str(tmp_path / "texts.txt"), "--batch-size", "8", "--device", "cpu",
+             "--mixed-precision", "fp32"], capture_output=True, text=True, env=env, cwd=project)
+        assert result.returncode == 0, result.stderr[-3000:]
+        predicted = [list(json.loads(line)["probs"].values())
+                     for line in result.stdout.splitlines()]
+        np.testing.assert_allclose(predicted, evaluated, rtol=0, atol=1e-4,
+                                   err_msg=f"predict, {family} {method}")
+        result = subprocess.run([sys.executable, "-c", WITH_TEXTCLF, "export"],
+                                input=json.dumps(texts), capture_output=True, text=True,
+                                env=env, cwd=project)
+        assert result.returncode == 0, result.stderr[-3000:]
+        np.testing.assert_allclose(json.loads(result.stdout.splitlines()[-1])["probs"],
+                                   evaluated, rtol=0, atol=1e-4,
+                                   err_msg=f"pipeline, {family} {method}")
