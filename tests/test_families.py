@@ -106,6 +106,22 @@ def test_export_gives_evaluate_probabilities(exported, texts, family, method):
     np.testing.assert_allclose(from_export, reference, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("how", ["last", "mean"])
+def test_the_exported_pooling_is_trainings(how):
+    """hf_model.py holds its own copy of the pooling (it runs without textclf): the same
+    vectors as textclf.modeling.classifier.pool, padding on the right, the left or both."""
+    import torch
+
+    from textclf.export import hf_model
+    from textclf.modeling import classifier
+
+    hidden = torch.randn(4, 6, 8)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1],
+                         [0, 1, 1, 1, 1, 0]])
+    torch.testing.assert_close(hf_model.pool(hidden, mask, how),
+                               classifier.pool(hidden, mask, how), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("family, method", [("gpt2", "finetune"), ("qwen2", "zero_shot"),
                                             ("gemma3_text", "zero_shot")])
 def test_the_leading_space_is_the_exported_tokenizers_own(exported, tiny_dirs, family, method):
