@@ -62,10 +62,6 @@ class TextclfClassifierConfig(PretrainedConfig):
         self.base_kwargs = dict(base_kwargs or {})
         super().__init__(**kwargs)
 
-    @property
-    def hidden_size(self) -> int:
-        return self.base_config.hidden_size
-
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
     """One vector per sequence: the last real token (the rightmost position the mask keeps) or
