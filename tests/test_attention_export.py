@@ -1,6 +1,6 @@
-"""The attention head's export (textclf.export.hf_attention), for every family: a class of
-textclf's own that stock transformers refuses, that pipeline() loads after `import textclf.export`
-with the trained model's probabilities; and one tiny 20-class run (the 20 Newsgroups reference's
+"""The attention head's export, for every family: textclf's own class
+(textclf.export.hf_model), which stock transformers refuses, that pipeline() loads after
+`import textclf.export` with the trained model's probabilities; and one tiny 20-class run (the 20 Newsgroups reference's
 setting) through prepare, train, evaluate, export and predict."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import textclf.export  # noqa: F401  registers textclf's exported classes
 from textclf.cli.predict import main
 from textclf.core.families import FAMILIES
 from textclf.core.tokenization import classifier_format, load_tokenizer
-from textclf.export.hf_attention import AUTO_MAPS, CLASSES
 from textclf.export.hf_export import check_export, export_model
+from textclf.export.hf_model import AUTO_MAP, MODEL_TYPE, MODULE
 from textclf.modeling.classifier import build_classifier, load_model, save_model
 from textclf.modeling.model_info import TrainedModelInfo
 from textclf.predictor import load_predictor
@@ -70,12 +70,11 @@ def test_attention_export_is_our_class_with_evaluate_probabilities(tiny_dirs, da
                                                                    family, method):
     models, export_dir, notes, check = attention_export(tiny_dirs[family], data_dir, tmp_path,
                                                         family, method)
-    config_class, model_class = CLASSES[family]
     config = json.loads((export_dir / "config.json").read_text())
-    assert config["model_type"] == config_class.model_type
-    assert config["auto_map"] == AUTO_MAPS[config_class.model_type]
-    assert notes.architecture == model_class.__name__ and notes.remote_code
-    assert notes.bias_folded_into is None and (export_dir / "hf_attention.py").is_file()
+    assert config["model_type"] == MODEL_TYPE and config["auto_map"] == AUTO_MAP
+    assert config["attention_heads"] == 2 and config["base_config"]["model_type"] == family
+    assert notes.architecture == "TextclfForSequenceClassification" and notes.remote_code
+    assert notes.bias_folded_into is None and (export_dir / f"{MODULE}.py").is_file()
     assert check.max_diff < 1e-4
     evaluate = load_predictor(models, "cpu", "fp32").probabilities(TEXTS, batch_size=8)
     np.testing.assert_allclose(pipeline_probabilities(export_dir, TEXTS), evaluate, rtol=0,
@@ -83,7 +82,7 @@ def test_attention_export_is_our_class_with_evaluate_probabilities(tiny_dirs, da
 
 
 # A user's process without textclf: stock transformers must refuse the export, and
-# trust_remote_code must load it from the copied hf_attention.py
+# trust_remote_code must load it from the copied modelling file (hf_model.py)
 STOCK_LOAD = """
 import sys
 from transformers import AutoModelForSequenceClassification
@@ -108,7 +107,7 @@ def test_attention_export_needs_textclf_or_remote_code(tiny_dirs, data_dir, tmp_
                             capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert "refused:" in result.stdout
-    assert f"remote: {CLASSES[family][1].__name__}" in result.stdout
+    assert "remote: TextclfForSequenceClassification" in result.stdout
 
 
 def twenty_class_data(directory: Path) -> Path:

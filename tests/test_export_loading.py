@@ -134,7 +134,7 @@ def test_bert_export_with_textclf_imported_gives_evaluate_probabilities(bert_exp
     result = fresh_process(WITH_TEXTCLF, export_dir, tmp_path, stdin=json.dumps(texts))
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.splitlines()[-1])
-    assert out["class"] == "BertForMeanPooledClassification"
+    assert out["class"] == "TextclfForSequenceClassification"
     np.testing.assert_allclose(out["probs"], evaluate_probabilities(models, texts), rtol=0,
                                atol=1e-4)
 
@@ -207,20 +207,44 @@ def test_predict_refuses_a_directory_naming_foreign_code(gpt2_export, tmp_path, 
         err[-3000:]
 
 
-def test_an_older_bert_export_is_refused_not_misread(bert_export, tmp_path):
-    """An export naming textclf's class under stock BERT's model_type (as textclf wrote them
-    before) would load, without remote code, as stock BERT with a random pooler."""
+# config.json of exports older textclf versions wrote: (model_type, auto_map)
+OLDER_EXPORTS = {
+    # textclf's class under stock BERT's model_type: stock BERT with a random pooler
+    "bert_under_stock_type": ("bert", {"AutoModelForSequenceClassification":
+                                       "hf_pooling.BertForMeanPooledClassification"}),
+    # one class per family, in hf_pooling.py and hf_attention.py (now one class, hf_model.py)
+    "bert_mean_pooled": ("textclf-bert-mean-pooled",
+                         {"AutoConfig": "hf_pooling.BertMeanPooledConfig",
+                          "AutoModelForSequenceClassification":
+                          "hf_pooling.BertForMeanPooledClassification"}),
+    "gpt2_attention_head": ("textclf-gpt2-attention-head",
+                            {"AutoConfig": "hf_attention.GPT2AttentionHeadConfig",
+                             "AutoModelForSequenceClassification":
+                             "hf_attention.GPT2ForAttentionHeadClassification"}),
+    # today's class under a stock model_type
+    "own_class_under_stock_type": ("bert", None),
+}
+
+
+@pytest.mark.parametrize("older", list(OLDER_EXPORTS))
+def test_an_older_export_is_refused_not_misread(bert_export, tmp_path, capsys, older):
+    """An export of an older textclf's classes cannot load as written (its modelling file is
+    gone, or stock transformers would read it as another model): predict says to export it
+    again, in one line."""
     import shutil
 
-    from textclf.core.errors import ModelLoadError
-    from textclf.export.hf_loading import load_export
+    from textclf.cli.predict import main
 
     _, export_dir = bert_export
     shutil.copytree(export_dir, tmp_path / "old")
     config = json.loads((tmp_path / "old/config.json").read_text())
-    config["model_type"] = "bert"
-    config["auto_map"] = {"AutoModelForSequenceClassification":
-                          "hf_pooling.BertForMeanPooledClassification"}
+    model_type, auto_map = OLDER_EXPORTS[older]
+    config["model_type"] = model_type
+    config["auto_map"] = auto_map or config["auto_map"]
     (tmp_path / "old/config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match="exported by an older textclf"):
-        load_export(tmp_path / "old")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model-dir", str(tmp_path / "old"), "--device", "cpu", "A fine film."])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "exported by an older textclf" in lines[0], lines
+    assert "Export it again (dvc repro export)" in lines[0]

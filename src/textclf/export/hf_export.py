@@ -7,27 +7,29 @@ stage) a model card, so that
 
     pipeline("text-classification", model="export", truncation=True, top_k=None)
 
-gives the evaluate stage's probabilities. What is exported depends on the family's pooling:
+gives the evaluate stage's probabilities. What is exported:
 
-- last real token (GPT-2, GPT-NeoX): the stock GPT2/GPTNeoXForSequenceClassification, which
+- GPT-2 and GPT-NeoX with a linear head: the stock GPT2/GPTNeoXForSequenceClassification, which
   pool the rightmost token that is not the pad token: with right padding, the last real token.
   Their `score` head has no bias and ours has one: the bias is folded into the final layer norm's
   bias (see fold_head_bias), which is exact because that norm feeds nothing but the head. So
   these load with no remote code, in any tool that knows the stock classes.
-- the attention head (train.head: attention, any family): textclf.export.hf_attention's class
-  of the family, with a model_type of its own, loaded as BERT's below (hf_attention.py copied).
-- masked mean (BERT): no stock class pools so. The export has a model_type of its own, which
-  stock transformers refuses to load (rather than load stock BERT with a random pooler), and
-  loads one of two ways: in a process that ran `import textclf.export` (which registers the
-  classes, see hf_loading.register_exported_classes), or with trust_remote_code=True, from
-  textclf/export/hf_pooling.py, copied into the directory and named by config.json's auto_map.
+- every other family, and the attention head (train.head: attention) of any family: textclf's
+  own class (textclf.export.hf_model), the base model under a model_type of its own. No stock
+  class is exact for them: the encoders pool by masked mean, and the decoders' final RMSNorm has
+  no bias to hold the head's (LlamaForSequenceClassification's head has none). Stock
+  transformers refuses that model_type (rather than load another model and score other
+  numbers); it loads in a process that ran `import textclf.export` (which registers the class,
+  see hf_loading.register_exported_classes), or with trust_remote_code=True, from hf_model.py,
+  copied into the directory and named by config.json's auto_map.
 
 The tokenizer is the base model's, with: truncation side and model_max_length of training (the
 text budget plus special tokens or prompt), right padding with the pad id training used, a
-leading space before the text for causal models (ByteLevel add_prefix_space), special-token
-strings inside a text read as plain text (split_special_tokens, as training encoded them), and for
-zero-shot runs the prompt around the text (a TemplateProcessing post-processor). Tokenizers cut
-one side only: head_tail truncation is approximated (see ExportNotes.exact_truncation).
+leading space before the text where training put one (a Prepend normalizer: GPT-2, Qwen2,
+Gemma), special-token strings inside a text read as plain text (split_special_tokens, as
+training encoded them), and for zero-shot runs the prompt around the text (a TemplateProcessing
+post-processor). Tokenizers cut one side only: head_tail truncation is approximated (see
+ExportNotes.exact_truncation).
 
 config.json also carries `textclf`: the TrainedModelInfo of the run and the base tokenizer's own special
 tokens, from which `textclf predict --model-dir export` rebuilds training's exact input
@@ -57,12 +59,8 @@ from textclf.modeling.classifier import Classifier, base_model
 from textclf.modeling.model_info import TrainedModelInfo
 
 TOLERANCE = 1e-4  # largest difference of a probability allowed between export and trained model
-# The module an export of a mean-pooled family loads its class from (copied into the directory)
-POOLING_MODULE = "hf_pooling"  # hf_pooling.AUTO_MAP names its classes under this name
 # tokenizer_config.json's tokenizer_class: the class that loads tokenizer.json as it is
 GENERIC_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
-# The head inside the exported class, per pooling: stock classes name it `score`
-HEAD_MODULE = {"last": "score", "mean": "classifier"}
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,7 @@ class ExportNotes:
     max_length: int  # tokenizer model_max_length: text budget plus special tokens or prompt
     truncation_side: str  # left (keep the end) | right (keep the start)
     exact_truncation: bool  # False for head_tail, which a tokenizer cannot express
-    leading_space: bool  # the tokenizer adds a space before the text (causal BPE)
+    leading_space: bool  # the tokenizer adds a space before the text (GPT-2, Qwen2, Gemma)
     prompt: bool  # the tokenizer puts the zero-shot prompt around the text
 
 
@@ -98,7 +96,8 @@ class ExportCheck:
 def export_model(clf: Classifier, info: TrainedModelInfo, out_dir: Path,
                  base_revision: str | None = None) -> ExportNotes:
     """Write the Hugging Face model directory of a loaded model (models.load_model, LoRA merged)
-    into `out_dir`: config, weights, tokenizer files and, for BERT, the modelling file.
+    into `out_dir`: config, weights, tokenizer files and, for textclf's own class, its
+    modelling file.
     `base_revision` (see hub_revision) pins the tokenizer files and is recorded when the train
     stage could not record it."""
     base_revision = base_revision or info.base_revision
@@ -112,90 +111,83 @@ def export_model(clf: Classifier, info: TrainedModelInfo, out_dir: Path,
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     _set_generic_tokenizer_class(out_dir / "tokenizer_config.json")
-    if notes["leading_space"]:
-        _set_add_prefix_space(out_dir / "tokenizer.json")
     if remote_code:
-        from textclf.export import hf_attention, hf_pooling
+        from textclf.export import hf_model
 
-        module = hf_attention if clf.attention is not None else hf_pooling
-        shutil.copy(module.__file__, out_dir / Path(module.__file__).name)
+        shutil.copy(hf_model.__file__, out_dir / f"{hf_model.MODULE}.py")
     return ExportNotes(architecture=type(model).__name__, remote_code=remote_code,
                        bias_folded_into=folded, base_revision=base_revision, **notes)
 
 
 def hf_classifier(clf: Classifier, info: TrainedModelInfo, family: Family,
                   text_tokenizer: TextTokenizer) -> tuple[nn.Module, bool, str | None]:
-    """The transformers model computing `clf`: (model, needs remote code, folded bias name)."""
-    from transformers import AutoModelForSequenceClassification
-
+    """The transformers model computing `clf`: (model, needs remote code, folded bias name).
+    A stock class where one is exact (a linear head on the last real token, with a final norm
+    whose bias can hold the head's: GPT-2, GPT-NeoX), textclf's own class otherwise."""
     backbone = base_model(clf)
     names = info.label_names
-    config = copy.deepcopy(backbone.config)
-    config.id2label = dict(enumerate(names))
-    config.label2id = {name: i for i, name in enumerate(names)}
-    config.pad_token_id = info.pad_id  # the stock classes pool the last token that is not it
-    config.problem_type = "single_label_classification"
-    setattr(config, META_KEY, {**dataclasses.asdict(info),
-                               "text_prefix": text_tokenizer.special_prefix,
-                               "text_suffix": text_tokenizer.special_suffix})
-    if clf.attention is not None:  # textclf's attention head: a class of our own, any family
-        return attention_head_classifier(clf, config, family), True, None
-    remote_code = family.pooling == "mean"
-    if remote_code:
-        from textclf.export.hf_pooling import BertForMeanPooledClassification
-
-        if family.name != "bert":
-            raise ExportError(f"no exported class pools the {family.name} family by masked mean "
-                              f"(textclf/{POOLING_MODULE}.py has BERT's only)")
-        config = own_config(config)
-        model = BertForMeanPooledClassification(config)
-    else:
-        model = AutoModelForSequenceClassification.from_config(config)
+    labels = {"id2label": dict(enumerate(names)),
+              "label2id": {name: i for i, name in enumerate(names)},
+              "problem_type": "single_label_classification"}
+    meta = {**dataclasses.asdict(info), "text_prefix": text_tokenizer.special_prefix,
+            "text_suffix": text_tokenizer.special_suffix}
     dtype = next(backbone.parameters()).dtype
-    model = model.to(dtype).eval()
+    if clf.attention is None and can_fold_head_bias(backbone, family):
+        model = stock_classifier(clf, backbone, family, labels, info.pad_id).to(dtype).eval()
+        setattr(model.config, META_KEY, meta)
+        return model, False, fold_head_bias(clf.head, model.base_model, family)
+    model = own_classifier(clf, backbone, family, labels).to(dtype).eval()
+    setattr(model.config, META_KEY, meta)
+    return model, True, None
+
+
+def can_fold_head_bias(backbone: nn.Module, family: Family) -> bool:
+    """Whether the stock class of the family computes the classifier, the head's bias folded
+    into the final norm's: pooling the last real token, and a final norm with a bias."""
+    if family.pooling != "last" or family.final_norm is None:
+        return False
+    return getattr(backbone.get_submodule(family.final_norm), "bias", None) is not None
+
+
+def stock_classifier(clf: Classifier, backbone: nn.Module, family: Family, labels: dict,
+                     pad_id: int) -> nn.Module:
+    """The stock <Family>ForSequenceClassification with the trained weights, its `score` head
+    (no bias) holding the head's weight; the bias is left to fold_head_bias."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(backbone.config)
+    for key, value in labels.items():
+        setattr(config, key, value)
+    config.pad_token_id = pad_id  # the stock classes pool the last token that is not it
+    model = AutoModelForSequenceClassification.from_config(config)
     model.base_model.load_state_dict(backbone.state_dict(), strict=True)
-    head = model.get_submodule(HEAD_MODULE[family.pooling])
-    folded = None
     with torch.no_grad():
-        head.weight.copy_(clf.head.weight)
-        if head.bias is not None:
-            head.bias.copy_(clf.head.bias)
-        else:
-            folded = fold_head_bias(clf.head, model.base_model, family)
-    return model, remote_code, folded
-
-
-def attention_head_classifier(clf: Classifier, config, family: Family) -> nn.Module:
-    """The family's class of textclf.export.hf_attention holding `clf`'s weights, under a
-    model_type of its own (auto_map naming the copied modelling file's classes)."""
-    from textclf.export.hf_attention import AUTO_MAPS, CLASSES
-
-    config_class, model_class = CLASSES[family.name]
-    values = config.to_dict()
-    values.pop("model_type", None)
-    own = config_class.from_dict(values)
-    own.auto_map = dict(AUTO_MAPS[config_class.model_type])
-    own.attention_heads = clf.attention.num_heads
-    own.attention_dropout_rate = clf.attention.dropout
-    own.head_dropout = clf.dropout.p
-    backbone = base_model(clf)
-    model = model_class(own).to(next(backbone.parameters()).dtype).eval()
-    model.base_model.load_state_dict(backbone.state_dict(), strict=True)
-    model.attention.load_state_dict(clf.attention.state_dict())
-    model.classifier.load_state_dict(clf.head.state_dict())
+        model.score.weight.copy_(clf.head.weight)
     return model
 
 
-def own_config(config):
-    """BERT's config under the export's own model_type, with auto_map naming the classes of the
-    copied modelling file."""
-    from textclf.export.hf_pooling import AUTO_MAP, BertMeanPooledConfig
+def own_classifier(clf: Classifier, backbone: nn.Module, family: Family, labels: dict):
+    """textclf's own class (textclf.export.hf_model) holding `clf`'s weights, with auto_map
+    naming the copied modelling file's classes."""
+    from textclf.export.hf_model import (
+        AUTO_MAP,
+        TextclfClassifierConfig,
+        TextclfForSequenceClassification,
+    )
 
-    values = config.to_dict()
-    values.pop("model_type", None)
-    own = BertMeanPooledConfig.from_dict(values)
-    own.auto_map = dict(AUTO_MAP)
-    return own
+    attention = clf.attention
+    config = TextclfClassifierConfig(
+        base_config=copy.deepcopy(backbone.config), pooling=family.pooling,
+        attention_heads=None if attention is None else attention.num_heads,
+        attention_dropout_rate=0.0 if attention is None else attention.dropout,
+        head_dropout=clf.dropout.p, base_kwargs=dict(family.base_kwargs), **labels)
+    config.auto_map = dict(AUTO_MAP)
+    model = TextclfForSequenceClassification(config)
+    model.backbone.load_state_dict(backbone.state_dict(), strict=True)
+    if attention is not None:
+        model.attention.load_state_dict(attention.state_dict())
+    model.classifier.load_state_dict(clf.head.state_dict())
+    return model
 
 
 def fold_head_bias(head: nn.Linear, backbone: nn.Module, family: Family) -> str:
@@ -238,9 +230,10 @@ def hf_tokenizer(info: TrainedModelInfo, text_tokenizer: TextTokenizer, base_rev
         source, revision=base_revision,
         model_max_length=budget + len(prefix) + len(suffix), truncation_side=side,
         padding_side="right",  # the stock classes pool the last non-pad token: pad on the right
-        split_special_tokens=True,  # "<|endoftext|>" in a review is text, as in training
-        add_prefix_space=text_tokenizer.leading_space)
+        split_special_tokens=True)  # "<|endoftext|>" in a review is text, as in training
     tokenizer.pad_token = tokenizer.convert_ids_to_tokens(info.pad_id)
+    if text_tokenizer.leading_space:
+        _prepend_space(tokenizer)
     prompt = (prefix, suffix) != (text_tokenizer.special_prefix, text_tokenizer.special_suffix)
     if prompt:
         _put_prompt_around(tokenizer, prefix, suffix)
@@ -275,39 +268,31 @@ def _set_generic_tokenizer_class(tokenizer_config: Path) -> None:
 
     The hub models' own classes rebuild parts of it on load from their settings:
     GPTNeoXTokenizer (Pythia) its post-processor, dropping the zero-shot prompt; GPT2Tokenizer its
-    pre-tokenizer. PreTrainedTokenizerFast is the generic class under transformers 4 and 5."""
+    pre-tokenizer. PreTrainedTokenizerFast is the generic class under transformers 4 and 5.
+    The settings from which the generic class would rebuild a part are dropped too:
+    add_bos_token / add_eos_token (its post-processor: Llama's <s>, or the zero-shot prompt)
+    and add_prefix_space (the leading space is the normalizer's, see _prepend_space)."""
     data = json.loads(tokenizer_config.read_text(encoding="utf-8"))
     data["tokenizer_class"] = GENERIC_TOKENIZER_CLASS
+    for key in ("add_bos_token", "add_eos_token", "add_prefix_space"):
+        data.pop(key, None)
     tokenizer_config.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n",
                                 encoding="utf-8")
 
 
-def _set_add_prefix_space(tokenizer_json: Path) -> None:
-    """Turn on add_prefix_space in every ByteLevel pre-tokenizer of a saved tokenizer.json.
+def _prepend_space(tokenizer) -> None:
+    """Put a space before every text, first thing, as training encoded " " + text: a Prepend
+    normalizer ahead of the tokenizer's own normalizers (Gemma's turns spaces into "▁" after
+    it). Exact for any tokenizer, where turning on a ByteLevel pre-tokenizer's
+    add_prefix_space is not: behind Qwen2's Split it would put a space before every piece.
+    (Strings the tokenizer reads as added tokens that are not special split a text into pieces
+    normalized one by one: a space would go before each; check_export would report it.)"""
+    from tokenizers import normalizers
 
-    transformers keeps `add_prefix_space` in tokenizer_config.json and tokenizer classes with
-    their own __init__ (GPT2Tokenizer) rebuild their pre-tokenizer from it, but a generic
-    TokenizersBackend loads tokenizer.json as it is: both must say it."""
-    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
-    found = []
-
-    def visit(node):
-        if isinstance(node, dict):
-            if node.get("type") == "ByteLevel" and "add_prefix_space" in node:
-                node["add_prefix_space"] = True
-                found.append(node)
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
-
-    visit(data.get("pre_tokenizer"))
-    if not found:
-        raise ExportError(f"{tokenizer_json} has no ByteLevel pre-tokenizer: the leading space "
-                          "training put before each text cannot be configured")
-    tokenizer_json.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n",
-                              encoding="utf-8")
+    backend = tokenizer.backend_tokenizer
+    own = backend.normalizer
+    backend.normalizer = (normalizers.Prepend(" ") if own is None
+                          else normalizers.Sequence([normalizers.Prepend(" "), own]))
 
 
 # ---------------------------------------------------------------------------------------------

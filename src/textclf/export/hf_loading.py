@@ -3,11 +3,12 @@ from a model directory runs, and the export behind the Classifier interface for
 `textclf predict --model-dir export`.
 
 textclf loads every model directory without trust_remote_code. An export of textclf's own class
-(BERT with masked mean pooling, textclf.export.hf_pooling; the attention head of any family,
-textclf.export.hf_attention) has a model_type stock transformers
-does not know; register_exported_classes (run by `import textclf.export`) maps it to the class in
-this package, so no code is read from the directory. A directory whose config.json or
-tokenizer_config.json names any other code (`auto_map`) is refused (check_no_foreign_code).
+(textclf.export.hf_model: every family but GPT-2's and GPT-NeoX's linear head) has a model_type
+stock transformers does not know; register_exported_classes (run by `import textclf.export`) maps
+it to the class in this package, so no code is read from the directory. A directory whose
+config.json or tokenizer_config.json names any other code (`auto_map`) is refused
+(check_no_foreign_code), and so is an export of an older textclf's classes (one per family,
+in hf_pooling.py and hf_attention.py): it must be exported again.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from textclf.core.tokenization import TextTokenizer, load_tokenizer
 from textclf.modeling.model_info import INFO_FILE, TrainedModelInfo
 
 META_KEY = "textclf"  # config.json key: the run's TrainedModelInfo and the base tokenizer's specials
+# What older textclf exports name: a class per family (BERT's mean pooling, the attention head)
+OLDER_MODEL_TYPES = ("textclf-bert-mean-pooled", "textclf-gpt2-attention-head",
+                     "textclf-bert-attention-head", "textclf-gpt-neox-attention-head")
+OLDER_MODULES = ("hf_pooling.", "hf_attention.")  # the modelling files they were copied with
 
 
 def register_exported_classes() -> None:
@@ -33,21 +38,12 @@ def register_exported_classes() -> None:
     `import textclf.export` calls it."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from textclf.export.hf_attention import CLASSES
-    from textclf.export.hf_pooling import BertForMeanPooledClassification, BertMeanPooledConfig
+    from textclf.export.hf_model import TextclfClassifierConfig, TextclfForSequenceClassification
 
-    for config, model in [(BertMeanPooledConfig, BertForMeanPooledClassification),
-                          *CLASSES.values()]:
-        AutoConfig.register(config.model_type, config, exist_ok=True)
-        AutoModelForSequenceClassification.register(config, model, exist_ok=True)
-
-
-def own_auto_maps() -> dict[str, dict[str, str]]:
-    """model_type -> the auto_map of textclf's own exported classes (hf_pooling, hf_attention)."""
-    from textclf.export.hf_attention import AUTO_MAPS
-    from textclf.export.hf_pooling import AUTO_MAP, MODEL_TYPE
-
-    return {MODEL_TYPE: AUTO_MAP, **AUTO_MAPS}
+    AutoConfig.register(TextclfClassifierConfig.model_type, TextclfClassifierConfig,
+                        exist_ok=True)
+    AutoModelForSequenceClassification.register(TextclfClassifierConfig,
+                                                TextclfForSequenceClassification, exist_ok=True)
 
 
 class ExportedClassifier(nn.Module):
@@ -69,12 +65,14 @@ def is_export(model_dir: Path) -> bool:
 
 def check_no_foreign_code(model_dir: Path) -> None:
     """Refuse a model directory whose config.json or tokenizer_config.json names code other than
-    textclf's own classes (`auto_map`). textclf never runs code from a model directory: it loads
-    without trust_remote_code, its own classes registered in this process
-    (register_exported_classes), so a directory that needs other code cannot load as intended."""
-    own = own_auto_maps()
+    textclf's own class (`auto_map`). textclf never runs code from a model directory: it loads
+    without trust_remote_code, its own class registered in this process
+    (register_exported_classes), so a directory that needs other code cannot load as intended.
+    An export of an older textclf's classes is refused with the advice to export it again."""
+    from textclf.export.hf_model import AUTO_MAP, MODEL_TYPE
+
     model_dir = Path(model_dir)
-    for name, allowed_maps in (("config.json", list(own.values())), ("tokenizer_config.json", [])):
+    for name in ("config.json", "tokenizer_config.json"):
         path = model_dir / name
         if not path.is_file():
             continue
@@ -82,21 +80,27 @@ def check_no_foreign_code(model_dir: Path) -> None:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ModelLoadError(f"{path} is not valid JSON ({e})") from None
-        auto_map = (data.get("auto_map") if isinstance(data, dict) else None) or {}
+        data = data if isinstance(data, dict) else {}
+        auto_map = data.get("auto_map") or {}
         if not isinstance(auto_map, dict):  # tokenizer_config.json's older form: a list
             auto_map = {"AutoTokenizer": auto_map}
-        for key, ref in auto_map.items():
-            if not any(allowed.get(key) == ref for allowed in allowed_maps):
-                raise ModelLoadError(
-                    f"{path} names code that is not textclf's (auto_map {key}: {ref}); textclf "
-                    "never runs code from a model directory. Load it with transformers and "
-                    "trust_remote_code=True only if you trust that code")
-        if auto_map and name == "config.json" and own.get(data.get("model_type")) != auto_map:
-            expected = next(t for t, m in own.items() if m.get(key) == ref)
+        model_type = data.get("model_type")
+        older = str(model_type) in OLDER_MODEL_TYPES or any(
+            str(ref).startswith(OLDER_MODULES) for ref in auto_map.values())
+        ours = name == "config.json" and all(AUTO_MAP.get(k) == ref for k, ref in auto_map.items())
+        if older or (auto_map and ours and model_type != MODEL_TYPE):
             raise ModelLoadError(
-                f"{path} names textclf's class but has model_type {data.get('model_type')!r}, "
-                f"not {expected!r}: it was exported by an older textclf, which stock "
-                "transformers would load as another model. Export it again (dvc repro export)")
+                f"{path} names a class of textclf's but not as this textclf writes it (model_type "
+                f"{model_type!r}, auto_map {auto_map}): it was exported by an older textclf, "
+                "which stock transformers would load as another model or not at all. Export it "
+                "again (dvc repro export)")
+        if auto_map and not ours:
+            key, ref = next((k, r) for k, r in auto_map.items()
+                            if name != "config.json" or AUTO_MAP.get(k) != r)
+            raise ModelLoadError(
+                f"{path} names code that is not textclf's (auto_map {key}: {ref}); textclf "
+                "never runs code from a model directory. Load it with transformers and "
+                "trust_remote_code=True only if you trust that code")
 
 
 def load_export(model_dir: Path) -> tuple[ExportedClassifier, TrainedModelInfo, TextTokenizer]:

@@ -19,7 +19,8 @@ from textclf.core import data
 from textclf.core.families import family_for
 from textclf.core.params import Params, flat_params
 from textclf.core.prepared_data import LENGTH_UNITS
-from textclf.export.hf_export import POOLING_MODULE, ExportCheck, ExportNotes
+from textclf.export.hf_export import ExportCheck, ExportNotes
+from textclf.export.hf_model import MODULE
 from textclf.modeling.model_info import TrainedModelInfo
 from textclf.results_table import QUALITY, run_params
 
@@ -324,9 +325,9 @@ def _input_section(c: CardInputs) -> list[str]:
              "- Special-token strings inside a text (such as `<|endoftext|>` or `[SEP]`) are "
              "read as plain text (`split_special_tokens=True`), as in training."]
     if n.leading_space:
-        lines.append("- A space is put before each text (`add_prefix_space=True`): training "
-                     "encoded every text as \" \" + text, so its first word has the token it "
-                     "has inside a sentence.")
+        lines.append("- A space is put before each text (a `Prepend` normalizer in "
+                     "tokenizer.json): training encoded every text as \" \" + text, so its first "
+                     "word has the token it has inside a sentence.")
     if n.prompt:
         lines.append(f"- The zero-shot prompt `{c.params.zero_shot.template}` is added around "
                      "the text by the tokenizer (a post-processor, as BERT adds [CLS] and "
@@ -344,15 +345,15 @@ def _input_section(c: CardInputs) -> list[str]:
 def _exactness_section(c: CardInputs) -> list[str]:
     n, k = c.notes, c.check
     family = family_for(c.info.family)
-    if c.info.attention_heads:
-        model = (f"`{n.architecture}` (hf_attention.py in this directory, named by config.json's "
-                 f"`auto_map`): the base model, one self-attention layer ({c.info.attention_heads}"
-                 " heads, padding masked), the pooling of training and a linear head.")
-    elif n.remote_code:
-        model = (f"`{n.architecture}` ({POOLING_MODULE}.py in this directory, named by "
-                 "config.json's `auto_map`): BERT without its [CLS] pooler, the mean of the last "
-                 "hidden states over the real tokens, and a linear head. No stock class pools "
-                 "by masked mean, hence the remote code.")
+    if n.remote_code:
+        pooling = {"last": "the last real token's hidden state",
+                   "mean": "the mean of the last hidden states over the real tokens"}
+        attention = (f", one self-attention layer ({c.info.attention_heads} heads, padding "
+                     "masked)" if c.info.attention_heads else "")
+        model = (f"`{n.architecture}` ({MODULE}.py in this directory, named by config.json's "
+                 f"`auto_map`): the {family.name} base model{attention}, "
+                 f"{pooling[family.pooling]} and a linear head with bias, as trained. No stock "
+                 "class computes this exactly, hence a class of textclf's own.")
     else:
         model = (f"the stock `{n.architecture}`, which pools the last token that is not the pad "
                  "token: with right padding, the last real token, as in training.")
