@@ -14,8 +14,8 @@ metrics/train.json, outputs/evaluate/length_bins.json, metrics/plots/confusion.p
 (the card's figures) and compare/params.yaml (the published reference rows).
 Writes: export/ — config.json (class names, textclf's input description), model.safetensors
 (full weights, LoRA merged), the tokenizer files, README.md (the model card), confusion.png and
-roc.png (its figures) and, for BERT's masked mean pooling, hf_pooling.py (load with
-trust_remote_code=True). Before it replaces the previous export, the new one is loaded back with transformers and its probabilities compared with
+roc.png (its figures) and, for textclf's own class (every family but GPT-2's and GPT-NeoX's
+linear head), hf_model.py (load after `import textclf.export` or with trust_remote_code=True). Before it replaces the previous export, the new one is loaded back with transformers and its probabilities compared with
 the trained model's on the shortest and longest test texts (at most 1e-4 apart, or it fails).
 """
 

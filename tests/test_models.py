@@ -306,10 +306,11 @@ def test_last_token_pooling_takes_the_last_real_token_with_padding_on_either_sid
 # ---------------------------------------------------------------------------------------------
 # Save and reload
 
-@pytest.mark.parametrize("family, method", [
-    (family, method) for family in FAMILY_NAMES for method in ("finetune", "lora", "zero_shot")
+@pytest.mark.parametrize("family, method, merge_lora", [
+    (family, method, merge)
+    for family in FAMILY_NAMES for method in ("finetune", "lora", "zero_shot")
+    for merge in ((True, False) if method == "lora" else (True,))  # merging concerns LoRA only
     if FAMILIES[family].causal or method != "zero_shot"])
-@pytest.mark.parametrize("merge_lora", [True, False])
 def test_save_load_round_trip(tiny_dirs, data_dir, tmp_path, family, method, merge_lora):
     if method == "zero_shot":
         params = run_params(tiny_dirs[family], data_dir, method="zero_shot",
