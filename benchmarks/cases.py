@@ -19,8 +19,14 @@ from textclf.core.params import Params, load_params
 from textclf.core.tokenization import InputFormat, TokenizedSplit
 
 MODELS = ("gpt2", "bert")
-METHODS = ("zero_shot", "last2", "lora", "full", "eval")
-TRAINING_METHODS = ("last2", "lora", "full")
+METHODS = ("zero_shot", "last2", "lora", "full", "eval", "train_run", "eval_run")
+TRAINING_METHODS = ("last2", "lora", "full", "train_run")
+# Whole runs, timed from start to end: train_run = the last-2 recipe trained for every epoch with
+# validation each epoch (our frozen-block cache built inside the clock); eval_run = a whole test
+# split evaluated. The other methods time a few steps (batches) after warm-up steps.
+WHOLE_RUNS = ("train_run", "eval_run")
+# The per-step method that stands in for a whole run in the untimed warm-up round
+WARMUP_STAND_IN = {"train_run": "last2", "eval_run": "eval"}
 SIZES = ("full", "small", "tiny")
 LAST_BLOCKS = 2  # blocks trained by the last2 method (with the final norm and the head)
 NUM_LABELS = 2
@@ -69,6 +75,9 @@ class Settings:
     max_tokens: int  # model input length in tokens, special tokens included
     seed: int
     plain_bf16: bool = False  # also run the plain recipe with bf16 mixed precision (a third side)
+    run_texts: int = 2000  # whole runs: training texts (train_run) and test texts (eval_run)
+    epochs: int = 3  # whole runs: epochs of train_run
+    val_fraction: float = 0.1  # whole runs: validation texts = this share of run_texts, at least 1
 
     def problems(self) -> list[str]:
         out = [f"unknown model {m!r} (allowed: {', '.join(MODELS)})" for m in self.models
@@ -77,9 +86,11 @@ class Settings:
                 if m not in METHODS]
         if self.size not in SIZES:
             out.append(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
-        for key in ("steps", "warmup", "batch_size", "eval_batch_size"):
+        for key in ("steps", "warmup", "batch_size", "eval_batch_size", "run_texts", "epochs"):
             if getattr(self, key) < 1:
                 out.append(f"{key} must be a positive integer, got {getattr(self, key)}")
+        if not 0 < self.val_fraction < 1:
+            out.append(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
         if self.max_tokens < 8:
             out.append(f"max_tokens must be at least 8, got {self.max_tokens}")
         return out
@@ -109,7 +120,8 @@ def case_params(params_path: Path, model_dir: Path, method: str, settings: Setti
         "model": str(model_dir), "method": engine_method,
         "finetune": {"trainable_blocks": blocks},
         "data": {"max_tokens": settings.max_tokens},
-        "train": {"batch_size": settings.batch_size, "epochs": 1},
+        "train": {"batch_size": settings.batch_size,
+                  "epochs": settings.epochs if method == "train_run" else 1},
         "eval": {"batch_size": settings.eval_batch_size},
     })
 
@@ -130,12 +142,24 @@ def make_case(model: str, method: str, model_dir: Path, config, lengths: np.ndar
     def split(n: int) -> TokenizedSplit:
         return random_split(lengths, n, budget, arch.first_text_id, vocab, pad_id, rng)
 
+    train, val, test = split_sizes(method, settings)
     return Case(model, method, model_dir, config,
                 case_params(params_path, model_dir, method, settings),
-                train=split(settings.batch_size * (settings.warmup + settings.steps)),
-                val=split(min(8, settings.eval_batch_size)),
-                test=split(settings.eval_batch_size * settings.steps),
+                train=split(train), val=split(val), test=split(test),
                 fmt=fmt, pad_id=pad_id, answer_ids=answer_ids)
+
+
+def split_sizes(method: str, settings: Settings) -> tuple[int, int, int]:
+    """Texts of the train, validation and test splits of a case. Timed steps: what the warm-up
+    and timed steps (batches) take, and a small validation split scored once after training
+    (outside the timed window); whole runs: run_texts to train on, a validation share of them
+    (as data.val_fraction holds out), run_texts to evaluate."""
+    if method == "train_run":
+        return settings.run_texts, max(1, round(settings.run_texts * settings.val_fraction)), 1
+    if method == "eval_run":
+        return 1, 1, settings.run_texts
+    return (settings.batch_size * (settings.warmup + settings.steps),
+            min(8, settings.eval_batch_size), settings.eval_batch_size * settings.steps)
 
 
 def random_split(full_lengths: np.ndarray, n: int, budget: int, first_id: int, vocab: int,

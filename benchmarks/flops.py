@@ -14,6 +14,8 @@ N_trained, so backward = 4 * N * tokens; for LoRA N_trained is the adapters only
 side runs every block forward: N_forward = N_model. Building the cache (one forward pass of
 the frozen blocks over the training and validation texts, before the timed window, in
 `startup_seconds`) is not in TFLOP/s: its FLOPs are reported apart, as `cache_build_flops`.
+A whole training run (train_run) counts everything in its clock (`whole_run_flops`): every
+epoch's training and validation, and our cache's one-time build.
 """
 
 from __future__ import annotations
@@ -56,12 +58,30 @@ def flops_per_token(clf, family: Family, training: bool, cached: bool = False
     return out
 
 
+def real_tokens(split: TokenizedSplit, fmt: InputFormat) -> int:
+    """The model's real (non-padding) input tokens over `split`: text and special tokens."""
+    return int(split.lengths.sum()) + fmt.extra * len(split)
+
+
 def cache_build_flops(flops: dict[str, int], splits: list[TokenizedSplit],
                       fmt: InputFormat) -> int:
     """FLOPs of building the frozen-block cache once: a forward pass of the blocks the cached
     training skips, over every real token of `splits`."""
-    tokens = sum(int(split.lengths.sum()) + fmt.extra * len(split) for split in splits)
+    tokens = sum(real_tokens(split, fmt) for split in splits)
     return 2 * (flops["n_model"] - flops["n_forward"]) * tokens
+
+
+def whole_run_flops(flops: dict[str, int], train_tokens: int, val_tokens: int, epochs: int,
+                    cached: bool) -> int:
+    """FLOPs of a whole training run (train_run): each epoch trains on `train_tokens` and
+    validates on `val_tokens` (forward only); `cached`: training and validation run on the
+    frozen-block cache (forward through the trained blocks only), built once over both splits.
+    Uncached (the plain side), every block runs forward every time."""
+    n_forward = flops["n_through"] if cached else flops["n_model"]
+    per_epoch = (model_flops(n_forward, flops["n_through"], flops["n_trained"]) * train_tokens
+                 + 2 * n_forward * val_tokens)
+    build = 2 * (flops["n_model"] - n_forward) * (train_tokens + val_tokens)
+    return epochs * per_epoch + build
 
 
 def trainable_params(model: torch.nn.Module) -> int:

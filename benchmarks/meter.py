@@ -5,6 +5,8 @@ read the same way for both sides.
   `steps` optimizer steps after `warmup` steps (training; timed from the end of optimizer step
   `warmup` to the end of step `warmup + steps`, by a global optimizer hook, the same clock for both
   sides) or over one pass through `steps` batches after a warm-up batch (scoring and evaluation);
+  whole runs (train_run, eval_run): from the call to its return, the training texts of every
+  epoch (train_run) or every test text (eval_run) over that wall time;
   on a GPU the clock reads after `torch.cuda.synchronize()`;
 - peak memory: `torch.cuda.max_memory_allocated` on a GPU (reset before each side); on a CPU the
   process's peak resident set size (VmHWM, reset per side through /proc/self/clear_refs where
@@ -129,12 +131,14 @@ class Meter:
         self.batches = trained[warmup:warmup + steps]
 
     @contextmanager
-    def timed(self) -> Iterator["Meter"]:
+    def timed(self, training_only: bool = False) -> Iterator["Meter"]:
+        """Times the block; counts the batches built inside it (`training_only`: the training
+        batches alone, e.g. of a whole run that also validates and builds a cache)."""
         first = len(self.counter.batches)
         started = self._clock()
         yield self
         self.seconds = self._clock() - started
-        self.batches = self.counter.batches[first:]
+        self.batches = [b for b in self.counter.batches[first:] if b[0] or not training_only]
 
     @property
     def samples(self) -> int:

@@ -3,7 +3,8 @@
 Training is `textclf.train.loop.train_classifier` on the model of
 `textclf.modeling.classifier.build_classifier` (params.yaml plus overrides, so every engine knob it
 sets is measured as configured); scoring and evaluation are
-`textclf.modeling.inference.predict_logits`.
+`textclf.modeling.inference.predict_logits`. Whole runs (train_run, eval_run) time the same calls
+from start to end.
 """
 
 from __future__ import annotations
@@ -11,9 +12,15 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from cases import NUM_LABELS, TRAINING_METHODS, Case, Settings, first
-from flops import cache_build_flops, flops_per_token, trainable_params
-from meter import CountingCollator, Meter, measured_figures, reset_peak_memory
+from cases import NUM_LABELS, TRAINING_METHODS, WHOLE_RUNS, Case, Settings, first
+from flops import (
+    cache_build_flops,
+    flops_per_token,
+    real_tokens,
+    trainable_params,
+    whole_run_flops,
+)
+from meter import CountingCollator, Meter, measured_figures, reset_peak_memory, significant
 
 from textclf.core.families import checked_config_and_family
 from textclf.modeling.batching import Collator, pad_multiple_for
@@ -31,6 +38,7 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
     accelerator = make_accelerator(params.train.mixed_precision)
     memory_kind = reset_peak_memory(device)
     training = case.method in TRAINING_METHODS
+    whole = case.method in WHOLE_RUNS
     if case.method == "zero_shot":
         clf = build_zero_shot(str(case.model_dir), family, case.answer_ids)
     else:
@@ -43,7 +51,10 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
     meter = Meter(device, collator)
     cache = "off"  # where the loop kept the frozen-block cache (train.cache_frozen)
     if training:
-        with meter.training(settings.warmup, settings.steps):
+        # a whole run: the call, start to end (the cache build and each epoch's validation in it)
+        window = (meter.timed(training_only=True) if whole else
+                  meter.training(settings.warmup, settings.steps))
+        with window:
             result = train_classifier(clf, case.train, case.val, collator, params.train,
                                       params.learning_rate, params.eval.batch_size, params.seed,
                                       accelerator, checkpointer=None, live=None, log=quiet)
@@ -56,12 +67,16 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
                 f"{params.learning_rate:g}, grad clip {t.grad_clip:g}, compile "
                 f"{str(t.compile).lower()}, cache_frozen {str(t.cache_frozen).lower()} "
                 f"({'off' if cache == 'off' else 'on the ' + cache})")
+        if whole:
+            what += (f", {t.epochs} epochs, validation each epoch ({len(case.val)} texts, the "
+                     "best epoch kept)")
         padding = (("length-grouped" if t.group_by_length else "shuffled") +
                    f" batches padded to their longest (multiple of {collator.pad_multiple})")
     else:
         clf = clf.to(device)
-        predict_logits(clf, first(case.test, settings.eval_batch_size), collator,
-                       settings.eval_batch_size, accelerator)  # warm-up batch
+        if not whole:  # a whole evaluation runs as the evaluate stage runs it: no warm-up
+            predict_logits(clf, first(case.test, settings.eval_batch_size), collator,
+                           settings.eval_batch_size, accelerator)  # warm-up batch
         with meter.timed():
             predict_logits(clf, case.test, collator, settings.eval_batch_size, accelerator)
         what = "textclf.modeling.inference.predict_logits" + (
@@ -74,6 +89,13 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
     if cached:
         flops["cache_build_flops"] = cache_build_flops(flops, [case.train, case.val], case.fmt)
     dtype = "bf16 autocast, fp32 weights" if accelerator.mixed_precision == "bf16" else "fp32"
-    return {**measured_figures(meter, device, flops["flops_per_token"], memory_kind, training),
-            "recipe": what, "dtype": dtype, "padding": padding, **flops,
-            "trainable_params": trainable_params(clf) if training else 0}
+    out = {**measured_figures(meter, device, flops["flops_per_token"], memory_kind,
+                              training and not whole),
+           "recipe": what, "dtype": dtype, "padding": padding, **flops,
+           "trainable_params": trainable_params(clf) if training else 0}
+    if case.method == "train_run":  # every FLOP in the clock, not the training steps' alone
+        out["flops"] = whole_run_flops(flops, real_tokens(case.train, case.fmt),
+                                       real_tokens(case.val, case.fmt), params.train.epochs,
+                                       cached)
+        out["tflops"] = significant(out["flops"] / meter.seconds / 1e12)
+    return out

@@ -3,7 +3,14 @@
 `AutoModelForSequenceClassification` with the same parameters frozen (or peft's `get_peft_model`
 with the same LoRA config), `transformers.Trainer` with default `TrainingArguments` apart from the
 batch size, `max_steps` and quiet/no-save options, `DataCollatorWithPadding`, and
-`Trainer.predict` for evaluation. Zero-shot scoring has no Trainer recipe (`Trainer.predict` on a
+`Trainer.predict` for evaluation (at the same batch size as ours).
+
+A whole training run (train_run) is `trainer.train()` for `num_train_epochs` (no max_steps) with
+`eval_strategy="epoch"` on the same validation texts and an accuracy `compute_metrics`: what a
+user sets up to pick an epoch, as our loop validates each epoch. No checkpoints are saved
+(`save_strategy="no"`, so no `load_best_model_at_end`): our loop keeps its best epoch's weights in
+memory, and writing 3 checkpoints would only slow the plain side down. A whole evaluation
+(eval_run) is one `Trainer.predict` over the test split, without a warm-up batch. Zero-shot scoring has no Trainer recipe (`Trainer.predict` on a
 causal LM would gather (texts, tokens, vocabulary) logits), so its plain side is the usual loop:
 `AutoModelForCausalLM`, `DataCollatorWithPadding`, `torch.no_grad()`, and the answer words'
 logits at the last real token. The accuracy-parity program (parity.py) reuses the model, rows
@@ -15,7 +22,8 @@ from __future__ import annotations
 import tempfile
 
 import torch
-from cases import LAST_BLOCKS, NUM_LABELS, TRAINING_METHODS, Case, Settings
+import numpy as np
+from cases import LAST_BLOCKS, NUM_LABELS, TRAINING_METHODS, WHOLE_RUNS, Case, Settings
 from flops import trainable_params
 from meter import CountingCollator, Meter, measured_figures, reset_peak_memory
 
@@ -74,15 +82,42 @@ def plain_training_args(case: Case, settings: Settings, output_dir: str, bf16: b
     from transformers import TrainingArguments
 
     cpu = not torch.cuda.is_available()
+    # a whole run: every epoch, validated at each epoch's end; else warm-up + timed steps
+    length = ({"num_train_epochs": settings.epochs, "eval_strategy": "epoch"}
+              if case.method == "train_run" else
+              {"max_steps": settings.warmup + settings.steps, "eval_strategy": "no"})
     return TrainingArguments(
         bf16=bf16, use_cpu=bf16 and cpu,  # the Trainer allows bf16 on a CPU only if told so
         output_dir=output_dir,
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.eval_batch_size,
-        max_steps=settings.warmup + settings.steps,
         seed=case.params.seed,
-        report_to="none", save_strategy="no", eval_strategy="no", disable_tqdm=True,
+        report_to="none", save_strategy="no", disable_tqdm=True, **length,
     )
+
+
+def accuracy(prediction) -> dict:
+    """The validation figure a user asks the Trainer for (compute_metrics)."""
+    logits = prediction.predictions
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return {"accuracy": float((np.argmax(logits, axis=-1) == prediction.label_ids).mean())}
+
+
+def epoch_flag():
+    """A Trainer callback whose `training` is true from an epoch's start to its end: the batches
+    built then are training batches, those built after it (the epoch's evaluation) are not."""
+    from transformers import TrainerCallback
+
+    class EpochFlag(TrainerCallback):
+        training = False
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            self.training = True
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self.training = False
+
+    return EpochFlag()
 
 
 def run_plain(case: Case, settings: Settings, device: torch.device, bf16: bool = False) -> dict:
@@ -96,32 +131,44 @@ def run_plain(case: Case, settings: Settings, device: torch.device, bf16: bool =
     if case.method == "zero_shot":
         return _plain_zero_shot(case, settings, device, tok, bf16, memory_kind)
     model = plain_classifier(case, family)
-    # Trainer.train builds training batches only (no evaluation during training)
-    collator = CountingCollator(DataCollatorWithPadding(tok), lambda: True)
+    whole = case.method in WHOLE_RUNS
+    # Training batches are those built inside an epoch (a whole run also evaluates after each)
+    flag = epoch_flag()
+    collator = CountingCollator(DataCollatorWithPadding(tok), lambda: flag.training)
     meter = Meter(device, collator)
     with tempfile.TemporaryDirectory() as output_dir:
         args = plain_training_args(case, settings, output_dir, bf16)
+        validated = case.method == "train_run"
         trainer = Trainer(model=model, args=args, data_collator=collator, processing_class=tok,
-                          train_dataset=plain_rows(case.train, case.fmt))
+                          train_dataset=plain_rows(case.train, case.fmt),
+                          eval_dataset=plain_rows(case.val, case.fmt) if validated else None,
+                          compute_metrics=accuracy if validated else None, callbacks=[flag])
         trainer.remove_callback(PrinterCallback)  # quiet: no metrics dict printed at the end
         but = " but bf16=True" if bf16 else ""
         if training:
-            with meter.training(settings.warmup, settings.steps):
+            window = (meter.timed(training_only=True) if whole else
+                      meter.training(settings.warmup, settings.steps))
+            with window:
                 trainer.train()
+            length = (f"num_train_epochs {args.num_train_epochs:g}, eval_strategy epoch on "
+                      f"{len(case.val)} texts with accuracy, save_strategy no" if validated
+                      else f"max_steps {args.max_steps}")
             what = (f"transformers.Trainer.train, default TrainingArguments{but} (optim "
                     f"{getattr(args.optim, 'value', args.optim)}, lr {args.learning_rate:g}, "
-                    f"max_grad_norm {args.max_grad_norm:g}, max_steps {args.max_steps})")
+                    f"max_grad_norm {args.max_grad_norm:g}, {length})")
             if case.method == "lora":
                 what += ", peft get_peft_model (task_type SEQ_CLS)"
             padding = "DataCollatorWithPadding: random batches padded to their longest"
         else:
             rows = plain_rows(case.test, case.fmt)
-            trainer.predict(rows[:settings.eval_batch_size])  # warm-up batch
+            if not whole:
+                trainer.predict(rows[:settings.eval_batch_size])  # warm-up batch
             with meter.timed():
                 trainer.predict(rows)
             what = f"transformers.Trainer.predict, default TrainingArguments{but}"
             padding = "DataCollatorWithPadding: batches in data order padded to their longest"
-    return {**measured_figures(meter, device, None, memory_kind, training), "recipe": what,
+    return {**measured_figures(meter, device, None, memory_kind, training and not whole),
+            "recipe": what,
             "dtype": plain_dtype(device, bf16), "padding": padding,
             "trainable_params": trainable_params(model) if training else 0}
 

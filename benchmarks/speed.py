@@ -11,7 +11,10 @@ in the same process, on the same saved model, the same token ids, batch size and
   scoring the usual `no_grad` loop over `AutoModelForCausalLM` logits.
 
 Methods: zero_shot (prompt scoring, GPT-2 only), last2 (last 2 blocks, the final norm and the
-head trained), lora, full (everything trained), eval (the evaluation pass of a classifier).
+head trained), lora, full (everything trained), eval (the evaluation pass of a classifier), each
+over a few timed steps (batches); and two whole runs timed from start to end: train_run (the
+last2 recipe for `epochs` epochs on `run_texts` texts, validated each epoch; ours builds its
+frozen-block cache inside the clock) and eval_run (a whole test split of `run_texts` texts).
 
 Data: review lengths from real IMDb reviews, tokenized (the tokenization benchmark), else from a
 log-normal with IMDb's median and mean (inputs.py); random token ids of those lengths, cut to
@@ -22,8 +25,9 @@ method run every side: one-time costs of a process (CUDA kernels loaded on first
 allocator's pool growing, GEMM heuristics per batch shape) then fall on neither side.
 
 Measures, per (model, method, side): samples/s, real tokens/s and peak memory (how they are
-timed and read: meter.py), TFLOP/s (model FLOPs on real tokens, the formula: flops.py), and the
-ratios ours/plain.
+timed and read: meter.py), TFLOP/s (model FLOPs on real tokens, the formula: flops.py), its share
+of the device's matmul peak measured in the same run (peak.py), and the ratios ours/plain; then
+judges them against the targets (targets.py).
 
 Imports only torch, numpy, transformers, peft, accelerate (tiktoken optional) and textclf modules
 that import nothing else, so it runs where the pipeline's data tools are not installed.
@@ -31,6 +35,7 @@ that import nothing else, so it runs where the pipeline's data tools are not ins
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import tempfile
 from pathlib import Path
@@ -43,11 +48,12 @@ from cases import (
     MODELS,
     SIZE_OVERRIDES,
     TRAINING_METHODS,
+    WARMUP_STAND_IN,
     Case,
     Settings,
     make_case,
 )
-from flops import model_flops
+from flops import model_flops, real_tokens, whole_run_flops
 from inputs import (
     SYNTHETIC_MEDIAN,
     SYNTHETIC_REVIEWS,
@@ -58,14 +64,16 @@ from inputs import (
     tokenization_benchmark,
 )
 from meter import free_memory, fresh_globals, global_snapshot, significant
+from peak import matmul_peak, peak_share, precision_of
 from our_runner import run_ours
 from plain_trainer import run_plain
 from random_models import save_random_model
+from targets import judge, verdict
 
 from textclf.core.families import FAMILIES
 from textclf.core.params import load_params
 from textclf.core.tokenization import tiktoken_gpt2
-from textclf.modeling.device import device_name
+from textclf.modeling.device import device_name, resolved_precision
 
 
 def run_benchmark(settings: Settings, params_path: Path, data_path: Path | None,
@@ -111,6 +119,13 @@ def run_benchmark(settings: Settings, params_path: Path, data_path: Path | None,
         out["settings.lengths"] = (f"synthetic log-normal (median {SYNTHETIC_MEDIAN:g}, sigma "
                                    f"{SYNTHETIC_SIGMA:g} tokens)")
 
+    # The device's matmul peak in each precision a side computes in, before the sides run and
+    # after them: the faster counts (on a shared machine, others' work slows either down)
+    precisions = {"fp32", resolved_precision(base.train.mixed_precision, device.type == "cuda")}
+    precisions = sorted(precisions | ({"bf16"} if settings.plain_bf16 else set()))
+    peaks = {p: measure_peak(device, p, {}, log) for p in precisions}
+    measured: dict[tuple[str, str], dict] = {}
+
     rng = np.random.default_rng(settings.seed)
     with tempfile.TemporaryDirectory(prefix="textclf-bench-") as tmp:
         for model in settings.models:
@@ -129,25 +144,49 @@ def run_benchmark(settings: Settings, params_path: Path, data_path: Path | None,
                 # heuristics per batch shape) that took GPT-2's first training method on an
                 # H100 from ~1000 to ~250 samples/s, whichever method came first
                 for warm in warmup_methods(methods):
+                    # standing in for a whole run only: one warm-up and one step are enough
+                    warm_settings = (settings if warm in methods else
+                                     dataclasses.replace(settings, warmup=1, steps=1))
                     log(f"{model} {warm}: warm-up round (untimed)")
                     run_case(make_case(model, warm, model_dir, config, lengths[model],
-                                       params_path, settings, rng), settings, device, snapshot)
+                                       params_path, warm_settings, rng),
+                             warm_settings, device, snapshot)
             for method in methods:
                 case = make_case(model, method, model_dir, config, lengths[model], params_path,
                                  settings, rng)
-                sides = run_case(case, settings, device, snapshot)
-                for side, values in sides.items():
-                    out.update({f"{model}.{method}.{side}.{k}": v for k, v in values.items()})
+                sides = measured[model, method] = run_case(case, settings, device, snapshot)
                 log(f"{model} {method}: " + ", ".join(
                     f"{side} {values['samples_per_s']:,.1f}" for side, values in sides.items()
                     if "seconds" in values) + " samples/s")
             free_memory(device)
+
+    peaks = {p: measure_peak(device, p, peaks[p], log) for p in precisions}
+    for p, peak in peaks.items():
+        out.update({f"peak.{p}.{k}": v for k, v in peak.items()})
+    for (model, method), sides in measured.items():
+        for values in sides.values():
+            if "tflops" in values and "dtype" in values:
+                values["peak_share"] = peak_share(
+                    values["tflops"], peaks[precision_of(values["dtype"])]["tflops"])
+        sides["target"] = judge(method, sides["ours"], sides["ratio"])
+        for side, values in sides.items():
+            out.update({f"{model}.{method}.{side}.{k}": v for k, v in values.items()})
     return out
+
+
+def measure_peak(device: torch.device, precision: str, before: dict,
+                 log: Callable[[str], None]) -> dict:
+    """The matmul peak now, or `before` (an earlier measurement) if that was faster."""
+    peak = matmul_peak(device, precision)
+    log(f"matmul peak ({precision}, {peak['size']}^3): {peak['tflops']:g} TFLOP/s")
+    return before if before and before["tflops"] >= peak["tflops"] else peak
 
 
 def warmup_methods(methods: list[str]) -> list[str]:
     """One training and one scoring method, so both the training and the inference shapes are
-    warm (a scoring round does not warm training, nor training the larger scoring batches)."""
+    warm (a scoring round does not warm training, nor training the larger scoring batches); a
+    whole run is warmed by its per-step stand-in (WARMUP_STAND_IN)."""
+    methods = list(dict.fromkeys(WARMUP_STAND_IN.get(m, m) for m in methods))
     training = [m for m in methods if m in TRAINING_METHODS][:1]
     scoring = [m for m in methods if m not in TRAINING_METHODS][:1]
     return training + scoring
@@ -175,6 +214,11 @@ def run_case(case: Case, settings: Settings, device: torch.device, snapshot: dic
                                                ours["n_trained"])
         plain["tflops"] = significant(plain["flops_per_token"] * plain["tokens"] /
                                       plain["seconds"] / 1e12)
+        if case.method == "train_run":  # and its validation passes, every block forward too
+            plain["flops"] = whole_run_flops(ours, real_tokens(case.train, case.fmt),
+                                             real_tokens(case.val, case.fmt),
+                                             case.params.train.epochs, cached=False)
+            plain["tflops"] = significant(plain["flops"] / plain["seconds"] / 1e12)
         sides[side.replace("plain", "ratio")] = {
             key: round(ours[key] / plain[key], 3) if plain[key] else None
             for key in ("samples_per_s", "tokens_per_s", "tflops", "peak_memory_mib")}
@@ -185,16 +229,25 @@ def run_case(case: Case, settings: Settings, device: torch.device, snapshot: dic
 # Printing
 
 def format_table(results: dict) -> str:
-    """A fixed-width table of bench.json's figures, then what each side ran."""
-    head = (f"{'model':<6} {'method':<9} {'side':<10} {'samples/s':>10} {'tokens/s':>11} "
-            f"{'TFLOP/s':>9} {'peak MiB':>9} {'pad %':>6}  dtype")
+    """A fixed-width table of bench.json's figures with the targets' verdicts, then what each
+    side ran."""
+    head = (f"{'model':<6} {'method':<9} {'side':<10} {'seconds':>8} {'samples/s':>10} "
+            f"{'tokens/s':>11} {'TFLOP/s':>9} {'peak %':>7} {'peak MiB':>9} {'pad %':>6}  "
+            "dtype / target")
+    peaks = sorted({k.split(".")[1] for k in results if k.startswith("peak.")})
     lines = [f"device: {results['device']}; torch {results['torch']}, transformers "
              f"{results['transformers']}, peft {results['peft']}",
              f"size {results['settings.size']}; batch {results['settings.batch_size']} "
              f"(training), {results['settings.eval_batch_size']} (scoring, evaluation); "
              f"{results['settings.warmup']} warm-up + {results['settings.steps']} timed steps; "
              f"max_tokens {results['settings.max_tokens']}",
+             f"whole runs: train_run {results['settings.run_texts']} texts x "
+             f"{results['settings.epochs']} epochs, validation each epoch; eval_run "
+             f"{results['settings.run_texts']} texts",
              f"review lengths: {results['settings.lengths']}",
+             "matmul peak: " + ", ".join(
+                 f"{p} {results[f'peak.{p}.tflops']:g} TFLOP/s ({results[f'peak.{p}.size']}^3 "
+                 f"matmul, best of {results[f'peak.{p}.repeats']})" for p in peaks),
              "", head, "-" * len(head)]
     recipes = []
 
@@ -204,20 +257,28 @@ def format_table(results: dict) -> str:
     for model in MODELS:
         for method in METHODS:
             key = f"{model}.{method}"
+            target = {k.rsplit(".", 1)[1]: v for k, v in results.items()
+                      if k.startswith(f"{key}.target.")}
             for side in ("ours", "plain", "ratio", "plain_bf16", "ratio_bf16"):
                 r = {k.rsplit(".", 1)[1]: v for k, v in results.items()
                      if k.startswith(f"{key}.{side}.")}
                 if not r:
                     continue
                 if side.startswith("ratio"):
-                    lines.append(f"{'':<6} {'':<9} {side:<10} {times(r['samples_per_s']):>10} "
+                    judged = (verdict(target["ratio"], r["samples_per_s"], "x")
+                              if side == "ratio" and "ratio" in target else "")
+                    lines.append(f"{'':<6} {'':<9} {side:<10} {'':>8} "
+                                 f"{times(r['samples_per_s']):>10} "
                                  f"{times(r['tokens_per_s']):>11} {times(r['tflops']):>9} "
-                                 f"{times(r['peak_memory_mib']):>9}")
+                                 f"{'':>7} {times(r['peak_memory_mib']):>9} {'':>6}  {judged}")
                     continue
-                lines.append(f"{model:<6} {method:<9} {side:<10} {r['samples_per_s']:>10,.1f} "
-                             f"{r['tokens_per_s']:>11,.0f} {r['tflops']:>9.3g} "
-                             f"{r['peak_memory_mib']:>9,.0f} {100 * r['padding_fraction']:>6.1f}"
-                             f"  {r['dtype']}")
+                share = f"{100 * r['peak_share']:.1f}" if "peak_share" in r else "-"
+                judged = (f"; peak share {verdict(target['peak_share'], r['peak_share'], '%')}"
+                          if side == "ours" and "peak_share" in target else "")
+                lines.append(f"{model:<6} {method:<9} {side:<10} {r['seconds']:>8,.2f} "
+                             f"{r['samples_per_s']:>10,.1f} {r['tokens_per_s']:>11,.0f} "
+                             f"{r['tflops']:>9.3g} {share:>7} {r['peak_memory_mib']:>9,.0f} "
+                             f"{100 * r['padding_fraction']:>6.1f}  {r['dtype']}{judged}")
                 recipes.append(f"  {model} {method} {side}: {r['recipe']}; {r['padding']}")
     tokenize = [(k, v) for k, v in results.items()
                 if k.startswith("tokenize.") and k.endswith("reviews_per_s")]
@@ -227,7 +288,9 @@ def format_table(results: dict) -> str:
             for k, v in tokenize)]
     memory = sorted({v for k, v in results.items() if k.endswith(".memory")})
     lines += ["", f"peak memory: {', '.join(memory)}. TFLOP/s: model FLOPs executed on real "
-                  "tokens, the frozen-block cache's one-time build excluded "
-                  "(benchmarks/flops.py). ratio = ours / plain.", "what each side ran:",
+                  "tokens, the frozen-block cache's one-time build excluded, but for train_run, "
+                  "whose clock holds the build and every validation pass (benchmarks/flops.py). "
+                  "peak % = TFLOP/s / the matmul peak of the side's precision (peak.py). "
+                  "ratio = ours / plain; targets: benchmarks/targets.py.", "what each side ran:",
               *recipes]
     return "\n".join(lines)

@@ -202,3 +202,118 @@ def test_bench_records_no_absolute_paths(tmp_path, tiny_dirs, reviews_gz, capsys
     absolute = {k: v for k, v in results.items()
                 if isinstance(v, str) and re.search(r"(^|\s)/", v)}
     assert not absolute
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole runs (train_run, eval_run), the matmul peak and the targets
+
+@pytest.mark.slow  # two Trainer runs and two evaluations: ~15 s
+def test_whole_runs_write_their_figures(tmp_path, capsys):
+    """train_run times every epoch (validation and our cache build included) on --run-texts
+    texts, eval_run a whole test split of them; both sides count the same texts, the FLOPs of
+    what ran (plain: every block, every time) and their share of the matmul peak."""
+    out = tmp_path / "whole.json"
+    results = bench_script().main([*TINY, "--model", "gpt2", "--methods", "train_run,eval_run",
+                                   "--run-texts", "10", "--epochs", "2", "--data",
+                                   str(tmp_path / "absent.jsonl.gz"), "--out", str(out)])
+    assert json.loads(out.read_text()) == results
+    check_sides(results, "gpt2", "train_run")
+    check_sides(results, "gpt2", "eval_run")
+    for side in ("ours", "plain"):
+        assert results[f"gpt2.train_run.{side}.samples"] == 2 * 10  # every epoch's texts
+        assert results[f"gpt2.eval_run.{side}.samples"] == 10
+        assert "num_train_epochs 2" in results["gpt2.train_run.plain.recipe"]
+    ours = {k.removeprefix("gpt2.train_run.ours."): v for k, v in results.items()
+            if k.startswith("gpt2.train_run.ours.")}
+    plain_flops = results["gpt2.train_run.plain.flops"]
+    assert "2 epochs, validation each epoch (1 texts" in ours["recipe"]
+    assert "(on the device)" in ours["recipe"]  # the cache, built inside the clock
+    # the cache saves the frozen block's forward on every epoch but the build
+    assert 0 < ours["flops"] < plain_flops
+    for method in ("train_run", "eval_run"):
+        for side in ("ours", "plain"):
+            key = f"gpt2.{method}.{side}."
+            assert results[key + "peak_share"] == pytest.approx(
+                results[key + "tflops"] / results["peak.fp32.tflops"], abs=1e-4)
+    assert results["gpt2.train_run.target.ratio"] == 4.0
+    assert results["gpt2.eval_run.target.ratio"] == 2.0
+    assert results["gpt2.train_run.target.ratio_met"] == (
+        results["gpt2.train_run.ratio.samples_per_s"] >= 4.0)
+    table = capsys.readouterr().out
+    assert "gpt2   train_run ours" in table and "matmul peak: fp32" in table
+    assert re.search(r"ratio .*>= 4x (met|NOT met)", table)
+
+
+def test_matmul_peak_is_positive():
+    import torch
+    from peak import matmul_peak
+
+    peak = matmul_peak(torch.device("cpu"), "fp32", size=128, seconds=0.01)
+    assert peak["tflops"] > 0 and peak["size"] == 128 and peak["repeats"] >= 3
+
+
+def test_matmul_peak_counts_2_n_cubed_flops_per_fastest_product(monkeypatch):
+    """On a clock that ticks 0.5 s per reading, each product takes 0.5 s: 2 x 256^3 FLOPs in
+    0.5 s."""
+    import itertools
+
+    import peak
+    import torch
+
+    ticks = itertools.count()
+    monkeypatch.setattr(peak.time, "perf_counter", lambda: 0.5 * next(ticks))
+    measured = peak.matmul_peak(torch.device("cpu"), "fp32", size=256, seconds=2.0)
+    assert measured["tflops"] == pytest.approx(2 * 256**3 / 0.5 / 1e12, rel=1e-3)
+
+
+def test_peak_share_is_achieved_over_peak():
+    from peak import peak_share, precision_of
+
+    assert peak_share(0.06, 0.12) == 0.5
+    assert peak_share(0.0123, 0.2) == pytest.approx(0.0615)
+    assert precision_of("bf16 autocast, fp32 weights") == "bf16"
+    assert precision_of("fp32 (TF32 matmuls)") == precision_of("fp32") == "fp32"
+
+
+@pytest.mark.parametrize("dtype, ratio, share, expected", [
+    ("fp32", 3.6, 0.55, {"ratio": 3.5, "ratio_met": True, "peak_share": 0.5,
+                         "peak_share_met": True}),
+    ("fp32", 3.4, 0.2, {"ratio": 3.5, "ratio_met": False, "peak_share": 0.5,
+                        "peak_share_met": False}),
+    # native bf16: the last-2 target is 6x
+    ("bf16 autocast, fp32 weights", 4.0, 0.6, {"ratio": 6.0, "ratio_met": False,
+                                               "peak_share": 0.5, "peak_share_met": True}),
+])
+def test_targets_judge_last2(dtype, ratio, share, expected):
+    from targets import judge, verdict
+
+    assert judge("last2", {"dtype": dtype, "peak_share": share},
+                 {"samples_per_s": ratio}) == expected
+    assert judge("zero_shot", {"dtype": dtype}, {"samples_per_s": ratio}) == {}
+    assert verdict(4.0, 5.0, "x") == ">= 4x met"
+    assert verdict(0.5, 0.1, "%") == ">= 50% NOT met (20% of it)"
+
+
+def test_whole_run_flops_count_every_epoch_and_the_cache_build():
+    """10 non-embedding parameters, the last 4 trained (through = trained = 4); 100 training and
+    10 validation tokens a epoch, 3 epochs."""
+    from flops import whole_run_flops
+
+    n = {"n_model": 10, "n_through": 4, "n_trained": 4}
+    # plain: (2*10 forward + 2*4 + 2*4 backward) * 100 + 2*10 * 10 validation, per epoch
+    assert whole_run_flops(n, 100, 10, 3, cached=False) == 3 * (36 * 100 + 20 * 10)
+    # cached: the trained blocks only, every epoch; the 6 frozen ones once over 110 tokens
+    assert whole_run_flops(n, 100, 10, 3, cached=True) == 3 * (24 * 100 + 8 * 10) + 12 * 110
+
+
+def test_whole_run_splits():
+    from cases import Settings, split_sizes
+
+    settings = Settings(models=("gpt2",), methods=("train_run",), size="tiny", steps=2,
+                        warmup=1, batch_size=4, eval_batch_size=4, max_tokens=32, seed=0,
+                        run_texts=50, epochs=3, val_fraction=0.1)
+    assert split_sizes("train_run", settings)[:2] == (50, 5)
+    assert split_sizes("eval_run", settings)[2] == 50
+    assert split_sizes("last2", settings) == (12, 4, 8)
+    assert Settings(**{**vars(settings), "run_texts": 0}).problems() == [
+        "run_texts must be a positive integer, got 0"]
