@@ -6,7 +6,7 @@
     python benchmarks/bench.py --size tiny --steps 2 --warmup 1 --batch-size 4 \\
         --eval-batch-size 4 --max-tokens 32 --out /tmp/bench.json   # seconds: does it run?
     python benchmarks/bench.py --size full --model gpt2 --methods last2,lora,eval \\
-        --params params.yaml                 # the acceptance figures (CPU: --steps 3)
+        --params params.yaml                 # the defaults against the targets (CPU: --steps 3)
     python benchmarks/bench.py --size small --model gpt2 --methods train_run,eval_run \\
         --run-texts 2000 --epochs 3 --out benchmarks/results/whole_run_small.json   # ~10 min CPU
 

@@ -1,4 +1,4 @@
-"""The speed targets the benchmark's figures are judged against (issue 19), and the verdicts.
+"""The speed targets the benchmark's figures are judged against, and the verdicts.
 
 - ours / plain samples/s, last2 and LoRA (a few timed steps): at least 3.5x where our side
   computes in fp32 (a CPU without native bf16), 6x where it runs bf16 autocast (native bf16);

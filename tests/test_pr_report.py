@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / ".github" / "workflows" / "pr-report.yml"
 ENV = {**tiny.ENV, "DVC_NO_ANALYTICS": "1",
        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), tiny.ENV.get("PYTHONPATH", "")])}
-LIMIT = 60_000  # the issue's bound: GitHub rejects a comment over 65,536 characters
+LIMIT = 60_000  # the bound: GitHub rejects a comment over 65,536 characters
 
 # train writes a model file (DVC-cached, so never in a CI checkout), train.json and a dvclive-style
 # loss log; evaluate reads the model and writes the headline metrics and the plot CSVs.
@@ -191,7 +191,7 @@ def metrics_at(root: Path, rev: str) -> dict:
 
 @pytest.mark.slow  # seconds: a git + DVC repository, or full-size weights
 def test_params_changed_but_not_rerun_is_reported_stale(repo):
-    """The issue: train.lr changed without `dvc repro` used to read "No metrics changed"."""
+    """train.lr changed without `dvc repro` used to read "No metrics changed"."""
     tree = repo.parent / "params-only"
     result = run_report(tree, "--base", "main")
     assert result.returncode == 0, result.stderr
