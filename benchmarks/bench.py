@@ -8,7 +8,7 @@
     python benchmarks/bench.py --size full --model gpt2 --methods last2,lora,eval \\
         --params params.yaml                 # the defaults against the targets (CPU: --steps 3)
     python benchmarks/bench.py --size small --model gpt2 --methods train_run,eval_run \\
-        --run-texts 2000 --epochs 3 --out benchmarks/results/whole_run_small.json   # ~10 min CPU
+        --run-texts 2000 --epochs 3 --out /tmp/whole_run_small.json   # about an hour on 2 CPU cores
 
 Whole runs (train_run, eval_run; not run unless named in --methods) time a whole training run
 and a whole test split's evaluation, start to end, on `--run-texts` texts. At the defaults (2000

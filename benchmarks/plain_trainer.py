@@ -56,7 +56,7 @@ def plain_classifier(case: Case, family: Family):
                                                                num_labels=NUM_LABELS)
     model.config.pad_token_id = case.pad_id  # GPT-2 finds each text's last token by it
     total = int(case.config.num_hidden_layers)
-    if case.method == "last2":
+    if case.method in ("last2", "train_run"):  # train_run: the last-2 recipe, trained whole
         base = model.base_model
         base.requires_grad_(False)
         blocks_of(base, family)[total - LAST_BLOCKS:].requires_grad_(True)

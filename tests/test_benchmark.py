@@ -223,6 +223,10 @@ def test_whole_runs_write_their_figures(tmp_path, capsys):
         assert results[f"gpt2.train_run.{side}.samples"] == 2 * 10  # every epoch's texts
         assert results[f"gpt2.eval_run.{side}.samples"] == 10
         assert "num_train_epochs 2" in results["gpt2.train_run.plain.recipe"]
+    # both sides train the same part (the last 2 blocks, the final norm and a head; ours' head
+    # has a bias, plain's GPT-2 `score` none): plain training the whole model would be slower
+    trained = [results[f"gpt2.train_run.{side}.trainable_params"] for side in ("ours", "plain")]
+    assert abs(trained[0] - trained[1]) <= 2, trained
     ours = {k.removeprefix("gpt2.train_run.ours."): v for k, v in results.items()
             if k.startswith("gpt2.train_run.ours.")}
     plain_flops = results["gpt2.train_run.plain.flops"]
