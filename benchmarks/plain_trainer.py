@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import tempfile
 
-import torch
 import numpy as np
+import torch
 from cases import LAST_BLOCKS, NUM_LABELS, TRAINING_METHODS, WHOLE_RUNS, Case, Settings
 from flops import trainable_params
 from meter import CountingCollator, Meter, measured_figures, reset_peak_memory

@@ -64,8 +64,8 @@ from inputs import (
     tokenization_benchmark,
 )
 from meter import free_memory, fresh_globals, global_snapshot, significant
-from peak import matmul_peak, peak_share, precision_of
 from our_runner import run_ours
+from peak import matmul_peak, peak_share, precision_of
 from plain_trainer import run_plain
 from random_models import save_random_model
 from targets import judge, verdict
