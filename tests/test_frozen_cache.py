@@ -6,6 +6,7 @@ import contextlib
 import pytest
 import torch
 from support import tiny
+from support.tiny_families import by_family
 
 from textclf.core.families import FAMILIES, checked_config_and_family
 from textclf.core.params import parse_params
@@ -42,9 +43,9 @@ def classifier(tiny_dirs, data_dir, family, method, head="linear"):
 
 
 @pytest.mark.parametrize("method", ["finetune", "lora"])
-@pytest.mark.parametrize("family, head", [  # the attention head (after the cache) is one module
-    (family, head) for family in FAMILIES for head in ("linear", "attention")
-    if head == "linear" or family in FIRST_FAMILIES])  # for every family: tried on three
+@pytest.mark.parametrize("family, head", by_family([  # the attention head (after the cache) is
+    (family, head) for family in FAMILIES for head in ("linear", "attention")  # one module for
+    if head == "linear" or family in FIRST_FAMILIES]))  # every family: tried on three
 def test_a_training_step_on_the_cache_equals_one_on_the_full_model(tiny_dirs, data_dir, family,
                                                                     method, head):
     ids = torch.tensor([[5, 17, 33, 41, 9, 12, 60, 7], [8, 21, 14, 3, 0, 0, 0, 0]])

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from support.tensors import PARAMS_YAML, batch_of, logits_of, run_params
+from support.tiny_families import by_family
 
 from textclf.core.families import FAMILIES
 from textclf.core.params import ParamsError, load_params
@@ -78,7 +79,7 @@ def train_step(clf, batch, dropout_seed=1):
 # ---------------------------------------------------------------------------------------------
 # train.gradient_checkpointing
 
-@pytest.mark.parametrize("family, method", CASES)
+@pytest.mark.parametrize("family, method", by_family(CASES))
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_dirs, data_dir, family,
                                                                   method):
     """With dropout on (blocks 0.1, LoRA 0.05, head 0.1): the recomputation replays the RNG, so
@@ -117,7 +118,7 @@ def test_gradient_checkpointing_leaves_validation_alone(tiny_dirs, data_dir):
 # ---------------------------------------------------------------------------------------------
 # model_dtype
 
-@pytest.mark.parametrize("family, method", CASES)
+@pytest.mark.parametrize("family, method", by_family(CASES))
 def test_bf16_base_keeps_frozen_weights_in_bf16_and_trains_fp32_ones(tiny_dirs, data_dir,
                                                                      family, method):
     fp32, _, batch = setup(tiny_dirs, data_dir, family, method)

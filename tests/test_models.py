@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from support.tensors import batch_of, logits_of, run_params
+from support.tiny_families import by_family
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from textclf.core.errors import ParamsError
@@ -276,7 +277,7 @@ def test_dropout_is_off_at_evaluation(tiny_dirs, data_dir, family, accelerator):
 # ---------------------------------------------------------------------------------------------
 # Pooling: padding never changes an example's logits
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", by_family(FAMILY_NAMES))
 @pytest.mark.parametrize("method", ["finetune", "lora"])
 def test_padded_batch_equals_each_example_alone(tiny_dirs, data_dir, family, method):
     clf = build(tiny_dirs, data_dir, family, method=method).eval()
@@ -306,11 +307,11 @@ def test_last_token_pooling_takes_the_last_real_token_with_padding_on_either_sid
 # ---------------------------------------------------------------------------------------------
 # Save and reload
 
-@pytest.mark.parametrize("family, method, merge_lora", [
+@pytest.mark.parametrize("family, method, merge_lora", by_family([
     (family, method, merge)
     for family in FAMILY_NAMES for method in ("finetune", "lora", "zero_shot")
     for merge in ((True, False) if method == "lora" else (True,))  # merging concerns LoRA only
-    if FAMILIES[family].causal or method != "zero_shot"])
+    if FAMILIES[family].causal or method != "zero_shot"]))
 def test_save_load_round_trip(tiny_dirs, data_dir, tmp_path, family, method, merge_lora):
     if method == "zero_shot":
         params = run_params(tiny_dirs[family], data_dir, method="zero_shot",

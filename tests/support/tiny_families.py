@@ -128,3 +128,19 @@ def family_model_dir(family: str, directory: Path, layers: int = 4, dropout: flo
         config_file.write_text(json.dumps(config, indent=2))
     assert config["tokenizer_class"] == TOKENIZER_CLASS[family], config["tokenizer_class"]
     return directory
+
+
+# The families every default test run covers (one of each kind: GPT-2's Conv1D, BERT, GPT-NeoX, a
+# Llama-style decoder, ModernBERT); tests parametrised with by_family run the other families
+# with --runslow (CI runs both)
+QUICK_FAMILIES = ("gpt2", "bert", "gpt_neox", "llama", "modernbert")
+
+
+def by_family(cases) -> list:
+    """pytest params of `cases` (tuples whose first item is a family, or family names): those of
+    QUICK_FAMILIES in the default run, the others marked slow."""
+    import pytest
+
+    cases = [case if isinstance(case, tuple) else (case,) for case in cases]
+    return [pytest.param(*case, marks=() if case[0] in QUICK_FAMILIES else pytest.mark.slow)
+            for case in cases]
