@@ -438,7 +438,7 @@ def test_zero_shot_counts_the_prompt_against_the_position_limit(tiny_dirs, data_
     checked_config_and_family(shorter, extra_tokens=prompt)  # no error
 
 
-def test_the_readme_lists_every_family_with_its_lora_targets_and_pooling():
+def test_the_readme_and_params_yaml_list_every_family():
     """README's Models table: one row per family of the table, decoders first, with the
     table's LoRA targets, pooling and zero-shot answer."""
     readme = (Path(__file__).parents[1] / "README.md").read_text()
@@ -452,3 +452,6 @@ def test_the_readme_lists_every_family_with_its_lora_targets_and_pooling():
         assert [t.strip("` ") for t in targets.split("(")[0].split(",")] == \
             list(family.lora_targets)
         assert zero_shot == ("yes" if family.causal else "no")
+    model_comment = (Path(__file__).parents[1] / "params.yaml").read_text().split("\nmodel:")[1]
+    model_comment = model_comment.split("\nmodel_dtype:")[0]  # params.yaml names them too
+    assert all(name in model_comment for name in FAMILIES)
