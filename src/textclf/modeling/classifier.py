@@ -168,10 +168,12 @@ def keep_frozen_in(backbone: nn.Module, family: Family, model_dtype: str) -> Non
     adapters and their output back. (Under bf16 autocast too, the trained blocks then compute as
     on an fp32 base: an fp32 residual stream, bf16 matrix products.)"""
     dtype = DTYPES[model_dtype]
+    if dtype == torch.float32:  # loaded in fp32 already: nothing to cast
+        return
     frozen = [module for module in backbone.modules()
               if list(module.parameters(recurse=False))
               and not any(p.requires_grad for p in module.parameters(recurse=False))]
-    if dtype == torch.float32 or not frozen:
+    if not frozen:
         return
     for module in frozen:
         for p in module.parameters(recurse=False):
