@@ -23,6 +23,7 @@ from torch import nn
 from textclf.core.errors import ModelLoadError
 from textclf.core.families import family_for
 from textclf.core.tokenization import TextTokenizer, load_tokenizer
+from textclf.modeling.classifier import fuse_gelu_tanh
 from textclf.modeling.model_info import INFO_FILE, TrainedModelInfo
 
 META_KEY = "textclf"  # config.json key: the run's TrainedModelInfo and the base tokenizer's specials
@@ -122,4 +123,5 @@ def load_export(model_dir: Path) -> tuple[ExportedClassifier, TrainedModelInfo, 
                                     special_prefix=list(meta["text_prefix"]),
                                     special_suffix=list(meta["text_suffix"]))
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    fuse_gelu_tanh(model)  # the same function, faster (GPT-2's activation)
     return ExportedClassifier(model).eval().requires_grad_(False), info, tokenizer
