@@ -117,6 +117,20 @@ def test_imports_only_what_a_gpu_box_has():
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["finetune", "lora"])
+def test_profile_step_prints_the_step_and_its_operators(method):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "profile_step.py"), "--size", "tiny",
+         "--method", method, "--batch-size", "2", "--max-tokens", "16", "--steps", "1",
+         "--rows", "100"], capture_output=True, text=True, check=True)
+    line = re.search(r"(\S+) s per step, (\S+) samples/s; matrix products (\S+)% of the "
+                     r"profiled step", result.stdout)
+    assert line and float(line[1]) > 0 and 0 < float(line[3]) < 100, result.stdout
+    assert f"tiny) {method}, batch 2 x 16 tokens" in result.stdout
+    assert "aten::addmm" in result.stdout
+
+
 @pytest.mark.parametrize("method", ["finetune", "lora"])
 def test_flops_with_the_cache_leave_out_the_frozen_blocks_forward(tiny_dirs, data_dir, method):
     """The tiny GPT-2 has 4 blocks, the last 2 trained: with the frozen-block cache the forward
