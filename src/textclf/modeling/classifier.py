@@ -149,7 +149,7 @@ def fuse_gelu_tanh(model: nn.Module) -> None:
     with torch's one-kernel `gelu(approximate="tanh")` (transformers' GELUTanh) instead of
     transformers' Python formula, which runs about eight elementwise passes over the MLP's widest
     tensor forward and more backward. The same function, equal up to float rounding (~1e-7); the
-    trained blocks of GPT-2 step ~1.3x faster on a CPU (docs/performance.md). The config is left
+    trained blocks of GPT-2 step ~1.5x faster on a CPU (docs/performance.md). The config is left
     as it is: an export computes the same function with the stock module."""
     from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
 
