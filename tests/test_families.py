@@ -195,9 +195,10 @@ def test_an_unsupported_family_gets_the_one_line_error(exported, tmp_path):
 @pytest.mark.slow
 def test_dvc_exp_run_through_export_and_predict(tiny_dirs, data_dir, tmp_path):
     """`dvc exp run -S model=<tiny dir>` in a fresh repository runs every stage, export
-    included, for a decoder (LoRA and zero-shot) and an encoder; the export's pipeline() (in a
-    fresh process) and `python -m textclf.cli.predict --model-dir export` give evaluate's
-    predictions.jsonl."""
+    included, for a decoder (LoRA) and an encoder; the export's pipeline() (in a fresh process)
+    and `python -m textclf.cli.predict --model-dir export` give evaluate's predictions.jsonl.
+    (Zero-shot of these families is exported and checked in-process above; through DVC, with
+    GPT-2, in test_pipeline_dvc.py.)"""
     from test_export_loading import WITH_TEXTCLF
 
     project = tiny.dvc_project(tmp_path / "project", tiny.tiny_params(
@@ -205,7 +206,7 @@ def test_dvc_exp_run_through_export_and_predict(tiny_dirs, data_dir, tmp_path):
         train={"epochs": 1, "mixed_precision": "fp32"}))
     env = {**tiny.ENV, "PYTHONPATH": str(project / "src"),
            "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    for family, method in [("qwen2", "lora"), ("qwen2", "zero_shot"), ("modernbert", "finetune")]:
+    for family, method in [("qwen2", "lora"), ("modernbert", "finetune")]:
         tiny.sh(project, "dvc", "exp", "run", "-S", f"model={tiny_dirs[family]}",
                 "-S", f"method={method}")
         config = json.loads((project / "export/config.json").read_text())
