@@ -27,6 +27,11 @@ def pytest_addoption(parser):
 
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--runslow"):
+        # Files with slow tests first: the workers (one file at a time, --dist loadfile) start
+        # the minutes-long ones early and fill the end with quick files, instead of one worker
+        # finishing a long file alone while the other has nothing left to do.
+        slow_files = {item.path for item in items if "slow" in item.keywords}
+        items.sort(key=lambda item: item.path not in slow_files)  # stable: files stay together
         return
     skip = pytest.mark.skip(reason="slow: run with --runslow")
     for item in items:
