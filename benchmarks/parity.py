@@ -44,7 +44,8 @@ from textclf.core.tokenization import (
 )
 from textclf.modeling.batching import Collator, pad_multiple_for
 from textclf.modeling.classifier import build_classifier
-from textclf.modeling.device import device_name, make_accelerator
+from textclf.modeling.accelerator import make_accelerator
+from textclf.modeling.device import device_name
 from textclf.modeling.inference import predict_logits
 from textclf.train.loop import train_classifier
 

@@ -26,7 +26,8 @@ from textclf.evaluate.plots import plot_files
 from textclf.evaluate.reports import errors_markdown, prediction_lines
 from textclf.modeling.batching import Collator, pad_multiple_for
 from textclf.modeling.classifier import load_model
-from textclf.modeling.device import device_name, make_accelerator
+from textclf.modeling.accelerator import make_accelerator
+from textclf.modeling.device import device_name
 from textclf.modeling.inference import predict_logits, softmax
 
 CONFUSION_COUNTS = ("tp", "fp", "fn", "tn")  # binary counts: in run.json, not the headline

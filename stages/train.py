@@ -29,7 +29,8 @@ from textclf.core.runner import log, params_from_args, run_stage, stage_parser
 from textclf.core.tokenization import classifier_format, load_tokenizer
 from textclf.modeling.batching import Collator, pad_multiple_for
 from textclf.modeling.classifier import build_classifier, hub_revision, parameter_counts, save_model
-from textclf.modeling.device import device_name, make_accelerator
+from textclf.modeling.accelerator import make_accelerator
+from textclf.modeling.device import device_name
 from textclf.modeling.model_info import TrainedModelInfo
 from textclf.train.checkpoints import Checkpointer, fingerprint
 from textclf.train.launch import launched, relaunch

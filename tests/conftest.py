@@ -23,9 +23,36 @@ from support import tiny  # noqa: E402
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+    parser.addoption("--native-bf16", choices=("yes", "no"),
+                     help="force the hardware's bf16 answer (TEXTCLF_NATIVE_BF16) in the tests "
+                          "and the stages they run: yes takes the branches of a CPU with native "
+                          "bf16 or a recent GPU (auto = bf16), no those of one without")
+
+
+def pytest_configure(config):
+    # before the workers and the stage subprocesses start: they inherit it
+    forced = config.getoption("--native-bf16")
+    if forced:
+        os.environ["TEXTCLF_NATIVE_BF16"] = "1" if forced == "yes" else "0"
+
+
+def pytest_report_header(config):
+    from textclf.modeling.device import NATIVE_BF16_ENV, native_bf16_cpu
+
+    how = (f"forced by {NATIVE_BF16_ENV}={os.environ[NATIVE_BF16_ENV]}"
+           if os.environ.get(NATIVE_BF16_ENV) else "probed")
+    return (f"native bf16: {'yes' if native_bf16_cpu() else 'no'} ({how}): "
+            f"mixed_precision auto is {'bf16' if native_bf16_cpu() else 'fp32'} on the CPU")
 
 
 def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if not torch.cuda.is_available():
+        no_gpu = pytest.mark.skip(reason="gpu: needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(no_gpu)
     if config.getoption("--runslow"):
         # Files with slow tests first: the workers (one file at a time, --dist loadfile) start
         # the minutes-long ones early and fill the end with quick files, instead of one worker
@@ -54,7 +81,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def accelerator():
     """The CPU accelerator the stages build here (fp32, one process)."""
-    from textclf.modeling.device import make_accelerator
+    from textclf.modeling.accelerator import make_accelerator
 
     return make_accelerator("fp32")
 
@@ -68,7 +95,17 @@ class TinyModelDirs(dict):
         self.root = root
 
     def __missing__(self, family: str) -> Path:
-        self[family] = tiny.tiny_model_dir(family, self.root / family)
+        from transformers.utils import logging as hf_logging
+
+        # built inside whichever test asks first: its progress bar must not reach that test's
+        # captured stderr
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            self[family] = tiny.tiny_model_dir(family, self.root / family)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         return self[family]
 
 

@@ -14,7 +14,7 @@ from textclf.core.prepared_data import load_prepared
 from textclf.core.tokenization import classifier_format, load_tokenizer, tokenize_split
 from textclf.modeling.batching import Collator, sorted_batches
 from textclf.modeling.classifier import build_classifier
-from textclf.modeling.device import make_accelerator
+from textclf.modeling.accelerator import make_accelerator
 from textclf.train import frozen_cache, loop
 from textclf.train.frozen_cache import (
     CACHE_MEMORY_SHARE,
@@ -224,7 +224,7 @@ def test_the_cache_is_exact_in_each_precision_and_placement(tiny_dirs, data_dir,
                                    msg=name)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_host_placement_on_a_gpu_keeps_states_on_the_host_and_batches_on_the_gpu(tiny_dirs,
                                                                                   data_dir):
     class Cuda(CpuFp32):

@@ -29,7 +29,7 @@ from textclf.core.families import FAMILIES
 from textclf.modeling.classifier import build_classifier
 from textclf.core.params import load_params
 from textclf.core.tokenization import classifier_format, load_tokenizer, tokenize_split
-from textclf.modeling.device import make_accelerator
+from textclf.modeling.accelerator import make_accelerator
 from textclf.train.loop import train_classifier
 
 params = load_params(sys.argv[1])
@@ -113,7 +113,7 @@ from textclf.core.params import load_params
 from textclf.core.tokenization import classifier_format, load_tokenizer, tokenize_split
 from textclf.modeling.batching import Collator
 from textclf.modeling.classifier import build_classifier
-from textclf.modeling.device import make_accelerator
+from textclf.modeling.accelerator import make_accelerator
 from textclf.modeling.inference import predict_logits
 
 params = load_params(sys.argv[1])

@@ -21,9 +21,9 @@ from textclf.modeling.classifier import load_model
 from textclf.predictor import load_predictor, predict_texts
 
 EVAL_BATCH = 8  # tiny.tiny_params' eval.batch_size
-# fp32 everywhere, also on a GPU: this process may already hold Accelerate's one global state
-# (other test modules build fp32 accelerators), which cannot switch to bf16 afterwards.
-PRECISION = "fp32"
+# the precision rule as the stages take it: bf16 where the hardware computes it natively (or
+# --native-bf16=yes), fp32 elsewhere
+PRECISION = "auto"
 
 # Texts are cut hard (max_tokens far below the fixture reviews' 20-30 tokens), so predictions
 # only match evaluation if predict truncates exactly as prepare did.
@@ -325,5 +325,10 @@ def test_predict_from_an_export_equals_evaluate(runs, tmp_path, name):
     texts = prepared_texts(run_dir)
     check_export(tmp_path / "export", model, info, texts)
     predictor = load_predictor(tmp_path / "export", "auto", PRECISION)
-    np.testing.assert_allclose(predictor.probabilities(texts, EVAL_BATCH),
-                               [r["probs"] for r in evaluated(run_dir)], rtol=0, atol=1e-6)
+    probs = predictor.probabilities(texts, EVAL_BATCH)
+    reference = np.array([r["probs"] for r in evaluated(run_dir)])
+    # in bf16 the export's own arithmetic (GPT-2's head bias folded into the final norm) rounds
+    # differently from the trained model's; in fp32 the same numbers
+    atol = 1e-6 if predictor.accelerator.precision == "fp32" else 1e-2
+    np.testing.assert_allclose(probs, reference, rtol=0, atol=atol)
+    assert (probs.argmax(1) == reference.argmax(1)).all()

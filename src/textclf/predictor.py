@@ -84,16 +84,14 @@ def prediction_record(probs: np.ndarray, names: list[str]) -> dict:
 
 
 def check_device(device: str, mixed_precision: str) -> None:
-    import torch
+    from textclf.modeling.device import DEVICES, PRECISIONS, cuda_available
 
-    from textclf.modeling.device import PRECISIONS
-
-    if device not in ("auto", "cpu", "cuda"):
+    if device not in DEVICES:
         raise PredictError(f"--device must be auto, cpu or cuda, got {device!r}")
     if mixed_precision not in PRECISIONS:
         raise PredictError(f"--mixed-precision must be {', '.join(PRECISIONS)}, "
                            f"got {mixed_precision!r}")
-    if device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not cuda_available():
         raise PredictError("--device cuda: no CUDA GPU is available to torch; use --device cpu "
                            "(or auto)")
 
@@ -101,7 +99,7 @@ def check_device(device: str, mixed_precision: str) -> None:
 def make_device_accelerator(device: str, mixed_precision: str = "auto"):
     """The evaluate stage's Accelerator and precision rule (textclf.modeling.device), on the
     device asked for: auto (a GPU if there is one), cpu or cuda."""
-    from textclf.modeling.device import make_accelerator
+    from textclf.modeling.accelerator import make_accelerator
 
     check_device(device, mixed_precision)
     return make_accelerator(mixed_precision, device)
@@ -110,11 +108,8 @@ def make_device_accelerator(device: str, mixed_precision: str = "auto"):
 def load_predictor(model_dir: str | Path = paths.MODEL_DIR, device: str = "auto",
                    mixed_precision: str = "auto") -> Predictor:
     """Load a model directory for prediction: the train stage's (modeling.classifier.save_model)
-    or an export (export.hf_export.export_model).
-
-    Accelerate keeps one device and precision per process: after an Accelerator with other
-    settings was built in this process, building this one fails (accelerate's ValueError).
-    """
+    or an export (export.hf_export.export_model). Predictors of other devices and precisions,
+    and the stages, may come before or after it in the same process."""
     from textclf.core.families import family_for
     from textclf.core.tokenization import load_tokenizer
     from textclf.export.hf_loading import is_export, load_export
