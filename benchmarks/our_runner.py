@@ -23,9 +23,9 @@ from flops import (
 from meter import CountingCollator, Meter, measured_figures, reset_peak_memory, significant
 
 from textclf.core.families import checked_config_and_family
+from textclf.modeling.accelerator import make_accelerator
 from textclf.modeling.batching import Collator, pad_multiple_for
 from textclf.modeling.classifier import build_classifier
-from textclf.modeling.accelerator import make_accelerator
 from textclf.modeling.inference import predict_logits
 from textclf.train.loop import train_classifier
 from textclf.train.zero_shot import build_zero_shot

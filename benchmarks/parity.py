@@ -42,9 +42,9 @@ from textclf.core.tokenization import (
     load_tokenizer,
     tokenize_split,
 )
+from textclf.modeling.accelerator import make_accelerator
 from textclf.modeling.batching import Collator, pad_multiple_for
 from textclf.modeling.classifier import build_classifier
-from textclf.modeling.accelerator import make_accelerator
 from textclf.modeling.device import device_name
 from textclf.modeling.inference import predict_logits
 from textclf.train.loop import train_classifier

@@ -27,9 +27,9 @@ from textclf.core.outputs import staged_dir, write_json
 from textclf.core.prepared_data import load_prepared, prepared_format_problems
 from textclf.core.runner import log, params_from_args, run_stage, stage_parser
 from textclf.core.tokenization import classifier_format, load_tokenizer
+from textclf.modeling.accelerator import make_accelerator
 from textclf.modeling.batching import Collator, pad_multiple_for
 from textclf.modeling.classifier import build_classifier, hub_revision, parameter_counts, save_model
-from textclf.modeling.accelerator import make_accelerator
 from textclf.modeling.device import device_name
 from textclf.modeling.model_info import TrainedModelInfo
 from textclf.train.checkpoints import Checkpointer, fingerprint

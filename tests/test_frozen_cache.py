@@ -12,9 +12,9 @@ from textclf.core.families import FAMILIES, checked_config_and_family
 from textclf.core.params import parse_params
 from textclf.core.prepared_data import load_prepared
 from textclf.core.tokenization import classifier_format, load_tokenizer, tokenize_split
+from textclf.modeling.accelerator import make_accelerator
 from textclf.modeling.batching import Collator, sorted_batches
 from textclf.modeling.classifier import build_classifier
-from textclf.modeling.accelerator import make_accelerator
 from textclf.train import frozen_cache, loop
 from textclf.train.frozen_cache import (
     CACHE_MEMORY_SHARE,

@@ -67,12 +67,3 @@ def make_accelerator(mixed_precision: str, device: str = "auto") -> PipelineAcce
     join over gloo on a machine without a GPU."""
     cuda = uses_cuda(device)
     return PipelineAccelerator(resolved_precision(mixed_precision, cuda), cuda)
-
-
-
-def make_accelerator(mixed_precision: str, device: str = "auto") -> PipelineAccelerator:
-    """The device (`device` auto: a GPU if there is one; cpu) and precision (resolved_precision)
-    of a stage or predictor. Processes started by `accelerate launch --multi_gpu` or torchrun
-    join over gloo on a machine without a GPU."""
-    cuda = uses_cuda(device)
-    return PipelineAccelerator(resolved_precision(mixed_precision, cuda), cuda)
