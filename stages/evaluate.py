@@ -7,7 +7,8 @@ Writes: metrics/eval.json (accuracy, precision, recall, f1, roc_auc, loss, n and
 intervals), metrics/plots/*.csv (confusion, ROC, precision-recall, accuracy by length: drawn by
 `dvc plots show` with Vega), the same four as *.png images (shown offline, and in the model card)
 and outputs/evaluate/ (predictions.jsonl: one line per test text; errors.md: the most confident
-errors; length_bins.json: the per-length table; run.json: seconds, device, confusion counts).
+errors; length_bins.json: the per-length table; run.json: seconds, device, precision, confusion
+counts).
 """
 
 import time
@@ -24,10 +25,10 @@ from textclf.evaluate.figures import figure_files
 from textclf.evaluate.metrics import bootstrap_ci, classification_metrics, length_bins
 from textclf.evaluate.plots import plot_files
 from textclf.evaluate.reports import errors_markdown, prediction_lines
+from textclf.modeling.accelerator import make_accelerator
 from textclf.modeling.batching import Collator, pad_multiple_for
 from textclf.modeling.classifier import load_model
-from textclf.modeling.accelerator import make_accelerator
-from textclf.modeling.device import device_name
+from textclf.modeling.device import device_name, precision_name
 from textclf.modeling.inference import predict_logits, softmax
 
 CONFUSION_COUNTS = ("tp", "fp", "fn", "tn")  # binary counts: in run.json, not the headline
@@ -75,7 +76,8 @@ def main() -> None:
                                                       params.eval.errors))
         write_json(tmp / "length_bins.json", {"length_unit": prepared.meta["length_unit"], **bins})
         write_json(tmp / paths.RUN_INFO, {"eval_seconds": round(seconds, 2),
-                                          "device": device_name(accelerator.device), **counts})
+                                          "device": device_name(accelerator.device),
+                                          "precision": precision_name(accelerator), **counts})
     for name, text in plot_files(labels, probs, names, bins).items():
         write_text(args.plots_dir / name, text)
     for name, png in figure_files(labels, probs, names, bins,

@@ -10,13 +10,19 @@ Reads params: all of them (seed, model, method, data, zero_shot, finetune, lora,
 export): the model card reports them, compares them with the published reference run's, and
 states export.license and export.language.
 Reads: models/ (what train saved), data/prepared (test texts for the check), metrics/eval.json,
-metrics/train.json, outputs/evaluate/length_bins.json, metrics/plots/confusion.png and roc.png
-(the card's figures) and compare/params.yaml (the published reference rows).
+metrics/train.json, outputs/evaluate/ (length_bins.json; predictions.jsonl and run.json: evaluate's
+own probabilities and the precision it computed them in), outputs/train/run.json (training's
+precision), metrics/plots/confusion.png and roc.png (the card's figures) and compare/params.yaml
+(the published reference rows).
 Writes: export/ — config.json (class names, textclf's input description), model.safetensors
 (full weights, LoRA merged), the tokenizer files, README.md (the model card), confusion.png and
 roc.png (its figures) and, for textclf's own class (every family but GPT-2's and GPT-NeoX's
-linear head), hf_model.py (load after `import textclf.export` or with trust_remote_code=True). Before it replaces the previous export, the new one is loaded back with transformers and its probabilities compared with
-the trained model's on the shortest and longest test texts (at most 1e-4 apart, or it fails).
+linear head), hf_model.py (load after `import textclf.export` or with trust_remote_code=True).
+Before it replaces the previous export, the new one is loaded back with transformers and its
+probabilities compared with the trained model's on the shortest and longest test texts, both in
+fp32 (at most 1e-4 apart, or it fails), and with the evaluate stage's own predictions of those
+texts (computed in bf16 autocast where the hardware has native bf16: labels that agree, the
+largest probability difference; reported in the log and the card).
 """
 
 import shutil
@@ -30,8 +36,10 @@ from textclf.core import paths
 from textclf.core.outputs import read_json, staged_dir, write_text
 from textclf.core.prepared_data import load_prepared
 from textclf.core.runner import log, params_from_args, run_stage, stage_parser
-from textclf.export.hf_export import check_export, export_model
-from textclf.export.model_card import FIGURES, CardInputs, find_reference, model_card
+from textclf.evaluate.reports import read_prediction_probs
+from textclf.export.hf_export import agreement_with_evaluate, check_export, export_model
+from textclf.export.model_card import FIGURES, CardInputs, model_card
+from textclf.export.reference import find_reference
 from textclf.modeling.classifier import hub_revision, load_model
 
 CHECK_TEXTS = 32  # test texts the export is checked on: half the shortest, half the longest
@@ -43,8 +51,10 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=paths.MODEL_DIR)
     parser.add_argument("--eval-metrics", type=Path, default=paths.METRICS / "eval.json")
     parser.add_argument("--train-metrics", type=Path, default=paths.METRICS / "train.json")
-    parser.add_argument("--length-bins", type=Path,
-                        default=paths.EVAL_OUTPUTS / "length_bins.json")
+    # length_bins.json (the card's per-length table), predictions.jsonl and run.json (what the
+    # export is compared with, and in which precision evaluate computed it)
+    parser.add_argument("--eval-outputs", type=Path, default=paths.EVAL_OUTPUTS)
+    parser.add_argument("--train-outputs", type=Path, default=paths.TRAIN_OUTPUTS)  # run.json
     parser.add_argument("--plots-dir", type=Path, default=paths.PLOTS)  # the card's figures
     parser.add_argument("--compare-config", type=Path, default=Path("compare/params.yaml"))
     parser.add_argument("--out", type=Path, default=paths.EXPORT)
@@ -62,16 +72,23 @@ def main() -> None:
     texts = [prepared.test_texts[i] for i in picked]
     revision = info.base_revision or hub_revision(info.base_model)
     compare_config = yaml.safe_load(args.compare_config.read_text())
+    eval_run = read_json(args.eval_outputs / paths.RUN_INFO)
+    evaluated = read_prediction_probs(
+        (args.eval_outputs / paths.PREDICTIONS).read_text(encoding="utf-8"))
 
     # Export, check it as a user loads it, and write its card; then swap it into place
     with staged_dir(args.out) as tmp:
         notes = export_model(model, info, tmp, revision)
         check = check_export(tmp, model, info, texts)
+        agreement = agreement_with_evaluate(check.probabilities, evaluated[picked],
+                                            eval_run.get("precision", "not recorded"))
         for name, _ in FIGURES:
             shutil.copyfile(args.plots_dir / name, tmp / name)
         card = CardInputs(params=params, info=info, notes=notes, check=check,
-                          evaluation=read_json(args.eval_metrics),
-                          length_bins=read_json(args.length_bins),
+                          agreement=agreement, evaluation=read_json(args.eval_metrics),
+                          evaluate_run=eval_run,
+                          train_run=read_json(args.train_outputs / paths.RUN_INFO),
+                          length_bins=read_json(args.eval_outputs / "length_bins.json"),
                           training=read_json(args.train_metrics),
                           reference=find_reference(params, compare_config,
                                                    Path(args.params)),
@@ -81,7 +98,9 @@ def main() -> None:
     loader = " (trust_remote_code=True)" if notes.remote_code else ""
     log(f"wrote {args.out}/: {notes.architecture}{loader}; probabilities within "
         f"{check.max_diff:.1e} of the trained model on {check.n_texts} test texts "
-        f"({check.n_cut} truncated)")
+        f"({check.n_cut} truncated), both in fp32; beside evaluate's predictions "
+        f"({agreement.precision}): labels agree on {agreement.labels_agree} of "
+        f"{agreement.n_texts}, probabilities within {agreement.max_diff:.1e}")
     if not notes.exact_truncation:
         seen = ("" if check.max_diff_head_tail is None else
                 f" (probabilities up to {check.max_diff_head_tail:.2f} apart on the checked ones)")

@@ -29,8 +29,15 @@ from textclf.core.families import FAMILIES
 from textclf.core.params import load_params
 from textclf.core.tokenization import classifier_format, load_tokenizer
 from textclf.evaluate.metrics import bootstrap_ci, classification_metrics, length_bins
-from textclf.export.hf_export import check_export, export_model, fold_head_bias
-from textclf.export.model_card import CardInputs, find_reference, front_matter, model_card
+from textclf.export.hf_export import (
+    EvaluateAgreement,
+    agreement_with_evaluate,
+    check_export,
+    export_model,
+    fold_head_bias,
+)
+from textclf.export.model_card import CardInputs, front_matter, model_card
+from textclf.export.reference import find_reference
 from textclf.modeling.classifier import (
     build_classifier,
     hub_revision,
@@ -252,7 +259,11 @@ def card_inputs(exported, texts, name: str, params) -> CardInputs:
                 "best_epoch": 2, "best_val_accuracy": 0.75}
     reference = find_reference(params, yaml.safe_load((REPO / "compare/params.yaml").read_text()),
                                PARAMS_YAML)
-    return CardInputs(params, info, notes, check, evaluation, bins, training, reference)
+    agreement = EvaluateAgreement("bf16 autocast", len(texts), len(texts) - 1, 0.0123)
+    return CardInputs(params, info, notes, check, evaluation, bins, training, reference,
+                      agreement=agreement,
+                      evaluate_run={"precision": "bf16 autocast", "device": "cpu: Test CPU"},
+                      train_run={"precision": "bf16 autocast"})
 
 
 def test_default_params_find_their_published_reference():
@@ -299,6 +310,11 @@ def test_model_card_is_generated_from_the_run(exported, texts, name):
     assert ("Truncation differs from training for long texts" in body) == (
         name == "bert_head_tail")
     assert f"differ from the trained model's by at most {c.check.max_diff:.1e}" in body
+    # which precision each figure was computed in, and the export beside evaluate's own figures
+    assert "Computed by the evaluate stage in bf16 autocast on cpu: Test CPU" in body
+    assert f"the predicted labels agree on {len(texts) - 1} of {len(texts)}, and the " \
+           "probabilities differ by at most 1.2e-02" in body
+    assert "precision bf16 autocast (mixed_precision auto)" in body
     assert "## Limits" in body
 
     # The cleaning the card tells users to apply is the pipeline's own
@@ -318,8 +334,52 @@ def test_local_base_model_and_data_stay_out_of_the_hub_fields(exported, texts, t
     assert meta["model-index"][0]["results"][0]["dataset"]["type"] == "local"
 
 
+def test_agreement_with_evaluate_counts_labels_and_the_largest_difference():
+    exported = np.array([[0.9, 0.1], [0.4, 0.6], [0.51, 0.49]])
+    evaluated = np.array([[0.89, 0.11], [0.45, 0.55], [0.49, 0.51]])
+    a = agreement_with_evaluate(exported, evaluated, "bf16 autocast")
+    assert (a.n_texts, a.labels_agree, a.precision) == (3, 2, "bf16 autocast")
+    assert a.max_diff == pytest.approx(0.05)
+    with pytest.raises(ExportError, match="run the pipeline again"):
+        agreement_with_evaluate(exported, evaluated[:2], "fp32")
+
+
 # ---------------------------------------------------------------------------------------------
 # The real stages
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_export_says_which_precision_each_figure_was_computed_in(tiny_dirs, data_dir, tmp_path,
+                                                                 capsys, precision):
+    """Evaluate in bf16 (what auto picks where the hardware computes bf16) and an fp32 export:
+    the log and the card say so, and how far the export is from evaluate's own predictions."""
+    run = tiny.run_stages(tmp_path, tiny.tiny_params(
+        tiny_dirs["gpt2"], data_dir, data={"max_tokens": MAX_TOKENS},
+        train={"epochs": 1, "mixed_precision": precision}, eval={"bootstrap": 0}),
+        stages=("prepare", "train", "evaluate", "export"), in_process=True)
+    out = capsys.readouterr().out
+    computed = {"bf16": "bf16 autocast", "fp32": "fp32"}[precision]
+    assert json.loads((run / "outputs/evaluate/run.json").read_text())["precision"] == computed
+
+    # evaluate's own probabilities beside the export's, scored here as a user loads it
+    evaluated = np.array([json.loads(line)["probs"] for line in
+                          (run / "outputs/evaluate/predictions.jsonl").read_text().splitlines()])
+    texts = [json.loads(line)["text"] for line in
+             (run / "data/prepared/test_texts.jsonl").read_text().splitlines()]
+    exported = np.array(evaluate_probabilities(run / "export", texts))
+    agree = int((exported.argmax(1) == evaluated.argmax(1)).sum())
+    diff = float(np.abs(exported - evaluated).max())
+    if precision == "fp32":
+        assert diff < 1e-5 and agree == len(texts)
+    line = f"beside evaluate's predictions ({computed}): labels agree on {agree} of {len(texts)}"
+    assert line in out
+    card = (run / "export/README.md").read_text()
+    assert f"Computed by the evaluate stage in {computed} on cpu" in card
+    said = re.search(rf"which it computed in {computed} \(the test results above\): the "
+                     rf"predicted labels agree on {agree} of {len(texts)}, and the probabilities "
+                     r"differ by at most ([0-9.e+-]+)\.", card)
+    assert said, card
+    # the same figure, up to the batching's float32 rounding
+    assert float(said.group(1)) == pytest.approx(diff, rel=0.06, abs=1e-6)
 
 @pytest.mark.slow
 def test_export_stage_after_the_real_pipeline(tiny_dirs, data_dir, tmp_path):

@@ -18,6 +18,15 @@ def prediction_lines(labels: np.ndarray, probs: np.ndarray, names: list[str]) ->
         for i, (y, p, row) in enumerate(zip(labels, preds, probs)))
 
 
+def read_prediction_probs(text: str) -> np.ndarray:
+    """The (N, K) class probabilities of prediction_lines' output, in index order."""
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    probs = np.zeros((len(rows), len(rows[0]["probs"]) if rows else 0), dtype=np.float64)
+    for row in rows:
+        probs[row["index"]] = row["probs"]
+    return probs
+
+
 def errors_markdown(texts: list[str], labels: np.ndarray, probs: np.ndarray, names: list[str],
                     n: int) -> str:
     """The `n` most confident wrong predictions, most confident first, with text excerpts."""

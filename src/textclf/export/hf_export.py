@@ -42,7 +42,7 @@ import copy
 import dataclasses
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -82,12 +82,39 @@ class ExportNotes:
 
 @dataclass(frozen=True)
 class ExportCheck:
-    """The export beside the trained model on a few texts, in float32."""
+    """The export beside the trained model on a few texts, both in float32."""
 
     n_texts: int
     n_cut: int  # texts longer than the text budget (truncated)
     max_diff: float  # largest |probability difference| over the texts cut exactly
     max_diff_head_tail: float | None  # the same over texts head_tail cut (not exact), if any
+    # the export's (N, K) probabilities of the texts, in their order
+    probabilities: np.ndarray = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class EvaluateAgreement:
+    """The export (float32) beside the evaluate stage's own predictions of the same test texts,
+    which it computed in `precision` (bf16 autocast where the hardware computes bf16)."""
+
+    precision: str  # the evaluate stage's: "bf16 autocast" or "fp32"
+    n_texts: int
+    labels_agree: int  # texts whose predicted class is the same
+    max_diff: float  # largest |probability difference|
+
+
+def agreement_with_evaluate(exported: np.ndarray, evaluated: np.ndarray,
+                            precision: str) -> EvaluateAgreement:
+    """How far the export's probabilities (ExportCheck.probabilities) are from the evaluate
+    stage's (predictions.jsonl) for the same texts, in the same order."""
+    exported, evaluated = np.asarray(exported), np.asarray(evaluated)
+    if exported.shape != evaluated.shape:
+        raise ExportError(f"the export scores {exported.shape} probabilities, the evaluate "
+                          f"stage's predictions hold {evaluated.shape}: run the pipeline again "
+                          "(dvc repro)")
+    agree = int((exported.argmax(1) == evaluated.argmax(1)).sum())
+    diff = float(np.abs(exported - evaluated).max(initial=0.0))
+    return EvaluateAgreement(precision, len(exported), agree, diff)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,7 +368,8 @@ def check_export(export_dir: Path, clf: Classifier, info: TrainedModelInfo, text
     diff = (torch.cat(reference) - torch.cat(exported)).abs().amax(dim=1).numpy()
     check = ExportCheck(n_texts=len(texts), n_cut=int(cut.sum()),
                         max_diff=float(diff[exact].max(initial=0.0)),
-                        max_diff_head_tail=float(diff[~exact].max()) if (~exact).any() else None)
+                        max_diff_head_tail=float(diff[~exact].max()) if (~exact).any() else None,
+                        probabilities=torch.cat(exported).numpy())
     if check.max_diff > tolerance:
         worst = int(np.argmax(np.where(exact, diff, -1.0)))
         raise ExportError(f"the export's probabilities differ from the trained model's by "

@@ -10,38 +10,24 @@ beside it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from textclf.core import data
 from textclf.core.families import family_for
-from textclf.core.params import Params, flat_params
+from textclf.core.params import Params
 from textclf.core.prepared_data import LENGTH_UNITS
-from textclf.export.hf_export import ExportCheck, ExportNotes
+from textclf.export.hf_export import EvaluateAgreement, ExportCheck, ExportNotes
 from textclf.export.hf_model import MODULE
+from textclf.export.reference import Reference
 from textclf.modeling.model_info import TrainedModelInfo
-from textclf.results_table import QUALITY, run_params
+from textclf.results_table import QUALITY
 
 LOSS_NOTE = "cross-entropy, nats"
-# Keys that define which published configuration a run reproduces; the others (seed, epochs,
-# learning rate, ...) are listed as differences from it
-IDENTITY_KEYS = ("model", "method", "data.source", "data.hub_config", "data.test_split",
-                 "train.head")  # an attention-head run is not compared with a linear one
-# Keys that only describe the export (license, language): never a difference in results
-DESCRIPTIVE_PREFIXES = ("export.",)
 # The evaluate stage's images the card shows, copied beside it: (file name, caption)
 FIGURES = (("confusion.png", "Confusion matrix (test)"), ("roc.png", "ROC curve (test)"))
-
-
-@dataclass(frozen=True)
-class Reference:
-    """The compare run whose configuration this run matches, and its published figures."""
-
-    run: str  # name in compare/params.yaml
-    figures: dict[str, float]  # accuracy, precision, ...
-    differences: list[tuple[str, object, object]]  # (dotted key, this run's value, the run's)
 
 
 @dataclass(frozen=True)
@@ -55,26 +41,9 @@ class CardInputs:
     training: dict  # metrics/train.json: trainable_params, total_params, best epoch
     reference: Reference | None
     figures: tuple[tuple[str, str], ...] = ()  # images beside the card: (file name, caption)
-
-
-def find_reference(params: Params, compare_config: dict, base_params: Path) -> Reference | None:
-    """The compare run with a published reference and the same model, method and data as
-    `params` (the one differing in the fewest other params), or None."""
-    ours = flat_params(params.to_dict())
-    best = None
-    for name, run in compare_config.get("runs", {}).items():
-        if not run.get("reference"):
-            continue
-        theirs = flat_params(run_params(base_params, compare_config, name).to_dict())
-        if any(ours.get(key) != theirs.get(key) for key in IDENTITY_KEYS):
-            continue
-        differences = [(key, ours.get(key), theirs.get(key))
-                       for key in sorted(set(ours) | set(theirs))
-                       if ours.get(key) != theirs.get(key)
-                       and not key.startswith(DESCRIPTIVE_PREFIXES)]
-        if best is None or len(differences) < len(best.differences):
-            best = Reference(name, dict(run["reference"]), differences)
-    return best
+    agreement: EvaluateAgreement | None = None  # the export beside evaluate's own predictions
+    evaluate_run: dict = field(default_factory=dict)  # outputs/evaluate/run.json: precision...
+    train_run: dict = field(default_factory=dict)  # outputs/train/run.json: precision...
 
 
 def dataset_id(params: Params) -> str | None:
@@ -191,7 +160,7 @@ def _trained_section(c: CardInputs) -> list[str]:
                               f"{p.learning_rate:g} ({tr.schedule}, warmup {tr.warmup_ratio:g}), "
                               f"weight decay {tr.weight_decay:g}, grad clip {tr.grad_clip:g}, "
                               f"head dropout {tr.head_dropout:g}, precision "
-                              f"{tr.mixed_precision}, seed {p.seed}")]
+                              f"{_precision(c.train_run, tr.mixed_precision)}, seed {p.seed}")]
         if "best_epoch" in t:
             rows.append(("Kept", f"epoch {t['best_epoch']} (validation accuracy "
                                  f"{_pct(t.get('best_val_accuracy'))}%)"))
@@ -218,6 +187,14 @@ def _trained_parts(c: CardInputs) -> str:
     return f"{_blocks(blocks)}{norm} and a linear head on {pooling}"
 
 
+def _precision(run: dict, setting: str) -> str:
+    """What a stage computed in (its run.json), beside the setting that chose it."""
+    computed = run.get("precision")
+    if computed is None:
+        return setting
+    return computed if setting == computed else f"{computed} (mixed_precision {setting})"
+
+
 def _blocks(value) -> str:
     return "every block" if value == "all" else f"the last {value} blocks"
 
@@ -239,6 +216,11 @@ def _results_section(c: CardInputs) -> list[str]:
         lines.append(f"| {_title(key)} | {_pct(e.get(key))} | {interval} |")
     if e.get("loss") is not None:
         lines.append(f"| Loss ({LOSS_NOTE}) | {e['loss']:.4f} | — |")
+    run = c.evaluate_run
+    if run.get("precision"):
+        lines += ["", f"Computed by the evaluate stage in {run['precision']} on "
+                      f"{run.get('device', 'an unrecorded device')}; this export computes in "
+                      "float32 (see below how far apart the two are)."]
     lines += ["", f"Intervals: percentile bootstrap over the test texts "
                   f"({c.params.eval.bootstrap} resamples); they do not cover the spread over "
                   "seeds. Precision, recall and F1 are of the second class for two classes, "
@@ -374,7 +356,14 @@ def _exactness_section(c: CardInputs) -> list[str]:
     if k.max_diff_head_tail is not None:
         checked += (f"; on the texts head_tail truncation cut, where the tokenizer cuts "
                     f"otherwise, by up to {k.max_diff_head_tail:.2f}")
-    return lines + [checked + ".", ""]
+    lines.append(checked + ".")
+    a = c.agreement
+    if a is not None:
+        lines.append(f"- Beside the evaluate stage's own predictions of the same {a.n_texts} "
+                     f"texts, which it computed in {a.precision} (the test results above): "
+                     f"the predicted labels agree on {a.labels_agree} of {a.n_texts}, and the "
+                     f"probabilities differ by at most {a.max_diff:.1e}.")
+    return lines + [""]
 
 
 def _limits_section(c: CardInputs) -> list[str]:
