@@ -301,6 +301,23 @@ def test_auto_decides_before_computing_and_nothing_frozen_means_off(tiny_dirs, d
         "off", "no frozen blocks to cache")
 
 
+@pytest.mark.parametrize("gpu_free, host_free, expected", [
+    (40 * GB, 100 * GB, "device"), (1, 100 * GB, "host"), (1, 1, "off")])
+def test_auto_on_a_gpu_measures_the_gpu_and_the_host(tiny_dirs, data_dir, monkeypatch, gpu_free,
+                                                     host_free, expected):
+    """The placement a machine with a GPU takes, decided here with its memory probes' answers
+    simulated (no GPU needed: nothing is computed)."""
+    tok = load_tokenizer(str(tiny_dirs["gpt2"]), FAMILIES["gpt2"])
+    split = tokenize_split(tok, ["Great.", "Bad."], torch.tensor([1, 0]).numpy(), 64, "left", 0)
+    _, clf = classifier(tiny_dirs, data_dir, "gpt2", "finetune")
+    asked = []
+    monkeypatch.setattr(frozen_cache, "gpu_free_bytes", lambda d: asked.append(d) or gpu_free)
+    monkeypatch.setattr(frozen_cache, "host_available_bytes", lambda: host_free)
+    placement = choose_placement("auto", clf, [split], 0, CUDA)
+    assert placement.where == expected and asked == [CUDA]
+    assert "free on cuda" in placement.reason
+
+
 def test_host_memory_is_memavailable_under_the_cgroup_limit(tmp_path):
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       32000000 kB\nMemAvailable:   20000000 kB\n")

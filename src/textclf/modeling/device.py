@@ -60,6 +60,11 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def gpu_free_bytes(device: torch.device) -> int:
+    """Memory the GPU `device` can still give."""
+    return torch.cuda.mem_get_info(device)[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # The rules
 

@@ -37,6 +37,7 @@ from textclf.core.progress import progress_bar
 from textclf.core.tokenization import TokenizedSplit
 from textclf.modeling.batching import Collator, sorted_batches
 from textclf.modeling.classifier import Classifier, base_model, blocks_of
+from textclf.modeling.device import gpu_free_bytes
 
 # train.cache_frozen: auto places the cache where its estimated size is at most this share of
 # the free memory (measured after the model and optimizer are placed): the rest is left to
@@ -129,7 +130,7 @@ def choose_placement(cache_frozen: bool | str, model: Classifier, splits: list[T
     host_free = host_available_bytes()
     if host_free is not None:
         host_free //= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    device_free = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else
+    device_free = (gpu_free_bytes(device) if device.type == "cuda" else
                    host_free if device.type == "cpu" else None)
     return placement_for(cache_frozen, estimated, device, device_free, host_free)
 
