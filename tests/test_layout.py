@@ -29,7 +29,7 @@ def test_textclf_help_lists_every_subcommand():
         assert f"  {name} " in result.stdout
 
 
-@pytest.mark.parametrize("name", ["predict", "results-table", "seeds", "pr-report"])
+@pytest.mark.parametrize("name", ["predict", "compare", "seeds", "pr-report"])
 def test_each_subcommand_help_shows_its_defaults(name):
     result = run("textclf", name, "--help")
     assert result.returncode == 0, result.stderr
@@ -44,7 +44,7 @@ def test_unknown_subcommand_is_one_clear_error():
 
 
 def test_the_compare_stage_and_the_cli_import_no_torch():
-    code = ("import sys, textclf.cli, textclf.core.runner, textclf.results_table, textclf.core.errors; "
+    code = ("import sys, textclf.cli, textclf.core.runner, textclf.compare, textclf.core.errors; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     result = run(sys.executable, "-c", code)
     assert result.returncode == 0, result.stderr

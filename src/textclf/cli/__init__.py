@@ -23,8 +23,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("textclf.cli.predict",
                 "label new texts with a trained model (models/ or an export), JSON lines out"),
-    "results-table": ("textclf.cli.results_table",
-                "the table of every compare run beside the published references"),
+    "compare": ("textclf.cli.compare",
+                "every compare run beside its published reference, in one table"),
     "seeds": ("textclf.cli.seeds",
               "mean and spread of a configuration over seeds, from DVC experiments"),
     "pr-report": ("textclf.cli.pr_report",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from textclf.compare import QUALITY
 from textclf.core import data
 from textclf.core.families import family_for
 from textclf.core.params import Params
@@ -23,7 +24,6 @@ from textclf.export.hf_export import EvaluateAgreement, ExportCheck, ExportNotes
 from textclf.export.hf_model import MODULE
 from textclf.export.reference import Reference
 from textclf.modeling.model_info import TrainedModelInfo
-from textclf.results_table import QUALITY
 
 LOSS_NOTE = "cross-entropy, nats"
 # The evaluate stage's images the card shows, copied beside it: (file name, caption)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from textclf.compare import run_params
 from textclf.core.params import Params, flat_params
-from textclf.results_table import run_params
 
 # Keys that define which published configuration a run reproduces; the others (seed, epochs,
 # learning rate, ...) are listed as differences from it

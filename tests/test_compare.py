@@ -8,7 +8,7 @@ import yaml
 from support import tiny
 from support.tiny import sh
 
-from textclf.results_table import README_END, README_START, markdown_table, update_readme
+from textclf.compare import README_END, README_START, markdown_table, update_readme
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def test_compare_pipeline_runs_everything_and_reruns_only_what_changed(project):
     assert rows["gpt2_lora"]["delta_accuracy"] == pytest.approx(
         rows["gpt2_lora"]["accuracy"] - 0.9107, abs=1e-6)
     assert rows["bert_finetune"]["n"] == 12 and rows["bert_finetune"]["device"].startswith("cpu")
-    table = sh(project, "textclf", "results-table")
+    table = sh(project, "textclf", "compare")
     assert "| gpt2_lora |" in table and "| bert_finetune |" in table
     assert (compare / "table" / "compare.csv").read_text().startswith("run,accuracy,f1\n")
 
@@ -62,13 +62,13 @@ def test_compare_pipeline_runs_everything_and_reruns_only_what_changed(project):
     out = sh(project, "dvc", "repro")
     assert "prepare@" not in out and "compare" not in out
 
-    # One changed entry reruns that entry and the table, nothing else
+    # One changed entry reruns that entry and the compare stage, nothing else
     config = yaml.safe_load((compare / "params.yaml").read_text())
     config["runs"]["gpt2_lora"]["params"]["lora"] = {"r": 4}
     (compare / "params.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     out = sh(compare, "dvc", "repro")
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running"))
-    assert ran == ["evaluate@gpt2_lora", "table", "train@gpt2_lora"]
+    assert ran == ["compare", "evaluate@gpt2_lora", "train@gpt2_lora"]
 
 
 def test_readme_table_is_generated_and_says_what_is_not_measured(tmp_path, tiny_dirs, data_dir):
@@ -87,3 +87,17 @@ def test_readme_table_is_generated_and_says_what_is_not_measured(tmp_path, tiny_
     assert "old" not in updated and table in updated and updated.endswith("rest\n")
     with pytest.raises(ValueError, match="markers"):
         update_readme("# no markers\n", table)
+
+
+def test_the_readme_table_is_what_textclf_compare_writes(tmp_path, capsys):
+    """README.md's results table, markers included, is regenerated as it stands from
+    compare/params.yaml and what the compare stage wrote (nothing yet: every row unmeasured)."""
+    from textclf.cli.compare import main
+
+    readme = tmp_path / "README.md"
+    readme.write_text((REPO / "README.md").read_text())
+    main(["--config", str(REPO / "compare" / "params.yaml"),
+          "--metrics", str(REPO / "compare" / "table" / "compare.json"), "--readme", str(readme)])
+    assert README_START in readme.read_text() and README_END in readme.read_text()
+    assert readme.read_text() == (REPO / "README.md").read_text()
+    assert "| gpt2_finetune |" in capsys.readouterr().out

@@ -1,7 +1,7 @@
-"""`textclf results-table`: the comparison's table, and the README's results section generated from it.
+"""Compare: every compare run beside its published reference, and the README's table from it.
 
-    textclf results-table                       # print the table from compare/table/compare.json
-    textclf results-table --readme README.md    # and write it into the README, between its markers
+    textclf compare                       # print the table from compare/table/compare.json
+    textclf compare --readme README.md    # and write it into the README, between its markers
 """
 
 from __future__ import annotations
@@ -10,15 +10,16 @@ import argparse
 from pathlib import Path
 
 from textclf.cli import HelpFormatter
+from textclf.compare import markdown_table, update_readme
 from textclf.core.outputs import read_json, write_text
-from textclf.results_table import markdown_table, update_readme
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="textclf results-table", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="textclf compare",
+                                     description=__doc__.split("\n\n")[0],
                                      formatter_class=HelpFormatter)
     parser.add_argument("--config", type=Path, default=Path("compare/params.yaml"),
-                        help="the comparison's runs and references")
+                        help="the runs to compare and their published references")
     parser.add_argument("--metrics", type=Path, default=Path("compare/table/compare.json"),
                         help="the rows the compare pipeline wrote (`cd compare && dvc repro`)")
     parser.add_argument("--readme", type=Path, default=None,

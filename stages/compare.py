@@ -1,7 +1,7 @@
 """Compare: one table of every run of the compare pipeline, beside the published references.
 
     cd compare && dvc repro                 # runs everything, ends with this stage
-    textclf results-table --readme README.md      # then: the README's results table from its output
+    textclf compare --readme README.md      # then: the README's results table from its output
 
 Reads compare/params.yaml (runs, datasets, references), compare/results/<run>/*.json and
 compare/runs/<run>/evaluate/run.json. Writes table/compare.json (one flat row per run) and
@@ -14,9 +14,9 @@ from pathlib import Path
 import this_checkout  # noqa: F401  (first: this checkout's src/ on the import path)
 import yaml
 
+from textclf.compare import chart_csv, collect, markdown_table
 from textclf.core.outputs import write_json, write_text
 from textclf.core.runner import log, run_stage
-from textclf.results_table import chart_csv, collect, markdown_table
 
 
 def main() -> None:
