@@ -241,6 +241,21 @@ def test_the_old_precision_spelling_names_the_new_one(tmp_path, value):
     assert "dvc exp run -S train.mixed_precision=fp32" in message
 
 
+def test_an_earlier_quoted_no_unquoted_by_dvc_names_fp32(tmp_path):
+    """An earlier params.yaml's working `mixed_precision: 'no'` loses its quotes when DVC
+    rewrites the file for any -S: it then reads as false, and is still named the old fp32."""
+    earlier = PARAMS_YAML.read_text().replace("mixed_precision: auto", "mixed_precision: 'no'")
+    assert earlier != PARAMS_YAML.read_text()
+    (tmp_path / "params.yaml").write_text(earlier)
+    from dvc.utils.hydra import apply_overrides
+
+    apply_overrides(str(tmp_path / "params.yaml"), ["lora.r=16"])
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["train"]["mixed_precision"] \
+        is False
+    with pytest.raises(ParamsError, match="train.mixed_precision: false is the old spelling of "
+                                          "fp32"):
+        load_params(tmp_path / "params.yaml")
+
 
 @pytest.mark.parametrize("value, expected", [("auto", "auto"), ("true", True), ("false", False)])
 def test_cache_frozen_takes_auto_true_or_false(tmp_path, value, expected):

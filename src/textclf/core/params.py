@@ -291,14 +291,16 @@ def _looks_like_path(value: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Keys renamed since earlier versions of params.yaml: old dotted name -> new dotted name
+# Spellings an earlier params.yaml of this repository holds: each is refused with the new one.
+# Keys: old dotted name -> new dotted name
 RENAMED = {
     "lora.blocks": "lora.trainable_blocks",  # one name for one idea, as finetune.trainable_blocks
     "finetune.head_dropout": "train.head_dropout",  # the head is trained by finetune and lora alike
 }
 
-# Values renamed since earlier versions: (dotted key, old value) -> new value. The old fp32
-# spelling `no` could not be set: `dvc exp run -S train.mixed_precision=no` writes it unquoted,
-# and YAML 1.1 (PyYAML) reads an unquoted no as false.
+# Values: (dotted key, old value) -> new value. The old fp32 spelling `no` could not be set:
+# `dvc exp run -S train.mixed_precision=no` writes it unquoted, and YAML 1.1 (PyYAML) reads an
+# unquoted no as false. An earlier file's quoted 'no' loses its quotes the same way at the next
+# `dvc exp run -S` of any key (DVC rewrites the whole file), so both forms can arrive here.
 RENAMED_VALUES = {("train.mixed_precision", "no"): "fp32", ("train.mixed_precision", False): "fp32"}
 RENAMES = Renames(RENAMED, RENAMED_VALUES)
