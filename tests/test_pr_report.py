@@ -124,8 +124,6 @@ def new_repo(root: Path) -> Path:
     """The toy pipeline run and committed on main."""
     root.mkdir()
     git(root, "init", "-q", "-b", "main")
-    git(root, "config", "user.email", "test@example.com")
-    git(root, "config", "user.name", "test")
     tiny.sh(root, "dvc", "init", "-q")
     (root / "pipeline.py").write_text(PIPELINE)
     (root / "dvc.yaml").write_text(DVC_YAML)

@@ -1,10 +1,15 @@
 """The GitHub Actions workflows: CI runs .ci/run on every push and pull request, with the CPU
-build of torch; the PR report installs the dvc that constraints.txt pins."""
+build of torch; the PR report installs the dvc that constraints.txt pins. .ci/run changes nothing
+of the machine it runs on: the tests bring their own git identity."""
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
+from support.tiny import GIT_IDENTITY
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / ".github" / "workflows"
@@ -65,3 +70,29 @@ def test_pr_report_installs_the_pinned_dvc():
     assert installs, "no step of pr-report.yml installs dvc"
     for run in installs:
         assert "constraints.txt" in run or pin("dvc") in run, run
+
+
+def test_ci_run_leaves_the_machines_git_config_alone():
+    assert not re.search(r"git\s+config\s+--global", (REPO / ".ci" / "run").read_text())
+
+
+def test_the_tests_commit_on_a_machine_without_a_git_identity(tmp_path):
+    """The helpers' repositories (tiny.dvc_project, a clone of it) take commits with HOME an
+    empty directory and no system git config: the identity is the helpers' own."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k != "EMAIL"}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), GIT_CONFIG_NOSYSTEM="1")
+    code = f"""
+from pathlib import Path
+from support import tiny
+root = tiny.dvc_project(Path({str(tmp_path / "project")!r}), {{"seed": 1}})
+tiny.sh(root.parent, "git", "clone", "-q", str(root), "clone")
+tiny.sh(root.parent / "clone", "git", "commit", "-q", "--allow-empty", "-m", "in the clone")
+print(tiny.sh(root.parent / "clone", "git", "log", "--format=%an <%ae>, %cn <%ce>"))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO / "tests", env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    name, email = GIT_IDENTITY["GIT_AUTHOR_NAME"], GIT_IDENTITY["GIT_AUTHOR_EMAIL"]
+    assert result.stdout.split("\n")[:2] == [f"{name} <{email}>, {name} <{email}>"] * 2

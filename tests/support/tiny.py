@@ -222,17 +222,21 @@ def dvc_project(root: Path, params: dict) -> Path:
         else:
             shutil.copy(src, dst)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q", "-b", "main"],
-                ["git", "config", "user.email", "test@example.com"],
-                ["git", "config", "user.name", "test"],
-                ["git", "add", "-A"], ["git", "commit", "-q", "-m", "start"]):
-        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
+                ["git", "commit", "-q", "-m", "start"]):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True, env=ENV)
     return root
 
 
-# dvc and the stages' `python` resolve to this interpreter's environment, activated or not
-ENV = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent),
-                                              os.environ.get("PATH", "")])}
+# The author and committer of the test repositories' commits, git's and those DVC makes for
+# experiments: the suite needs no git identity of the machine's and sets none.
+GIT_IDENTITY = {f"GIT_{role}_{field}": value for role in ("AUTHOR", "COMMITTER")
+                for field, value in (("NAME", "textclf tests"), ("EMAIL", "tests@example.com"))}
+
+# dvc and the stages' `python` resolve to this interpreter's environment, activated or not; git
+# and dvc commit as GIT_IDENTITY
+ENV = {**os.environ, **GIT_IDENTITY,
+       "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
 
 
 def sh(cwd: Path, *cmd: str) -> str:
