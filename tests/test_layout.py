@@ -29,12 +29,32 @@ def test_textclf_help_lists_every_subcommand():
         assert f"  {name} " in result.stdout
 
 
-@pytest.mark.parametrize("name", ["predict", "compare", "seeds", "pr-report"])
-def test_each_subcommand_help_shows_its_defaults(name):
+def subcommands() -> list[str]:
+    from textclf.cli import COMMANDS
+
+    return list(COMMANDS)
+
+
+@pytest.mark.parametrize("name", subcommands())
+def test_each_subcommand_help_shows_each_default_once_and_only_real_ones(name):
     result = run("textclf", name, "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: textclf {name}")
     assert "(default: " in result.stdout
+    # an argument's entry starts two spaces in; its help goes on, indented further
+    for entry in re.split(r"\n  (?=\S)", result.stdout):
+        entry = " ".join(entry.split())
+        assert entry.count("(default:") <= 1, entry
+        assert "(default: None)" not in entry and "(default: False)" not in entry, entry
+
+
+def test_version_is_the_installed_packages():
+    from importlib.metadata import version
+
+    result = run("textclf", "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"textclf {version('textclf')}\n"
+    assert "--version" in run("textclf", "--help").stdout
 
 
 def test_unknown_subcommand_is_one_clear_error():

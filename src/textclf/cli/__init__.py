@@ -1,6 +1,7 @@
 """The `textclf` command: the tools around the pipeline, one subcommand each.
 
     textclf --help                 # the subcommands
+    textclf --version              # the installed version
     textclf predict --help         # one subcommand's options, with their defaults
 
 The pipeline itself runs with `dvc repro` (stages/); these tools use what it wrote. Each
@@ -16,7 +17,14 @@ import sys
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """--help keeps the docstring's layout and shows every option's default."""
+    """--help keeps the docstring's layout and shows each option's default where it says
+    something: not for a flag (off unless given), nor for an option without a value (None),
+    whose help says what happens without it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 # name -> (module, one line for `textclf --help`)
@@ -34,18 +42,32 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: textclf COMMAND [options]", "",
+    lines = ["usage: textclf [--help | --version] COMMAND [options]", "",
              "Tools around the DVC pipeline (run the pipeline itself with `dvc repro`).", "",
              "commands:"]
     lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
-    lines += ["", "`textclf COMMAND --help` lists a command's options and their defaults."]
+    lines += ["", "`textclf COMMAND --help` lists a command's options and their defaults;",
+              "`textclf --version` prints the installed version."]
     return "\n".join(lines) + "\n"
+
+
+def package_version() -> str:
+    """The version of the installed package (pyproject.toml's, as pip installed it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("textclf")
+    except PackageNotFoundError:  # run from a source tree (PYTHONPATH=src) without pip install
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(usage())
+        return
+    if argv[0] == "--version":
+        print(f"textclf {package_version()}")
         return
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

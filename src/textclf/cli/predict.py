@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=HelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("texts", nargs="*", help="texts to classify (default: --file or stdin)")
+    parser.add_argument("texts", nargs="*",
+                        help="texts to classify; without any, --file or else stdin is read")
     parser.add_argument("--file", type=Path, default=None,
                         help="one text per line, or JSON lines with \"text\" (and \"id\")")
     parser.add_argument("--format", choices=("auto", "text", "jsonl"), default="auto",
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", type=Path, default=paths.MODEL_DIR,
                         help="trained model directory (models/) or an export")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help="texts per batch, and per output chunk (eval.batch_size's default)")
+                        help="texts per batch and per output chunk; as eval.batch_size, it "
+                             "reproduces the evaluate stage's probabilities")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto = a GPU if there is one")
     parser.add_argument("--mixed-precision", choices=("auto", "bf16", "fp32"), default="auto",
