@@ -201,3 +201,24 @@ def test_the_readme_layout_matches_the_tree():
         if path.name.startswith(("_", ".")) or path.suffix not in ("", ".py"):
             continue
         assert path.relative_to(REPO).as_posix() in named, f"{path} is not in the README's layout"
+
+
+def test_the_docs_name_the_pipelines_stages_in_order():
+    """README's first paragraph, its layout (dvc.yaml's line and stages/) and every chain of
+    stage names in README.md, docs/design.md and dvc.yaml name dvc.yaml's stages, in its order."""
+    import yaml
+
+    stages = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+    chain = " → ".join(stages)
+    readme = (REPO / "README.md").read_text()
+    first_paragraph = readme.split("\n\n")[1]
+    assert f"`{chain}`" in first_paragraph, first_paragraph
+    layout = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    (dvc_yaml,) = [line for line in layout.splitlines() if "── dvc.yaml " in line]
+    assert chain in dvc_yaml, dvc_yaml
+    scripts = [p.removeprefix("stages/").removesuffix(".py") for p in readme_tree()
+               if p.startswith("stages/")]
+    assert [s for s in scripts if s in stages] == stages, scripts
+    for doc in ("README.md", "docs/design.md", "dvc.yaml"):
+        for found in re.findall(r"prepare(?: (?:→|->) \w+)+", (REPO / doc).read_text()):
+            assert found.replace("->", "→") == chain, (doc, found)
