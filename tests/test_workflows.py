@@ -96,3 +96,22 @@ print(tiny.sh(root.parent / "clone", "git", "log", "--format=%an <%ae>, %cn <%ce
     assert result.returncode == 0, result.stderr[-3000:]
     name, email = GIT_IDENTITY["GIT_AUTHOR_NAME"], GIT_IDENTITY["GIT_AUTHOR_EMAIL"]
     assert result.stdout.split("\n")[:2] == [f"{name} <{email}>, {name} <{email}>"] * 2
+
+
+def test_the_readme_and_ci_yml_say_which_tests_ci_runs():
+    """The pytest commands of .ci/run, verbatim in README's set-up and ci.yml's comments, and
+    their --native-bf16 answers in the README's layout entry of .ci/run."""
+    commands = [line for line in (REPO / ".ci" / "run").read_text().splitlines()
+                if line.startswith("python -m pytest")]
+    assert len(commands) >= 1
+    readme = (REPO / "README.md").read_text()
+    setup = readme.split("## Set-up and tests", 1)[1].split("\n## ", 1)[0]
+    comments = [line.lstrip("# ").strip()
+                for line in (WORKFLOWS / "ci.yml").read_text().splitlines() if line.startswith("#")]
+    layout = readme.split("## Layout", 1)[1]
+    ci_run = layout.split("── .ci/run", 1)[1].split("├──", 1)[0]
+    for command in commands:
+        assert command in setup.splitlines(), command
+        assert command in comments, command
+        for answer in re.findall(r"--native-bf16=\w+", command):
+            assert answer in ci_run, (answer, ci_run)
