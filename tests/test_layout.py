@@ -146,13 +146,47 @@ def test_the_package_has_no_import_circle():
     for module in sorted(graph):
         if module not in state:
             visit(module, [])
-    # the direction of the layers: core imports only core; modeling imports core and modeling
-    for module, imported in graph.items():
-        layer = module.split(".")[1] if module.count(".") else ""
-        allowed = {"core": {"core"}, "modeling": {"core", "modeling"}}.get(layer)
-        if allowed:
-            for other in imported:
-                assert other.split(".")[1] in allowed, f"{module} imports {other}"
+
+
+def part_of(module: str) -> str:
+    """The part of the package a module is in, as docs/design.md names it: a folder of
+    src/textclf ("core/") or a module beside them ("compare.py")."""
+    top = module.split(".")[1]
+    return f"{top}/" if (PACKAGE / top).is_dir() else f"{top}.py"
+
+
+def drawn_imports() -> dict[str, set[str]]:
+    """docs/design.md's drawing of the package: part -> the other parts it imports."""
+    text = (REPO / "docs" / "design.md").read_text()
+    block = text.split("### Dependencies", 1)[1].split("```", 2)[1]
+    drawn = {}
+    for line in block.splitlines():
+        part, arrow, imported = (s.strip() for s in line.partition("─►"))
+        if arrow:
+            drawn[part] = set(re.findall(r"\b\w+/|\b\w+\.py\b", imported)) - {part}
+    return drawn
+
+
+def test_design_md_draws_what_each_part_imports():
+    """The layout is the architecture, drawn in docs/design.md: each part of the package
+    imports exactly the parts its arrow names, and each stage script its own part, modeling/
+    and core/ at most, and what its own line adds."""
+    drawn = drawn_imports()
+    actual: dict[str, set[str]] = {}
+    for module, imported in package_imports().items():
+        if module != "textclf":  # the package's __init__.py, which imports nothing
+            actual.setdefault(part_of(module), set()).update(
+                part_of(other) for other in imported if other != "textclf")
+    actual = {part: imported - {part} for part, imported in actual.items()}
+    stage_lines = {part: drawn.pop(part) for part in list(drawn) if part.startswith("stages/")}
+    assert actual == drawn
+    for script in sorted((REPO / "stages").glob("*.py")):
+        own = f"{script.stem}/" if (PACKAGE / script.stem).is_dir() else f"{script.stem}.py"
+        imported = {part_of(name) for name in re.findall(r"^(?:from|import) (textclf\.\w+)",
+                                                            script.read_text(), re.M)}
+        allowed = {"modeling/", "core/"} | ({own} & stage_lines["stages/<stage>.py"])
+        allowed |= stage_lines.get(f"stages/{script.name}", set())
+        assert imported <= allowed, (script.name, imported - allowed)
 
 
 MAX_MODULE_LINES = 400  # a longer module holds more than one concern
