@@ -10,6 +10,9 @@ leaves its own behind; the next write of the same target removes those whose wri
 open() or mkdir() makes them, and what a library writes into a staged directory gets the same
 modes, so outputs follow the user's umask (tempfile's and safetensors' files are owner-only: a
 model nobody else on the machine could read).
+
+Before anything is renamed into place, the params files the stage read must still hold what it
+read (textclf.core.params_watch).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from textclf.core.params_watch import check_params_unchanged
 
 TEMP_SUFFIX = ".textclf-tmp"
 HOST = socket.gethostname() or "localhost"
@@ -43,7 +48,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+        _rename_into_place(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -71,6 +76,7 @@ def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _umask_modes(tmp)
+        check_params_unchanged()
         if target.exists():
             os.replace(target, old)
         os.replace(tmp, target)
@@ -133,3 +139,8 @@ def _alive(pid: int) -> bool:
     except OSError:  # PermissionError: another user's process
         return True
     return True
+
+
+def _rename_into_place(tmp: Path, target: Path) -> None:
+    check_params_unchanged()
+    os.replace(tmp, target)
