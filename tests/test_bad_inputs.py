@@ -162,6 +162,17 @@ def test_bad_data(tmp_path, tiny_dirs, capsys, train_rows, fragments):
     assert_clear_error(code, err, *fragments)
 
 
+@pytest.mark.parametrize("names", [["a"], []])
+def test_label_names_short_of_the_classes_ask_for_one_per_class(tmp_path, tiny_dirs, data_dir,
+                                                                capsys, names):
+    """data.label_names [a] on two classes: the error says how many names it takes."""
+    params = tiny.tiny_params(tiny_dirs["gpt2"], data_dir, data={"label_names": names})
+    code, _, err = prepare(tmp_path, params, capsys)
+    assert_clear_error(code, err, f"data.label_names lists {len(names)} name",
+                       "the data has 2 classes (0, 1): give one name per class")
+    assert err.count("\n") == 1
+
+
 def test_missing_split_file(tmp_path, tiny_dirs, capsys):
     data = tmp_path / "data"
     write_jsonl(data, "train.jsonl", GOOD_ROWS)

@@ -197,12 +197,13 @@ def test_label_names_name_integer_classes(tmp_path):
     assert load(named, label_names=["bad", "good"]).label_names == ["bad", "good"]
 
 
-@pytest.mark.parametrize("names", [["negative", "neutral", "positive"], list("abcd")])
+@pytest.mark.parametrize("names", [["negative", "neutral", "positive"], list("abcd"),
+                                   ["negative"], []])
 def test_label_names_of_the_wrong_length_is_one_clear_error(tmp_path, names):
     with pytest.raises(DataError) as error:
         load(jsonl_dir(tmp_path, rows(5, 5), rows(2, 2, tag="test")), label_names=names)
     assert str(error.value) == (
-        f"data.label_names lists {len(names)} name{'s' * (len(names) > 1)}, but the data has 2 "
+        f"data.label_names lists {len(names)} name{'s' * (len(names) != 1)}, but the data has 2 "
         "classes (0, 1): give one name per class, in label order, or null for the data's own")
 
 

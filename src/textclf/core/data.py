@@ -147,7 +147,7 @@ def encode_labels(train: list, test: list, names_hint: list[str] | None, source:
     if label_names is not None:
         if len(label_names) != len(names):
             n = len(label_names)
-            raise DataError(f"data.label_names lists {n} name{'s' * (n > 1)}, but the data has "
+            raise DataError(f"data.label_names lists {n} name{'s' * (n != 1)}, but the data has "
                             f"{len(names)} classes ({', '.join(names)}): give one name per class, "
                             "in label order, or null for the data's own")
         names = list(label_names)

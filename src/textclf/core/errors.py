@@ -14,6 +14,10 @@ class ParamsError(ValueError):
     """Bad params: the message names each bad key and what is allowed."""
 
 
+class ParamsChangedError(ParamsError):
+    """A params file changed while a stage ran (textclf.core.params_watch)."""
+
+
 class DataError(ValueError):
     """The data cannot be used as configured: the message says what, where and what to do."""
 

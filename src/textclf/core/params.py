@@ -70,7 +70,8 @@ class DataParams(Section):
     def problems(self) -> list[str]:
         out = _fraction("data.val_fraction", self.val_fraction, closed_low=False)
         names = self.label_names
-        if names is not None and (len(set(names)) != len(names) or len(names) < 2
+        # how many names it takes (one per class) is checked against the data (core/data.py)
+        if names is not None and (len(set(names)) != len(names)
                                   or not all(n.strip() for n in names)):
             out.append(f"data.label_names must be null or a list of distinct, non-empty names, "
                        f"got {names}")

@@ -12,6 +12,7 @@ from typing import Callable
 
 from textclf.core.errors import EXPECTED_ERRORS, ParamsError, TrainingInterrupted
 from textclf.core.params import Params, deep_merge, load_params
+from textclf.core.params_watch import check_params_unchanged, stop_watching, watch_params
 
 
 def log(message: str, file=None) -> None:
@@ -37,7 +38,11 @@ PARAMS_FILES: list[str] = []
 
 
 def params_from_args(args: argparse.Namespace) -> Params:
+    """The params of `--params` and `--overlay`s; the values read are watched until the stage
+    ends (textclf.core.params_watch): of the params file all of it, of an overlay its key."""
     PARAMS_FILES[:] = [args.params] + [spec.partition(":")[0] for spec in args.overlay]
+    watch_params([(args.params, "")] + [(path, key) for path, _, key in
+                                        (spec.partition(":") for spec in args.overlay)])
     overrides: dict = {}
     for spec in args.overlay:
         overrides = deep_merge(overrides, read_overlay(spec))
@@ -92,18 +97,22 @@ def refresh_params_files() -> None:
 
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(); expected failures print `error: ...` and exit with status 2. On
-    any failure the params files are refreshed for git (refresh_params_files)."""
+    any failure the params files are refreshed for git (refresh_params_files). A stage whose
+    params files changed while it ran fails (textclf.core.params_watch)."""
     quiet_libraries()
     try:
         _run(main)
     except BaseException:
         refresh_params_files()
         raise
+    finally:
+        stop_watching()
 
 
 def _run(main: Callable[[], None]) -> None:
     try:
         main()
+        check_params_unchanged()
     except TrainingInterrupted as e:
         log(f"error: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)

@@ -141,7 +141,7 @@ def export_model(clf: Classifier, info: TrainedModelInfo, out_dir: Path,
     if remote_code:
         from textclf.export import hf_model
 
-        shutil.copy(hf_model.__file__, out_dir / f"{hf_model.MODULE}.py")
+        shutil.copyfile(hf_model.__file__, out_dir / f"{hf_model.MODULE}.py")  # not its mode
     return ExportNotes(architecture=type(model).__name__, remote_code=remote_code,
                        bias_folded_into=folded, base_revision=base_revision, **notes)
 
