@@ -1,14 +1,19 @@
 """A resumable checkpoint is read as data only (torch.load weights_only=True): one holding any
-other pickled object is refused before that object runs, and a normal one restores the run's
-state, RNG states included. (The interrupted-and-resumed runs: tests/test_reliability.py.)"""
+other pickled object is refused before that object runs, a damaged one is set aside and the
+run starts over, and a normal one restores the run's state, RNG states included. (The
+interrupted-and-resumed runs: tests/test_reliability.py.)"""
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from support import tiny
 
 from textclf.train.checkpoints import Checkpointer, rng_state, set_rng_state
 
@@ -60,3 +65,72 @@ def test_a_normal_checkpoint_restores_state_and_rng(tmp_path):
     assert loaded["best"]["accuracy"] == 0.5
     torch.testing.assert_close(loaded["weights"], state["weights"])
     torch.optim.AdamW(model.parameters(), lr=0.1).load_state_dict(loaded["optimizer"])
+
+
+# ---------------------------------------------------------------------------------------------
+# A damaged checkpoint: set aside, and the train stage trains from the start
+
+def trained(run: Path) -> dict:
+    """What a train stage run produced, but for its timings: the model's files, the metrics,
+    the per-epoch history and the training log."""
+    info = json.loads((run / "outputs/train/run.json").read_text())
+    log = run / "metrics/train_log/plots/metrics"
+    return {"model": {p.name: p.read_bytes() for p in sorted((run / "models").iterdir())},
+            "metrics": (run / "metrics/train.json").read_text(),
+            "run": {k: v for k, v in info.items()
+                    if k not in ("train_seconds", "frozen_cache_reason")},  # time, free memory
+            "log": {p.relative_to(log).as_posix(): p.read_text() for p in log.rglob("*.tsv")}}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_dirs, data_dir):
+    """A train stage run from prepared data, never interrupted, and its params."""
+    run = tmp_path_factory.mktemp("uninterrupted")
+    params = tiny.tiny_params(tiny_dirs["gpt2"], data_dir)
+    tiny.run_stages(run, params, stages=("prepare", "train"), in_process=True)
+    return run, run / "params.yaml"
+
+
+DAMAGES = {  # a checkpoint file as Checkpointer writes it -> the damaged file
+    "truncated": lambda whole: whole[: len(whole) // 2],  # a copy cut short (disk full)
+    "truncated early": lambda whole: whole[:1024],  # zip archive without its directory
+    "empty": lambda whole: b"",
+    "garbage": lambda whole: bytes(range(256)) * 16,  # not a checkpoint at all
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_checkpoint_is_set_aside_and_training_starts_over(uninterrupted, tmp_path,
+                                                                    capsys, damage):
+    reference, params = uninterrupted
+    run = tmp_path / "run"
+    shutil.copytree(reference / "data/prepared", run / "data/prepared")
+    checkpoint = run / "checkpoints" / "last.pt"
+    Checkpointer(checkpoint.parent, "run-id").save(
+        {"weights": {"w": torch.randn(64, 64)}, "epoch": 1, "history": []})
+    damaged = DAMAGES[damage](checkpoint.read_bytes())
+    checkpoint.write_bytes(damaged)
+    capsys.readouterr()
+
+    tiny.run_stages(run, params, stages=("train",), in_process=True)
+    out = capsys.readouterr().out
+    kept = [p for p in checkpoint.parent.iterdir() if p != checkpoint]
+    assert len(kept) == 1 and kept[0].read_bytes() == damaged  # kept, under a new name
+    said = [line for line in out.splitlines() if str(checkpoint) in line]
+    assert len(said) == 1 and str(kept[0]) in said[0], out  # one line, naming the new path
+    assert "resuming" not in out and not checkpoint.exists()
+    assert trained(run) == trained(reference)
+
+
+def test_each_unreadable_checkpoint_is_kept_and_only_the_main_process_moves_it(tmp_path):
+    logged = []
+    main = Checkpointer(tmp_path, "run-id", log=logged.append)
+    other = Checkpointer(tmp_path, "run-id", is_main=False, log=logged.append)
+    for content in (b"first", b"second"):
+        main.path.write_bytes(content)
+        assert other.load() is None and main.path.read_bytes() == content  # left in place
+        assert main.load() is None and not main.path.exists()
+    assert (tmp_path / "last.unreadable.pt").read_bytes() == b"first"
+    assert (tmp_path / "last.unreadable-2.pt").read_bytes() == b"second"
+    assert len(logged) == 4 and all(line.startswith("ignoring checkpoint") for line in logged)
+    assert "moved to" not in logged[0] and str(tmp_path / "last.unreadable-2.pt") in logged[3]
