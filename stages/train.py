@@ -32,9 +32,9 @@ from textclf.modeling.batching import Collator, pad_multiple_for
 from textclf.modeling.classifier import build_classifier, hub_revision, parameter_counts, save_model
 from textclf.modeling.device import device_name
 from textclf.modeling.model_info import TrainedModelInfo
-from textclf.train.checkpoints import Checkpointer, fingerprint
+from textclf.train.checkpoints import fingerprint
 from textclf.train.launch import launched, relaunch
-from textclf.train.loop import train_classifier
+from textclf.train.loop import Recipe, train_classifier
 from textclf.train.loss_figure import write_loss_figure
 from textclf.train.train_log import CheckpointsWithLog, empty_log, step_logger
 from textclf.train.zero_shot import prompt_tokens, zero_shot_classifier
@@ -97,14 +97,14 @@ def main() -> None:
             args.prepared / paths.SPLIT_FILE.format(split="val")))
         # the checkpoints carry the training log: a resumed run writes it back from there
         log_dir = args.log_dir if accelerator.is_main_process else None
-        checkpointer = CheckpointsWithLog(
-            Checkpointer(args.checkpoints, run_id, accelerator.is_main_process, say), log_dir)
+        checkpointer = CheckpointsWithLog(args.checkpoints, run_id, log_dir,
+                                          accelerator.is_main_process, say)
         collator = Collator(fmt, tokenizer.pad_id,
                             pad_multiple_for(accelerator.device, params.train.compile))
         live = step_logger(log_dir) if log_dir is not None else None
-        result = train_classifier(model, prepared.train, prepared.val, collator, params.train,
-                                  params.learning_rate, params.eval.batch_size, params.seed,
-                                  accelerator, checkpointer, live, say)
+        result = train_classifier(model, prepared.train, prepared.val, collator,
+                                  Recipe.from_params(params), accelerator, checkpointer, live,
+                                  say)
         if live is not None:
             live.end()
         model = accelerator.unwrap_model(model, keep_torch_compile=False)

@@ -1,6 +1,7 @@
 """A resumable checkpoint is read as data only (torch.load weights_only=True): one holding any
 other pickled object is refused before that object runs, a damaged one is set aside and the
-run starts over, and a normal one restores the run's state, RNG states included. (The
+run starts over, and a normal one restores the run's state, RNG states included. The loop's
+state (LoopState) saves to and loads from one, in the layout checkpoints have always had. (The
 interrupted-and-resumed runs: tests/test_reliability.py.)"""
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import pytest
 import torch
 from support import tiny
 
+from textclf.core.errors import NonFiniteLossError
 from textclf.train.checkpoints import Checkpointer, rng_state, set_rng_state
+from textclf.train.loop import make_scheduler
+from textclf.train.loop_state import BestEpoch, LoopState, trainable_weights
 
 
 class Payload:
@@ -65,6 +69,82 @@ def test_a_normal_checkpoint_restores_state_and_rng(tmp_path):
     assert loaded["best"]["accuracy"] == 0.5
     torch.testing.assert_close(loaded["weights"], state["weights"])
     torch.optim.AdamW(model.parameters(), lr=0.1).load_state_dict(loaded["optimizer"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop's state: what a checkpoint holds
+
+# A checkpoint's keys (Checkpointer adds "fingerprint", CheckpointsWithLog "train_log"): the
+# same as before the loop's state had a class of its own, so those checkpoints still resume
+LAYOUT = {"weights", "optimizer", "scheduler", "rng", "epoch", "step", "global_step", "best",
+          "history", "epoch_losses", "window"}
+
+
+def trained_step(seed: int):
+    """A model, its optimizer and scheduler, one step into training."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)  # a frozen part: not in the checkpoint's weights
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    scheduler = make_scheduler(optimizer, "linear", 0.1, 20)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    return model, optimizer, scheduler
+
+
+def test_the_loop_state_saves_to_and_loads_from_a_checkpoint(tmp_path):
+    model, optimizer, scheduler = trained_step(seed=0)
+    state = LoopState(epoch=1, step=2, global_step=7,
+                      best=BestEpoch(0.75, 1, trainable_weights(model)),
+                      history=[{"epoch": 1, "train_loss": 0.5, "val_loss": 0.4,
+                                "val_accuracy": 0.75}],
+                      epoch_losses=[0.25, 0.125], window=[torch.tensor(0.5), torch.tensor(1.5)])
+    checkpointer = Checkpointer(tmp_path, "run-id")
+    checkpointer.save(state.to_checkpoint(model, optimizer, scheduler))
+    saved = checkpointer.load()
+    assert set(saved) == LAYOUT | {"fingerprint"}
+    assert set(saved["weights"]) == {"1.weight", "1.bias"}
+
+    other, other_optimizer, other_scheduler = trained_step(seed=1)
+    resumed = LoopState.resume(saved, other, other_optimizer, other_scheduler,
+                               torch.device("cpu"))
+    assert (resumed.epoch, resumed.step, resumed.global_step) == (1, 2, 7)
+    assert resumed.history == state.history and resumed.epoch_losses == [0.25, 0.125]
+    assert [float(v) for v in resumed.window] == [0.5, 1.5]
+    assert (resumed.best.accuracy, resumed.best.epoch) == (0.75, 1)
+    torch.testing.assert_close(resumed.best.weights, state.best.weights)
+    torch.testing.assert_close(other.state_dict()["1.weight"], model.state_dict()["1.weight"])
+    torch.testing.assert_close(other_optimizer.state_dict(), optimizer.state_dict())
+    assert other_scheduler.state_dict() == scheduler.state_dict()
+
+
+def test_a_log_row_takes_the_window_and_stops_at_the_first_nan(tmp_path):
+    state = LoopState(global_step=4, epoch_losses=[1.0])
+    for loss in (0.5, 1.5):
+        state.count_step(torch.tensor(loss))
+    assert (state.step, state.global_step) == (2, 6)
+    assert state.close_window(None) == 1.0
+    assert state.window == [] and state.epoch_losses == [1.0, 0.5, 1.5]
+    for loss in (0.5, float("nan"), 0.5):
+        state.count_step(torch.tensor(loss))
+    with pytest.raises(NonFiniteLossError, match="at step 8; .* no checkpoint kept") as error:
+        state.close_window(Checkpointer(tmp_path, "run-id"))  # none written yet
+    assert error.value.step == 8
+
+
+def test_an_epoch_end_keeps_the_best_weights_and_starts_the_next_epoch():
+    model, _, _ = trained_step(seed=0)
+    state = LoopState(epoch=0, step=3, global_step=3, epoch_losses=[1.0, 2.0])
+    row = state.end_epoch(0.5, 0.75, model)
+    assert row == {"epoch": 1, "train_loss": 1.5, "val_loss": 0.5, "val_accuracy": 0.75}
+    assert state.history == [row] and (state.epoch, state.step, state.epoch_losses) == (1, 0, [])
+    assert state.best.epoch == 1 and state.best.accuracy == 0.75
+    with torch.no_grad():
+        model[1].weight.add_(1.0)
+    state.end_epoch(0.4, 0.75, model)  # no better: the first epoch stays the best
+    assert state.best.epoch == 1 and state.global_step == 3
+    assert not torch.equal(state.best.weights["1.weight"], model[1].weight)
 
 
 # ---------------------------------------------------------------------------------------------
