@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from textclf.core.errors import TrainingInterrupted
-from textclf.core.params import TrainParams
+from textclf.core.params import Params, TrainParams
 from textclf.core.progress import progress_bar
 from textclf.core.tokenization import TokenizedSplit
 from textclf.modeling.batching import Collator, LengthGroupedBatches, TokenDataset, to_device
@@ -59,7 +59,7 @@ class Recipe:
     seed: int
 
     @classmethod
-    def from_params(cls, params) -> Recipe:
+    def from_params(cls, params: Params) -> Recipe:
         return cls(params.train, params.learning_rate, params.eval.batch_size, params.seed)
 
 
