@@ -75,7 +75,7 @@ def test_a_normal_checkpoint_restores_state_and_rng(tmp_path):
 # The loop's state: what a checkpoint holds
 
 # A checkpoint's keys (Checkpointer adds "fingerprint", CheckpointsWithLog "train_log"): the
-# same as before the loop's state had a class of its own, so those checkpoints still resume
+# checkpoints already written resume only as long as these stay the same
 LAYOUT = {"weights", "optimizer", "scheduler", "rng", "epoch", "step", "global_step", "best",
           "history", "epoch_losses", "window"}
 

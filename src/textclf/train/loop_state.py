@@ -77,6 +77,7 @@ class LoopState:
         return cls(epoch=saved["epoch"], step=saved["step"], global_step=saved["global_step"],
                    best=BestEpoch(**saved["best"]), history=saved["history"],
                    epoch_losses=saved["epoch_losses"],
+                   # absent from checkpoints of older versions: no unlogged losses then
                    window=[torch.tensor(v, device=device) for v in saved.get("window", [])])
 
     def count_step(self, loss: torch.Tensor) -> None:
