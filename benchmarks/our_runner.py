@@ -27,7 +27,7 @@ from textclf.modeling.accelerator import make_accelerator
 from textclf.modeling.batching import Collator, pad_multiple_for
 from textclf.modeling.classifier import build_classifier
 from textclf.modeling.inference import predict_logits
-from textclf.train.loop import train_classifier
+from textclf.train.loop import Recipe, train_classifier
 from textclf.train.zero_shot import build_zero_shot
 
 
@@ -55,9 +55,9 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
         window = (meter.timed(training_only=True) if whole else
                   meter.training(settings.warmup, settings.steps))
         with window:
-            result = train_classifier(clf, case.train, case.val, collator, params.train,
-                                      params.learning_rate, params.eval.batch_size, params.seed,
-                                      accelerator, checkpointer=None, live=None, log=quiet)
+            result = train_classifier(clf, case.train, case.val, collator,
+                                      Recipe.from_params(params), accelerator,
+                                      checkpointer=None, live=None, log=quiet)
         cache = result.frozen_cache
         t = params.train
         adapted = (f"lora r {params.lora.r} on the last {params.lora.trainable_blocks} blocks"

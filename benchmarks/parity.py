@@ -47,7 +47,7 @@ from textclf.modeling.batching import Collator, pad_multiple_for
 from textclf.modeling.classifier import build_classifier
 from textclf.modeling.device import device_name
 from textclf.modeling.inference import predict_logits
-from textclf.train.loop import train_classifier
+from textclf.train.loop import Recipe, train_classifier
 
 SIDES = ("fast", "no_speedups", "trainer")
 TRAINABLE_BLOCKS = 2  # the reference recipe: the last 2 blocks (+ final norm) and a head
@@ -106,9 +106,9 @@ def run_engine(params: Params, splits: Splits, pad_id: int, fmt, num_labels: int
     model = build_classifier(params, family, num_labels)
     collator = Collator(fmt, pad_id, pad_multiple_for(accelerator.device))
     started = time.perf_counter()
-    result = train_classifier(model, splits.train, splits.val, collator, params.train,
-                              params.learning_rate, params.eval.batch_size, params.seed,
-                              accelerator, checkpointer=None, live=None, log=log)
+    result = train_classifier(model, splits.train, splits.val, collator,
+                              Recipe.from_params(params), accelerator, checkpointer=None,
+                              live=None, log=log)
     seconds = time.perf_counter() - started
     logits = predict_logits(model, splits.test, collator, params.eval.batch_size, accelerator)
     t = params.train

@@ -29,13 +29,11 @@ from textclf.core.runner import log, params_from_args, run_stage, stage_parser
 from textclf.core.tokenization import classifier_format, load_tokenizer
 from textclf.modeling.accelerator import make_accelerator
 from textclf.modeling.batching import Collator, pad_multiple_for
-from textclf.modeling.classifier import build_classifier, hub_revision, parameter_counts, save_model
-from textclf.modeling.device import device_name
-from textclf.modeling.model_info import TrainedModelInfo
-from textclf.train.checkpoints import Checkpointer, fingerprint
+from textclf.modeling.classifier import build_classifier, parameter_counts, save_model
 from textclf.train.launch import launched, relaunch
-from textclf.train.loop import train_classifier
+from textclf.train.loop import Recipe, train_classifier
 from textclf.train.loss_figure import write_loss_figure
+from textclf.train.records import run_fingerprint, run_info, train_metrics, trained_model_info
 from textclf.train.train_log import CheckpointsWithLog, empty_log, step_logger
 from textclf.train.zero_shot import prompt_tokens, zero_shot_classifier
 
@@ -82,72 +80,35 @@ def main() -> None:
         f"{counts['total_params']:,} parameters "
         f"({100 * counts['trainable_params'] / counts['total_params']:.2f}%)")
 
-    # Train (zero-shot has nothing to train)
+    # Train (zero-shot has nothing to train); the checkpoints carry the training log, which a
+    # resumed run writes back from there
     if params.method != "zero_shot":
-        # what the trained weights depend on (the data: through the prepared files); not
-        # gradient checkpointing, so a run can resume with it switched on to save memory
-        train_knobs = {k: v for k, v in params.train.to_dict().items()
-                       if k != "gradient_checkpointing"}
-        trained_by = {"seed": params.seed, "model": params.model,
-                      "model_dtype": params.model_dtype, "method": params.method,
-                      "finetune": params.finetune.to_dict(), "lora": params.lora.to_dict(),
-                      "train": train_knobs}
-        run_id = fingerprint(trained_by, accelerator.num_processes, files=(
-            args.prepared / paths.SPLIT_FILE.format(split="train"),
-            args.prepared / paths.SPLIT_FILE.format(split="val")))
-        # the checkpoints carry the training log: a resumed run writes it back from there
         log_dir = args.log_dir if accelerator.is_main_process else None
         checkpointer = CheckpointsWithLog(
-            Checkpointer(args.checkpoints, run_id, accelerator.is_main_process, say), log_dir)
+            args.checkpoints, run_fingerprint(params, accelerator.num_processes, args.prepared),
+            log_dir, accelerator.is_main_process, say)
         collator = Collator(fmt, tokenizer.pad_id,
                             pad_multiple_for(accelerator.device, params.train.compile))
         live = step_logger(log_dir) if log_dir is not None else None
-        result = train_classifier(model, prepared.train, prepared.val, collator, params.train,
-                                  params.learning_rate, params.eval.batch_size, params.seed,
-                                  accelerator, checkpointer, live, say)
+        result = train_classifier(model, prepared.train, prepared.val, collator,
+                                  Recipe.from_params(params), accelerator, checkpointer, live,
+                                  say)
         if live is not None:
             live.end()
         model = accelerator.unwrap_model(model, keep_torch_compile=False)
 
     # Save only what was trained, then the metrics; then forget the checkpoint
     if accelerator.is_main_process:
-        meta = prepared.meta
-        info = TrainedModelInfo(
-            base_model=params.model, base_revision=hub_revision(params.model),
-            family=family.name, method=params.method, label_names=labels,
-            tokenizer=tokenizer.name, input_prefix=list(fmt.prefix),
-            input_suffix=list(fmt.suffix), pad_id=tokenizer.pad_id,
-            # the input format of the data the model was trained on
-            max_tokens=meta["max_tokens"], truncation=meta["truncation"],
-            head_tokens=meta["head_tokens"],
-            attention_heads=None if model.attention is None else model.attention.num_heads,
-            model_dtype=params.model_dtype)
         with staged_dir(args.out) as tmp:
-            save_model(model, tmp, info)
-        metrics = {"trainable_params": counts["trainable_params"],
-                   "total_params": counts["total_params"]}
-        run = {"model": params.model, "method": params.method,
-               "device": device_name(accelerator.device), "processes": accelerator.num_processes,
-               "precision": "bf16 autocast" if accelerator.mixed_precision == "bf16" else "fp32",
-               "model_dtype": params.model_dtype,  # of the frozen weights
-               "gradient_checkpointing": params.train.gradient_checkpointing,
-               "trainable_backbone_params": counts["trainable_backbone_params"]}
+            save_model(model, tmp, trained_model_info(params, family, tokenizer, fmt,
+                                                      prepared.meta, model))
+        metrics = train_metrics(counts, result)
+        run = run_info(params, accelerator, counts, result, calibration)
         if result is not None:
-            metrics.update(best_epoch=result.best_epoch,
-                           best_val_accuracy=round(result.best_val_accuracy, 6))
-            run.update(steps=result.steps, train_seconds=round(result.train_seconds, 1),
-                       resumed_at_step=result.resumed_at_step,
-                       frozen_cache=result.frozen_cache,
-                       frozen_cache_reason=result.frozen_cache_reason,
-                       epochs=[{k: round(v, 6) if isinstance(v, float) else v
-                                for k, v in row.items()} for row in result.history])
             checkpointer.clear()
         else:
             empty_log(args.log_dir)
         write_loss_figure(args.log_dir)
-        if calibration is not None:
-            run["content_free_probs"] = dict(zip(params.zero_shot.answers,
-                                                 [round(p, 6) for p in calibration]))
         with staged_dir(args.outputs) as tmp:
             write_json(tmp / paths.RUN_INFO, run)
         write_json(args.metrics, metrics)

@@ -28,7 +28,7 @@ from textclf.train.frozen_cache import (
     placement_for,
     skipping_frozen_blocks,
 )
-from textclf.train.loop import make_optimizer, train_classifier
+from textclf.train.loop import Recipe, make_optimizer, train_classifier
 
 GB = 10**9
 FIRST_FAMILIES = ("gpt2", "bert", "gpt_neox")  # the families every combination is tried on
@@ -127,9 +127,9 @@ def test_training_with_the_cache_gives_the_same_model(tiny_dirs, data_dir, prepa
         clf = build_classifier(params, fam, 2)
         tokenizer = load_tokenizer(params.model, fam)
         collator = Collator(classifier_format(tokenizer), tokenizer.pad_id)
-        result = train_classifier(clf, prepared.train, prepared.val, collator, params.train,
-                                  params.learning_rate, 8, params.seed, make_accelerator("fp32"),
-                                  log=lambda *a: None)
+        result = train_classifier(clf, prepared.train, prepared.val, collator,
+                                  Recipe(params.train, params.learning_rate, 8, params.seed),
+                                  make_accelerator("fp32"), log=lambda *a: None)
         weights.append(({n: p.detach().clone() for n, p in clf.named_parameters()},
                         result.history))
         assert result.frozen_cache == (where if cache == setting else "off")

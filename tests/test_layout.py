@@ -1,5 +1,6 @@
 """The repository's own promises: one `textclf` command, light imports where no model runs,
-declared dependencies, and no machine paths in committed files."""
+declared dependencies, no machine paths in committed files, and a layout of short modules and
+functions without import circles."""
 
 import ast
 import re
@@ -203,6 +204,25 @@ def test_no_module_is_over_400_lines():
             if lines > MAX_MODULE_LINES:
                 too_long[path.relative_to(repo).as_posix()] = lines
     assert not too_long, f"modules over {MAX_MODULE_LINES} lines (split by concern): {too_long}"
+
+
+MAX_FUNCTION_LINES = 100  # a screenful or two; a longer function holds more than one step
+
+
+def test_no_function_is_over_100_lines():
+    """No function or method under src/ or stages/ over ~100 lines (decorators and docstring
+    included): a reader sees each whole, and its parts have names of their own."""
+    too_long = {}
+    for folder in ("src", "stages"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                    lines = node.end_lineno - first + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        where = f"{path.relative_to(REPO).as_posix()}:{node.lineno} {node.name}"
+                        too_long[where] = lines
+    assert not too_long, f"functions over {MAX_FUNCTION_LINES} lines (split them): {too_long}"
 
 
 def readme_tree() -> list[str]:

@@ -30,7 +30,7 @@ from textclf.modeling.classifier import build_classifier
 from textclf.core.params import load_params
 from textclf.core.tokenization import classifier_format, load_tokenizer, tokenize_split
 from textclf.modeling.accelerator import make_accelerator
-from textclf.train.loop import train_classifier
+from textclf.train.loop import Recipe, train_classifier
 
 params = load_params(sys.argv[1])
 out = Path(sys.argv[2])
@@ -54,8 +54,9 @@ class Recording(Collator):
 
 
 recording = Recording(classifier_format(tok), tok.pad_id)
-result = train_classifier(clf, train, val, recording, params.train, params.learning_rate, 8,
-                          params.seed, accelerator, log=lambda *a: None)
+result = train_classifier(clf, train, val, recording,
+                          Recipe(params.train, params.learning_rate, 8, params.seed), accelerator,
+                          log=lambda *a: None)
 (out / f"rank{accelerator.process_index}.json").write_text(json.dumps(
     {"texts": len(train), "steps": result.steps, "batches": batches}))
 '''

@@ -13,7 +13,7 @@ from textclf.core.progress import progress_bar, show_progress
 from textclf.core.tokenization import classifier_format, load_tokenizer, tokenize_split
 from textclf.modeling.batching import Collator
 from textclf.modeling.classifier import build_classifier
-from textclf.train.loop import train_classifier
+from textclf.train.loop import Recipe, train_classifier
 
 TEXTS = ["A wonderful film.", "Terrible, boring and far too long.", "Great.", "Dull.",
          "The acting is superb.", "I hated every minute of it."]
@@ -64,7 +64,7 @@ def test_training_validation_and_the_cache_show_progress(tiny_dirs, data_dir, ac
     val = tokenize_split(tok, TEXTS[:4], np.array(LABELS[:4]), 64, "left", 0)
     clf = build_classifier(params, FAMILIES["gpt2"], 2)
     train_classifier(clf, train, val, Collator(classifier_format(tok), tok.pad_id),
-                     params.train, params.learning_rate, 4, params.seed, accelerator,
+                     Recipe(params.train, params.learning_rate, 4, params.seed), accelerator,
                      log=lambda *a: None)
     shown = terminal.getvalue()
     for bar in ("train", "cache train", "cache val", "validate"):

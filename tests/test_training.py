@@ -16,7 +16,7 @@ from textclf.modeling.batching import Collator, LengthGroupedBatches
 from textclf.modeling.classifier import build_classifier
 from textclf.modeling.inference import predict_logits
 from textclf.train import loop
-from textclf.train.loop import make_optimizer, make_scheduler, train_classifier
+from textclf.train.loop import Recipe, make_optimizer, make_scheduler, train_classifier
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,10 @@ def classifier(tiny_dirs, data_dir, seed: int = 0, **overrides):
     params = run_params(tiny_dirs["gpt2"], data_dir, **overrides)
     torch.manual_seed(seed)
     return params, build_classifier(params, FAMILIES["gpt2"], 2)
+
+
+def recipe(params, eval_batch_size: int) -> Recipe:
+    return Recipe(params.train, params.learning_rate, eval_batch_size, params.seed)
 
 
 def grad_norm(parameters) -> float:
@@ -149,8 +153,8 @@ def test_gradients_are_clipped_after_backward(tiny_dirs, data_dir, fixture_split
 
     monkeypatch.setattr(accelerator, "clip_grad_norm_", checked_clip)
     train, val = fixture_splits
-    result = train_classifier(clf, train, val, gpt2[1], params.train, params.learning_rate, 8,
-                              params.seed, accelerator, log=lambda *a: None)
+    result = train_classifier(clf, train, val, gpt2[1], recipe(params, 8), accelerator,
+                              log=lambda *a: None)
     assert len(calls) == result.steps > 0
     for before, after, max_norm in calls:
         assert max_norm == 1e-3 and before > max_norm
@@ -163,8 +167,8 @@ def test_zero_grad_clip_disables_clipping(tiny_dirs, data_dir, fixture_splits, g
     calls = []
     monkeypatch.setattr(accelerator, "clip_grad_norm_", lambda *a, **k: calls.append(a))
     train, val = fixture_splits
-    train_classifier(clf, train, val, gpt2[1], params.train, params.learning_rate, 8,
-                     params.seed, accelerator, log=lambda *a: None)
+    train_classifier(clf, train, val, gpt2[1], recipe(params, 8), accelerator,
+                     log=lambda *a: None)
     assert calls == []
 
 
@@ -190,8 +194,8 @@ def test_returns_the_best_epochs_weights(tiny_dirs, data_dir, fixture_splits, gp
 
     monkeypatch.setattr(loop, "predict_logits", scripted)
     before = trainable_state(clf)
-    result = train_classifier(clf, train, val, gpt2[1], params.train, params.learning_rate, 8,
-                              params.seed, accelerator, log=lambda *a: None)
+    result = train_classifier(clf, train, val, gpt2[1], recipe(params, 8), accelerator,
+                              log=lambda *a: None)
     assert [row["val_accuracy"] for row in result.history] == pytest.approx(
         [(len(val) // 2) / len(val), 1.0, 0.0])
     assert result.best_epoch == 2 and result.best_val_accuracy == 1.0
@@ -229,8 +233,8 @@ def test_learns_an_easy_task(tiny_dirs, data_dir, gpt2, accelerator):
     train, val = (tokenize_split(tok, *easy_texts(n, seed), 64, "left", 0)
                   for n, seed in ((240, 0), (80, 1)))
     untrained = (predict_logits(clf, val, collator, 64, accelerator).argmax(1) == val.labels).mean()
-    result = train_classifier(clf, train, val, collator, params.train, params.learning_rate, 64,
-                              params.seed, accelerator, log=lambda *a: None)
+    result = train_classifier(clf, train, val, collator, recipe(params, 64), accelerator,
+                              log=lambda *a: None)
     trained = (predict_logits(clf, val, collator, 64, accelerator).argmax(1) == val.labels).mean()
     assert untrained < 0.75
     assert result.best_val_accuracy >= 0.9 and trained == pytest.approx(result.best_val_accuracy)

@@ -4,15 +4,17 @@ A checkpoint (checkpoints/last.pt, outside DVC's outputs) holds the trainable we
 scheduler, RNG states and position in the epoch, with a fingerprint of the params and data: it
 resumes only a run like the one that wrote it. It holds tensors and plain values only (dicts,
 lists, tuples, numbers, strings) and is read with torch.load(weights_only=True), so a checkpoint
-file can never run code: one holding any other object is ignored.
+file can never run code. A file that cannot be read so (cut short, empty, not a checkpoint, or
+holding other objects) is set aside as last.unreadable.pt, kept for a look, and the run starts
+over; one written with other params or data is ignored (the run's own checkpoints replace it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
-import pickle
 import random
 import signal
 from pathlib import Path
@@ -43,13 +45,16 @@ class Checkpointer:
         self.log = log
 
     def load(self) -> dict | None:
+        """The checkpoint, if there is one this run resumes from; else None, said in one line
+        (an unreadable file is set aside first, by the main process)."""
         if not self.path.is_file():
             return None
         try:  # data only: unpickling anything else could run code
             state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            self.log(f"ignoring checkpoint {self.path}: it holds objects other than tensors and "
-                     f"plain values ({(str(e).splitlines() or [''])[0][:200]}); starting over")
+        except Exception as e:  # torch raises many kinds on a damaged file (OSError, EOFError...)
+            why = unreadable_reason(e, self.path)
+            kept = f"; moved to {self.set_aside()}" if self.is_main else ""
+            self.log(f"ignoring checkpoint {self.path}: {why}{kept}; starting over")
             return None
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
             self.log(f"ignoring stale checkpoint {self.path}: it was written with other params or "
@@ -68,6 +73,28 @@ class Checkpointer:
     def clear(self) -> None:
         if self.is_main and self.path.exists():
             self.path.unlink()
+
+    def set_aside(self) -> Path:
+        """Rename the checkpoint to the first free name of last.unreadable.pt,
+        last.unreadable-2.pt, ... beside it; the new path."""
+        for n in itertools.count(1):
+            kept = self.path.with_name(f"{self.path.stem}.unreadable{f'-{n}' if n > 1 else ''}.pt")
+            if not kept.exists():
+                os.replace(self.path, kept)
+                return kept
+
+
+def unreadable_reason(error: Exception, path: Path) -> str:
+    """Why torch.load(weights_only=True) refused a file, in a few words."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    # torch's message for a refused pickle is long; what it refused follows this marker
+    text = str(error).rpartition("WeightsUnpickler error:")[2]
+    detail = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    detail = detail.split(". ")[0].rstrip(".")[:200] or type(error).__name__
+    if "Unsupported global" in detail:
+        return f"it holds objects other than tensors and plain values ({detail})"
+    return f"it is damaged or not a checkpoint ({detail})"
 
 
 def plain(value: Any) -> Any:

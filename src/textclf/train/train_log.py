@@ -1,9 +1,9 @@
 """The training log that `dvc plots` draws: dvclive's per-step files under metrics/train_log.
 
 dvc.yaml declares dvclive's files as plots: plots/metrics/train/loss.tsv (the mean loss every
-train.log_every steps), plots/metrics/val/accuracy.tsv and val/loss.tsv (after each epoch). A zero-shot
-run trains nothing and writes both with a header only, so its plots are empty rather than the
-previous run's curves.
+train.log_every steps), plots/metrics/val/accuracy.tsv and val/loss.tsv (after each epoch). A
+zero-shot run trains nothing and writes them with a header only, so its plots are empty rather
+than the previous run's curves.
 
 A resumed run's log equals an uninterrupted run's: each checkpoint also holds the log written so
 far, and a run that resumes from it writes the log back from there (`CheckpointsWithLog`). The
@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from textclf.core.outputs import write_text
+from textclf.train.checkpoints import Checkpointer
 
 # (dvclive metric name, file under the log directory); the plots dvc.yaml declares
 LOGGED = (("train/loss", Path("plots/metrics/train/loss.tsv")),
@@ -36,28 +38,25 @@ def step_logger(log_dir: Path):
     return Live(str(log_dir), resume=False, dvcyaml=None, save_dvc_exp=False)
 
 
-class CheckpointsWithLog:
-    """A Checkpointer (textclf.train.checkpoints) whose checkpoints also hold the training log
-    written so far, under LOG_KEY, and which writes the log back from them when a run resumes.
-    `log_dir` None: a process that writes no log (not the main one)."""
+class CheckpointsWithLog(Checkpointer):
+    """A Checkpointer whose checkpoints also hold the training log written so far, under
+    LOG_KEY, and which writes the log back from them when a run resumes. `log_dir` None: a
+    process that writes no log (not the main one)."""
 
-    def __init__(self, checkpointer, log_dir: Path | None):
-        self.checkpointer = checkpointer
+    def __init__(self, directory: Path, fingerprint: str, log_dir: Path | None,
+                 is_main: bool = True, log: Callable[[str], None] = print):
+        super().__init__(directory, fingerprint, is_main, log)
         self.log_dir = log_dir
-        self.path = checkpointer.path
 
     def load(self) -> dict | None:
-        state = self.checkpointer.load()
+        state = super().load()
         if state is not None and self.log_dir is not None:
             restore_log(self.log_dir, state.get(LOG_KEY, {}))  # an older checkpoint: none kept
         return state
 
     def save(self, state: dict) -> None:
-        log = read_log(self.log_dir) if self.log_dir is not None else {}
-        self.checkpointer.save({**state, LOG_KEY: log})
-
-    def clear(self) -> None:
-        self.checkpointer.clear()
+        written = read_log(self.log_dir) if self.log_dir is not None else {}
+        super().save({**state, LOG_KEY: written})
 
 
 def read_log(log_dir: Path) -> dict[str, str]:
