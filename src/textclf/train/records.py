@@ -11,7 +11,7 @@ from textclf.core.families import Family
 from textclf.core.params import Params
 from textclf.core.tokenization import InputFormat, TextTokenizer
 from textclf.modeling.classifier import hub_revision
-from textclf.modeling.device import device_name
+from textclf.modeling.device import device_name, precision_name
 from textclf.modeling.model_info import TrainedModelInfo
 from textclf.train.checkpoints import fingerprint
 from textclf.train.loop import TrainResult
@@ -63,7 +63,7 @@ def run_info(params: Params, accelerator, counts: dict[str, int], result: TrainR
     content-free probabilities of the answers (`calibration`)."""
     run = {"model": params.model, "method": params.method,
            "device": device_name(accelerator.device), "processes": accelerator.num_processes,
-           "precision": "bf16 autocast" if accelerator.mixed_precision == "bf16" else "fp32",
+           "precision": precision_name(accelerator),
            "model_dtype": params.model_dtype,  # of the frozen weights
            "gradient_checkpointing": params.train.gradient_checkpointing,
            "trainable_backbone_params": counts["trainable_backbone_params"]}
