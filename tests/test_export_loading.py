@@ -207,12 +207,15 @@ def test_predict_refuses_a_directory_naming_foreign_code(gpt2_export, tmp_path, 
         err[-3000:]
 
 
-# config.json of exports older textclf versions wrote: (model_type, auto_map)
+# config.json of the exports older textclf versions wrote, each released on main before the one
+# class of textclf.export.hf_model: (model_type, auto_map). Every one names a modelling file this
+# textclf does not ship (hf_loading.OLDER_MODULES).
 OLDER_EXPORTS = {
-    # textclf's class under stock BERT's model_type: stock BERT with a random pooler
+    # the first BERT export: textclf's class under stock BERT's model_type (stock transformers
+    # would load BertForSequenceClassification with a random pooler)
     "bert_under_stock_type": ("bert", {"AutoModelForSequenceClassification":
                                        "hf_pooling.BertForMeanPooledClassification"}),
-    # one class per family, in hf_pooling.py and hf_attention.py (now one class, hf_model.py)
+    # then a model_type of its own per class, in hf_pooling.py and hf_attention.py
     "bert_mean_pooled": ("textclf-bert-mean-pooled",
                          {"AutoConfig": "hf_pooling.BertMeanPooledConfig",
                           "AutoModelForSequenceClassification":
@@ -221,8 +224,6 @@ OLDER_EXPORTS = {
                             {"AutoConfig": "hf_attention.GPT2AttentionHeadConfig",
                              "AutoModelForSequenceClassification":
                              "hf_attention.GPT2ForAttentionHeadClassification"}),
-    # today's class under a stock model_type
-    "own_class_under_stock_type": ("bert", None),
 }
 
 
@@ -238,9 +239,7 @@ def test_an_older_export_is_refused_not_misread(bert_export, tmp_path, capsys, o
     _, export_dir = bert_export
     shutil.copytree(export_dir, tmp_path / "old")
     config = json.loads((tmp_path / "old/config.json").read_text())
-    model_type, auto_map = OLDER_EXPORTS[older]
-    config["model_type"] = model_type
-    config["auto_map"] = auto_map or config["auto_map"]
+    config["model_type"], config["auto_map"] = OLDER_EXPORTS[older]
     (tmp_path / "old/config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit) as exit_info:
         main(["--model-dir", str(tmp_path / "old"), "--device", "cpu", "A fine film."])

@@ -7,10 +7,10 @@ base model (`AutoModel`, no task head): GPT2Model, BertModel, LlamaModel, ...
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
-from textclf.core.errors import ModelLoadError, ParamsError, UnsupportedModelError
+from textclf.core.errors import ParamsError, UnsupportedModelError
+from textclf.core.model_loading import CONFIG_FILE, check_model_dir, pretrained, shown_path
 from textclf.core.params import Params
 
 
@@ -118,36 +118,38 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def family_for(model_type: str) -> Family:
-    """The family of a config's `model_type`, or a clear error naming the supported ones."""
+def family_for(model_type: str, where: str | None = None) -> Family:
+    """The family of a config's `model_type`, or a clear error naming the supported ones (and
+    `where` the model_type was read)."""
     if model_type not in FAMILIES:
         raise UnsupportedModelError(
-            f"model family {model_type!r} is not supported (supported: {', '.join(FAMILIES)}); "
-            "add a row to textclf.core.families.FAMILIES to support it")
+            f"{f'{where}: ' if where else ''}model family {model_type!r} is not supported "
+            f"(supported: {', '.join(FAMILIES)}); add a row to textclf.core.families.FAMILIES "
+            "to support it")
     return FAMILIES[model_type]
 
 
 # ---------------------------------------------------------------------------------------------
 # A model's config: its family, and what it allows (read before any weights are loaded)
 
+def check_base_model(model: str) -> Family | None:
+    """The family of a base model (params.model, or the base_model of models/textclf.json),
+    read from its config.json before anything of it loads, after refusing what textclf does not
+    load (model_loading.check_model_dir: code it names); a model_type
+    with no row in FAMILIES is refused too. None for a hub model that cannot be reached here
+    (its load says why)."""
+    config = check_model_dir(model)
+    return family_for(config.get("model_type"), shown_path(model, CONFIG_FILE)) if config else None
+
+
 def resolve_model(model: str):
-    """The model's config and family, reading only config.json (no weights)."""
+    """The model's config and family, reading only config.json (no weights), once
+    check_base_model has read what the directory says."""
     from transformers import AutoConfig
 
-    try:
-        config = AutoConfig.from_pretrained(model)
-    except Exception as e:  # missing files, no network, bad JSON: several exception types
-        raise ModelLoadError(model_load_help(model, e)) from None
+    check_base_model(model)
+    config = pretrained(AutoConfig, model)
     return config, family_for(config.model_type)
-
-
-def model_load_help(model: str, error: Exception) -> str:
-    where = "local directory" if Path(model).is_dir() else "hub id"
-    return (f"model {model!r} ({where}) could not be loaded: {type(error).__name__}: "
-            f"{str(error).splitlines()[0][:300]}\n"
-            "Without internet, set `model` to a local directory holding config.json, the weights "
-            "and the tokenizer files (as written by save_pretrained), or set HF_HUB_OFFLINE=1 to "
-            "use a copy already in the Hugging Face cache.")
 
 
 def n_blocks(config) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 
 from textclf.core.errors import ModelLoadError, ParamsError
 from textclf.core.families import Family
+from textclf.core.model_loading import pretrained
 from textclf.core.progress import progress_bar
 
 TIKTOKEN_GPT2 = "tiktoken:gpt2"  # TextTokenizer.name when tiktoken encodes the text
@@ -114,15 +115,7 @@ def _auto_tokenizer(model: str):
     from transformers import AutoTokenizer
 
     where = "local directory" if Path(model).is_dir() else "hub id"
-    try:
-        tok = AutoTokenizer.from_pretrained(model)
-    except Exception as e:  # missing files, no network, bad JSON: several exception types
-        raise ModelLoadError(
-            f"the tokenizer of model {model!r} ({where}) could not be loaded: "
-            f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}. Without "
-            "internet, set `model` to a local directory holding the tokenizer files (as written "
-            "by save_pretrained), or set HF_HUB_OFFLINE=1 to use a copy already in the Hugging "
-            "Face cache.") from None
+    tok = pretrained(AutoTokenizer, model, what="the tokenizer of model")
     # Without tokenizer files beside config.json, transformers builds an empty tokenizer of the
     # config's type instead of failing: every text would become no ids at all
     if not tok("hello", add_special_tokens=False)["input_ids"]:

@@ -52,8 +52,9 @@ from torch import nn
 
 from textclf.core.errors import ExportError
 from textclf.core.families import Family, family_for
+from textclf.core.model_loading import pretrained
 from textclf.core.tokenization import TextTokenizer, load_tokenizer, tokenize_split
-from textclf.export.hf_loading import META_KEY, check_no_foreign_code
+from textclf.export.hf_loading import META_KEY, check_export_dir
 from textclf.modeling.batching import Collator
 from textclf.modeling.classifier import Classifier, base_model
 from textclf.modeling.model_info import TrainedModelInfo
@@ -186,7 +187,7 @@ def stock_classifier(clf: Classifier, backbone: nn.Module, family: Family, label
     for key, value in labels.items():
         setattr(config, key, value)
     config.pad_token_id = pad_id  # the stock classes pool the last token that is not it
-    model = AutoModelForSequenceClassification.from_config(config)
+    model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
     model.base_model.load_state_dict(backbone.state_dict(), strict=True)
     with torch.no_grad():
         model.score.weight.copy_(clf.head.weight)
@@ -253,8 +254,8 @@ def hf_tokenizer(info: TrainedModelInfo, text_tokenizer: TextTokenizer, base_rev
     else:
         side = "left" if info.truncation == "left" else "right"
     source = info.base_model if info.tokenizer.startswith("tiktoken:") else info.tokenizer
-    tokenizer = AutoTokenizer.from_pretrained(
-        source, revision=base_revision,
+    tokenizer = pretrained(
+        AutoTokenizer, source, what="the tokenizer of model", revision=base_revision,
         model_max_length=budget + len(prefix) + len(suffix), truncation_side=side,
         padding_side="right",  # the stock classes pool the last non-pad token: pad on the right
         split_special_tokens=True)  # "<|endoftext|>" in a review is text, as in training
@@ -342,10 +343,10 @@ def check_export(export_dir: Path, clf: Classifier, info: TrainedModelInfo, text
     cut = split.full_lengths > split.lengths
     exact = ~cut if info.truncation == "head_tail" else np.ones(len(texts), dtype=bool)
 
-    check_no_foreign_code(export_dir)
-    tokenizer = AutoTokenizer.from_pretrained(export_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        export_dir, dtype=torch.float32).eval()
+    check_export_dir(export_dir)
+    tokenizer = pretrained(AutoTokenizer, export_dir, what="the exported tokenizer")
+    model = pretrained(AutoModelForSequenceClassification, export_dir,
+                       dtype=torch.float32).eval()
     theirs = tokenizer(list(texts), truncation=True)["input_ids"]
     for i in np.flatnonzero(exact):
         if theirs[i] != ours[i]:

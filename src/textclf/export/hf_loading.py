@@ -1,20 +1,20 @@
-"""Load an export: textclf's own classes registered with transformers, the rule that no code
-from a model directory runs, and the export behind the Classifier interface for
-`textclf predict --model-dir export`.
+"""Load an export: textclf's own classes registered with transformers, what an export may say,
+and the export behind the Classifier interface for `textclf predict --model-dir export`.
 
-textclf loads every model directory without trust_remote_code. An export of textclf's own class
-(textclf.export.hf_model: every family but GPT-2's and GPT-NeoX's linear head) has a model_type
-stock transformers does not know; register_exported_classes (run by `import textclf.export`) maps
-it to the class in this package, so no code is read from the directory. A directory whose
-config.json or tokenizer_config.json names any other code (`auto_map`) is refused
-(check_no_foreign_code), and so is an export of an older textclf's classes (one per family,
-in hf_pooling.py and hf_attention.py): it must be exported again.
+textclf loads every model directory with trust_remote_code=False (textclf.core.model_loading).
+An export of textclf's own class (textclf.export.hf_model: every family but GPT-2's and
+GPT-NeoX's linear head) has a model_type stock transformers does not know;
+register_exported_classes (run by `import textclf.export`) maps it to the class in this package,
+so no code is read from the directory. Before anything of an export loads, check_export_dir
+refuses what would not load as textclf wrote it, in one line: code named that is not textclf's
+class, a model_type of no family, textclf's class without the base model's config or with one
+of no family, and the classes of older textclf versions (their modelling files hf_pooling.py
+and hf_attention.py are gone): those are exported again.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -22,15 +22,23 @@ from torch import nn
 
 from textclf.core.errors import ModelLoadError
 from textclf.core.families import family_for
+from textclf.core.model_loading import (
+    CONFIG_FILE,
+    check_model_dir,
+    pretrained,
+    read_json_object,
+    refuse_code,
+)
 from textclf.core.tokenization import TextTokenizer, load_tokenizer
 from textclf.modeling.classifier import fuse_gelu_tanh
 from textclf.modeling.model_info import INFO_FILE, TrainedModelInfo
 
 META_KEY = "textclf"  # config.json key: the run's TrainedModelInfo and the base tokenizer's specials
-# What older textclf exports name: a class per family (BERT's mean pooling, the attention head)
-OLDER_MODEL_TYPES = ("textclf-bert-mean-pooled", "textclf-gpt2-attention-head",
-                     "textclf-bert-attention-head", "textclf-gpt-neox-attention-head")
-OLDER_MODULES = ("hf_pooling.", "hf_attention.")  # the modelling files they were copied with
+# The modelling files older textclf versions copied into an export and named in its auto_map
+# (BERT's mean pooling, as stock BERT's model_type or its own; the attention head, a class per
+# family): this textclf has neither
+OLDER_MODULES = ("hf_pooling.", "hf_attention.")
+EXPORT_AGAIN = "export it again (dvc repro export)"
 
 
 def register_exported_classes() -> None:
@@ -64,56 +72,54 @@ def is_export(model_dir: Path) -> bool:
     return (model_dir / "config.json").is_file() and not (model_dir / INFO_FILE).is_file()
 
 
-def check_no_foreign_code(model_dir: Path) -> None:
-    """Refuse a model directory whose config.json or tokenizer_config.json names code other than
-    textclf's own class (`auto_map`). textclf never runs code from a model directory: it loads
-    without trust_remote_code, its own class registered in this process
-    (register_exported_classes), so a directory that needs other code cannot load as intended.
-    An export of an older textclf's classes is refused with the advice to export it again."""
+def check_export_dir(model_dir: Path) -> dict:
+    """config.json of an export, read before anything of it loads, after refusing what would not
+    load as textclf wrote it: the classes of an older textclf; code named that is not
+    textclf's own class (registered in this process, so never read from the directory:
+    model_loading.check_model_dir); a model_type of no family; and for
+    textclf's class, a base config (the base model's) that is missing or of no family."""
     from textclf.export.hf_model import AUTO_MAP, MODEL_TYPE
 
     model_dir = Path(model_dir)
-    for name in ("config.json", "tokenizer_config.json"):
-        path = model_dir / name
-        if not path.is_file():
-            continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ModelLoadError(f"{path} is not valid JSON ({e})") from None
-        data = data if isinstance(data, dict) else {}
-        auto_map = data.get("auto_map") or {}
-        if not isinstance(auto_map, dict):  # tokenizer_config.json's older form: a list
-            auto_map = {"AutoTokenizer": auto_map}
-        model_type = data.get("model_type")
-        older = str(model_type) in OLDER_MODEL_TYPES or any(
-            str(ref).startswith(OLDER_MODULES) for ref in auto_map.values())
-        ours = name == "config.json" and all(AUTO_MAP.get(k) == ref for k, ref in auto_map.items())
-        if older or (auto_map and ours and model_type != MODEL_TYPE):
-            raise ModelLoadError(
-                f"{path} names a class of textclf's but not as this textclf writes it (model_type "
-                f"{model_type!r}, auto_map {auto_map}): it was exported by an older textclf, "
-                "which stock transformers would load as another model or not at all. Export it "
-                "again (dvc repro export)")
-        if auto_map and not ours:
-            key, ref = next((k, r) for k, r in auto_map.items()
-                            if name != "config.json" or AUTO_MAP.get(k) != r)
-            raise ModelLoadError(
-                f"{path} names code that is not textclf's (auto_map {key}: {ref}); textclf "
-                "never runs code from a model directory. Load it with transformers and "
-                "trust_remote_code=True only if you trust that code")
+    path = model_dir / CONFIG_FILE
+    config = read_json_object(path)
+    model_type = config.get("model_type")
+    auto_map = config.get("auto_map")
+    if isinstance(auto_map, dict) and any(str(ref).startswith(OLDER_MODULES)
+                                          for ref in auto_map.values()):
+        raise ModelLoadError(
+            f"{path} was exported by an older textclf (model_type {model_type!r}, auto_map "
+            f"{auto_map}), whose classes this textclf does not have and stock transformers "
+            "would load as another model or not at all. Export it again (dvc repro export)")
+    check_model_dir(model_dir, own_classes=AUTO_MAP if model_type == MODEL_TYPE else None)
+    if model_type != MODEL_TYPE:
+        family_for(model_type, str(path))
+        return config
+    base = config.get("base_config")
+    where = f"{path} (base_config)"
+    if not isinstance(base, dict) or "model_type" not in base:
+        raise ModelLoadError(f"{path} has no base_config with a model_type (the config of the "
+                             f"base model, which textclf's class {MODEL_TYPE} holds): "
+                             f"{EXPORT_AGAIN}")
+    family = family_for(base["model_type"], where)
+    refuse_code(base, where, {})
+    base_kwargs = config.get("base_kwargs") or {}  # left out of config.json when empty
+    if base_kwargs != dict(family.base_kwargs):
+        raise ModelLoadError(f"{path} passes base_kwargs {base_kwargs} to the base model, where "
+                             f"textclf passes {dict(family.base_kwargs)} to {family.name}: "
+                             f"{EXPORT_AGAIN}")
+    return config
 
 
 def load_export(model_dir: Path) -> tuple[ExportedClassifier, TrainedModelInfo, TextTokenizer]:
     """An export in eval mode, the run's description, and textclf's tokenizer on the export's
     tokenizer files with the base tokenizer's special tokens: with them, predict cuts texts
-    exactly as training did (head_tail too), while the prompt comes from the TrainedModelInfo."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    exactly as training did (head_tail too), while the prompt comes from the TrainedModelInfo.
+    What the export says is checked before anything loads (check_export_dir)."""
+    from transformers import AutoModelForSequenceClassification
 
     model_dir = Path(model_dir)
-    check_no_foreign_code(model_dir)
-    config = AutoConfig.from_pretrained(model_dir)
-    meta = getattr(config, META_KEY, None)
+    meta = check_export_dir(model_dir).get(META_KEY)
     if not isinstance(meta, dict):
         raise FileNotFoundError(f"{model_dir}/config.json has no {META_KEY!r} entry: it is not "
                                 "a model exported by textclf (stages/export.py)")
@@ -122,6 +128,6 @@ def load_export(model_dir: Path) -> tuple[ExportedClassifier, TrainedModelInfo, 
     tokenizer = dataclasses.replace(load_tokenizer(str(model_dir), family_for(info.family)),
                                     special_prefix=list(meta["text_prefix"]),
                                     special_suffix=list(meta["text_suffix"]))
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    model = pretrained(AutoModelForSequenceClassification, model_dir)
     fuse_gelu_tanh(model)  # the same function, faster (GPT-2's activation)
     return ExportedClassifier(model).eval().requires_grad_(False), info, tokenizer

@@ -87,7 +87,9 @@ class TextclfForSequenceClassification(PreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         base = config.base_config
-        self.backbone = AutoModel.from_config(base, **config.base_kwargs)
+        # never the code a base config's auto_map might name, whatever base_kwargs say
+        self.backbone = AutoModel.from_config(base, **{**config.base_kwargs,
+                                                       "trust_remote_code": False})
         hidden = base.hidden_size
         self.attention = None if config.attention_heads is None else nn.MultiheadAttention(
             hidden, config.attention_heads, dropout=config.attention_dropout_rate,

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from textclf.core.errors import ModelLoadError, ParamsError
-from textclf.core.families import Family, family_for, model_load_help, n_blocks
+from textclf.core.families import Family, check_base_model, family_for, n_blocks
+from textclf.core.model_loading import pretrained
 from textclf.core.params import LoraParams, Params
-from textclf.modeling.model_info import TrainedModelInfo
+from textclf.modeling.model_info import INFO_FILE, TrainedModelInfo
 
 
 def hub_revision(model: str, cache_dir: str | Path | None = None) -> str | None:
@@ -122,17 +123,15 @@ def frozen_modules(clf: Classifier) -> list[nn.Module]:
 
 
 def from_pretrained(cls, model: str, **kwargs) -> nn.Module:
-    """`cls.from_pretrained` without transformers' load report (which lists every unused weight,
-    such as BERT's pooler or an LM head); weights the checkpoint lacks, which start random, are
-    reported in one line."""
+    """`cls.from_pretrained` as every load runs it (model_loading.pretrained), without
+    transformers' load report (which lists every unused weight, such as BERT's pooler or an LM
+    head); weights the checkpoint lacks, which start random, are reported in one line."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        loaded, info = cls.from_pretrained(model, output_loading_info=True, **kwargs)
-    except Exception as e:  # missing files, no network, bad weights: several exception types
-        raise ModelLoadError(model_load_help(model, e)) from None
+        loaded, info = pretrained(cls, model, output_loading_info=True, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys") or [])
@@ -322,18 +321,21 @@ def load_model(model_dir: Path, merge_lora: bool = True,
                fp32: bool = False) -> tuple[Classifier, TrainedModelInfo]:
     """The saved classifier in eval mode, and its description (labels, input format, ...), its
     frozen weights in the run's model_dtype. `fp32`: every weight in fp32 (a bf16 run's frozen
-    weights upcast, exactly) and LoRA merged in fp32: the plain model the export writes."""
+    weights upcast, exactly) and LoRA merged in fp32: the plain model the export writes. Checked
+    before anything loads (check_saved_model)."""
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
     info = TrainedModelInfo.load(model_dir)
     family = family_for(info.family)
+    check_saved_model(model_dir, info)
     backbone = load_backbone(info.base_model, family)
     if info.method == "lora":
         from peft import PeftModel
 
         # trainable while the frozen part is cast: the adapters keep fp32, as in training
-        backbone = PeftModel.from_pretrained(backbone, model_dir / ADAPTER_DIR, is_trainable=True)
+        backbone = pretrained(PeftModel, backbone, model_dir / ADAPTER_DIR, is_trainable=True,
+                              what="the LoRA adapter")
     elif info.method == "finetune":
         trained = load_file(model_dir / TRAINED_FILE)
         missing, unexpected = backbone.load_state_dict(trained, strict=False)
@@ -357,6 +359,15 @@ def load_model(model_dir: Path, merge_lora: bool = True,
         clf.attention.load_state_dict({k[len(ATTENTION_PREFIX):]: v for k, v in state.items()
                                        if k.startswith(ATTENTION_PREFIX)})
     return clf.eval().requires_grad_(False), info
+
+
+def check_saved_model(model_dir: Path, info: TrainedModelInfo) -> None:
+    """The base model as any base model (check_base_model), of the family textclf.json names."""
+    base_family = check_base_model(info.base_model)
+    if base_family is not None and base_family.name != info.family:
+        raise ModelLoadError(f"{model_dir / INFO_FILE} names family {info.family!r}, but its "
+                             f"base model {info.base_model!r} is of family {base_family.name!r}: "
+                             "run the train stage again (dvc repro train)")
 
 
 def head_state(clf: Classifier) -> dict[str, torch.Tensor]:
