@@ -1,7 +1,7 @@
 """A model directory may come from anyone (a hub model or a copy, models/ and its LoRA adapter,
 an export): nothing in it runs, whatever is typed at transformers' "Do you wish to run the custom
-code? [y/N]", and a directory textclf cannot load as it is ends in one `error:` line naming it,
-before anything is written.
+code? [y/N]", and a directory textclf cannot load as it is, or a damaged file in it, ends in one
+`error:` line naming it, before anything is written.
 
 The stages and `textclf predict` run in this process with "y" on stdin where they can, and as a
 user runs them (a fresh process, "y" typed) where only a fresh process shows the difference:
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from support import tiny
 from test_bad_inputs import run, write_params
@@ -236,7 +237,126 @@ def test_a_stock_auto_map_of_a_model_transformers_has_is_not_foreign(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Damaged descriptions: an export's config.json
+# Damaged and pickled weights
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+DAMAGED = {  # case: (the directory predict is given, the file cut in half in it)
+    "finetune_trained": ("gpt2_finetune", "trained.safetensors"),
+    "finetune_head": ("gpt2_finetune", "head.safetensors"),
+    "lora_adapter": ("gpt2_lora", "adapter/adapter_model.safetensors"),
+    "export_weights": ("gpt2_export", "model.safetensors"),
+    "own_export_weights": ("bert_export", "model.safetensors"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED))
+def test_a_truncated_safetensors_file_is_one_error_line(models, tmp_path, capsys, monkeypatch,
+                                                        case):
+    source, name = DAMAGED[case]
+    model_dir = tmp_path / "model"
+    shutil.copytree(models[source], model_dir)
+    truncate(model_dir / name)
+    code, out, err = predict(model_dir, capsys, monkeypatch)
+    assert code == 2 and out == ""
+    one_error_line(err, str(model_dir / name), "truncated or damaged", "dvc checkout")
+
+
+def test_a_truncated_base_model_is_one_error_line(tiny_dirs, models, tmp_path, capsys,
+                                                  monkeypatch):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_dirs["gpt2"], base)
+    truncate(base / "model.safetensors")
+    code, out, err = predict(with_base_model(models["gpt2_finetune"], tmp_path / "models", base),
+                             capsys, monkeypatch)
+    assert code == 2 and out == ""
+    one_error_line(err, str(base / "model.safetensors"), "truncated or damaged")
+
+
+def test_evaluate_reports_a_truncated_file_in_one_line(trained_run, tmp_path, tiny_dirs,
+                                                       data_dir, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run / "data", run_dir / "data")
+    shutil.copytree(trained_run / "models", run_dir / "models")
+    truncate(run_dir / "models/trained.safetensors")
+    params = write_params(tmp_path, tiny.tiny_params(tiny_dirs["gpt2"], data_dir))
+    script, *args = tiny.stage_command("evaluate", params, run_dir)[1:]
+    code = tiny.run_script_in_process(Path(script), args)
+    assert code == 2
+    one_error_line(capsys.readouterr().err, str(run_dir / "models/trained.safetensors"))
+    assert not (run_dir / "outputs").exists()
+
+
+class Payload:
+    """What a planted pickle can do: unpickled, it runs Python code (here: writes `marker`)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"import pathlib; pathlib.Path({str(self.marker)!r}).write_text('ran')",)
+
+
+PICKLED = {  # case: (directory, the safetensors file replaced, the pickle put in its place)
+    "export": ("gpt2_export", "model.safetensors", "pytorch_model.bin"),
+    "own_export": ("bert_export", "model.safetensors", "pytorch_model.bin"),
+    "lora_adapter": ("gpt2_lora", "adapter/adapter_model.safetensors",
+                     "adapter/adapter_model.bin"),
+    "base_model": ("base", "model.safetensors", "pytorch_model.bin"),
+}
+
+
+@pytest.mark.parametrize("case", list(PICKLED))
+def test_pickled_weights_are_refused_and_never_unpickled(tiny_dirs, models, tmp_path, capsys,
+                                                         monkeypatch, case):
+    source, replaced, planted = PICKLED[case]
+    probe = tmp_path / "probe"
+    torch.save({"weight": Payload(probe)}, tmp_path / "probe.bin")
+    torch.load(tmp_path / "probe.bin", weights_only=False)
+    assert probe.exists(), "the payload is not live: the test proves nothing"
+
+    marker = tmp_path / "marker"
+    target = tmp_path / ("base" if source == "base" else "model")
+    shutil.copytree(tiny_dirs["gpt2"] if source == "base" else models[source], target)
+    (target / replaced).unlink()
+    torch.save({"weight": Payload(marker)}, target / planted)
+    model_dir = (with_base_model(models["gpt2_finetune"], tmp_path / "models", target)
+                 if source == "base" else target)
+    code, out, err = predict(model_dir, capsys, monkeypatch)
+    assert not marker.exists(), "the pickle was unpickled"
+    assert code == 2 and out == ""
+    one_error_line(err, str(target / planted), "pickled weights", "re-save them as safetensors")
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged descriptions: models/textclf.json, an export's config.json
+
+TEXTCLF_JSON = {  # case: (what replaces textclf.json, a fragment of the error)
+    "not_json": ('{"base_model": ', "is not valid JSON"),
+    "not_an_object": ("[1, 2]", "must be a mapping"),
+    "missing_field": (lambda info: {k: v for k, v in info.items() if k != "label_names"},
+                      "missing key label_names"),
+    "wrong_type": (lambda info: {**info, "pad_id": "zero"}, "pad_id must be an integer"),
+    "unknown_method": (lambda info: {**info, "method": "prompting"},
+                       "method must be one of 'zero_shot', 'finetune', 'lora'"),
+}
+
+
+@pytest.mark.parametrize("case", list(TEXTCLF_JSON))
+def test_a_damaged_textclf_json_is_one_error_line(models, tmp_path, capsys, monkeypatch, case):
+    model_dir = tmp_path / "models"
+    shutil.copytree(models["gpt2_finetune"], model_dir)
+    content, fragment = TEXTCLF_JSON[case]
+    if callable(content):
+        content = json.dumps(content(json.loads((model_dir / "textclf.json").read_text())))
+    (model_dir / "textclf.json").write_text(content)
+    code, out, err = predict(model_dir, capsys, monkeypatch)
+    assert code == 2 and out == ""
+    one_error_line(err, str(model_dir / "textclf.json"), fragment, "dvc repro train")
+
 
 def without_model_type(config: dict) -> dict:
     base = {k: v for k, v in config["base_config"].items() if k != "model_type"}
@@ -253,6 +373,9 @@ EXPORT_CONFIG = {  # case: (how config.json changes, a fragment of the error)
     # textclf's class under a stock model_type: transformers would load stock BERT
     "own_class_under_stock_type": (lambda config: {**config, "model_type": "bert"},
                                    "names code to run (auto_map AutoConfig: hf_model."),
+    "textclf_entry_missing_a_field": (
+        lambda config: {**config, "textclf": {k: v for k, v in config["textclf"].items()
+                                              if k != "pad_id"}}, "missing key pad_id"),
 }
 
 

@@ -135,7 +135,7 @@ def family_for(model_type: str, where: str | None = None) -> Family:
 def check_base_model(model: str) -> Family | None:
     """The family of a base model (params.model, or the base_model of models/textclf.json),
     read from its config.json before anything of it loads, after refusing what textclf does not
-    load (model_loading.check_model_dir: code it names); a model_type
+    load (model_loading.check_model_dir: code it names, pickled or damaged weights); a model_type
     with no row in FAMILIES is refused too. None for a hub model that cannot be reached here
     (its load says why)."""
     config = check_model_dir(model)

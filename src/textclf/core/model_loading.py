@@ -3,14 +3,17 @@
 A model directory (a hub model or a local copy of one, models/ and its LoRA adapter, an export)
 can name Python code for transformers to run (`auto_map` in config.json or
 tokenizer_config.json: unless told trust_remote_code=False, transformers asks "Do you wish to run
-the custom code? [y/N]" and runs it on "y"). textclf never runs it, whatever is typed:
+the custom code? [y/N]" and runs it on "y") and can hold pickled weights (pytorch_model.bin,
+adapter_model.bin), whose unpickling can run code too. textclf runs neither, whatever is typed:
 
 - every config, tokenizer, model and adapter textclf loads goes through `pretrained`, which passes
-  trust_remote_code=False: transformers neither asks nor runs code.
+  trust_remote_code=False: transformers neither asks nor runs code. Weights come from
+  safetensors only (the model loads pass use_safetensors=True; peft prefers them itself).
 - before anything of a directory loads, `check_model_dir` reads what it says and refuses, in one
-  ModelLoadError line naming the file and what to do, code it names or a JSON file that is not
-  valid. Which model types are allowed is the caller's to check (textclf.core.families for a
-  base model, textclf.export.hf_loading for an export).
+  ModelLoadError line naming the file and what to do: code it names, weights it holds only
+  pickled, a safetensors file that is truncated or damaged, a JSON file that is not valid.
+  Which model types are allowed is the caller's to check (textclf.core.families for a base
+  model, textclf.export.hf_loading for an export).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from textclf.core.errors import ModelLoadError
 
 CONFIG_FILE = "config.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+ADAPTER_CONFIG_FILE = "adapter_config.json"  # peft's
+# Weights that only unpickling reads (torch.save): transformers' and peft's names
+PICKLED_WEIGHTS = ("pytorch_model*.bin", "adapter_model.bin")
 
 
 def pretrained(cls, *args, what: str = "model", **kwargs):
@@ -50,6 +56,23 @@ def load_help(source: str, error: Exception, what: str = "model") -> str:
             "already in the Hugging Face cache.")
 
 
+def load_safetensors(path: Path) -> dict:
+    """The tensors of a safetensors file (on the CPU); a damaged file is one ModelLoadError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except SafetensorError as e:
+        raise ModelLoadError(damaged(path, e)) from None
+
+
+def damaged(path: Path, error: Exception) -> str:
+    return (f"{path} cannot be read as safetensors ({error}): it is truncated or damaged. "
+            "Restore a complete copy (`dvc checkout` for an output of the pipeline) or write it "
+            "again")
+
+
 # ---------------------------------------------------------------------------------------------
 # What a directory says, read before anything of it loads
 
@@ -58,8 +81,8 @@ def check_model_dir(model: str | Path, own_classes: Mapping[str, str] | None = N
     not load: code named in config.json or tokenizer_config.json (`auto_map`), except textclf's
     own classes registered in this process (`own_classes`: auto_map key -> class) and classes
     transformers itself has for the model_type (Phi-3's, whose code was merged into
-    transformers); invalid JSON. A hub model that cannot be reached here gives {}: its load
-    says why."""
+    transformers); weights held only as pickles; damaged safetensors files; invalid JSON. A hub
+    model that cannot be reached here gives {}: its load says why."""
     directory = files_of(model)
     if directory is None:
         return {}
@@ -68,7 +91,19 @@ def check_model_dir(model: str | Path, own_classes: Mapping[str, str] | None = N
                                         where=shown_path(model, TOKENIZER_CONFIG_FILE))
     refuse_code(config, shown_path(model, CONFIG_FILE), own_classes or {})
     refuse_code(tokenizer_config, shown_path(model, TOKENIZER_CONFIG_FILE), {})
+    check_weights(directory)
     return config
+
+
+def check_adapter_dir(directory: Path) -> None:
+    """A LoRA adapter as peft saves it: adapter_config.json of a LoRA adapter, its weights as a
+    complete safetensors file, never a pickle."""
+    config = read_json_object(directory / ADAPTER_CONFIG_FILE)
+    if config.get("peft_type") != "LORA":
+        raise ModelLoadError(f"{directory / ADAPTER_CONFIG_FILE} describes a "
+                             f"{config.get('peft_type')!r} adapter, not the LoRA adapter textclf "
+                             "saves: run the train stage again (dvc repro train)")
+    check_weights(directory)
 
 
 def files_of(model: str | Path) -> Path | None:
@@ -149,3 +184,23 @@ def transformers_has(ref: str, model_type: Any) -> bool:
     if issubclass(cls, transformers.PreTrainedModel):
         return cls.config_class is not None and cls.config_class.model_type == model_type
     return issubclass(cls, transformers.PreTrainedTokenizerBase)
+
+
+def check_weights(directory: Path) -> None:
+    """Refuse weights that only unpickling reads, and safetensors files that are truncated or
+    damaged (each file's header is read; the tensors are not)."""
+    from safetensors import SafetensorError, safe_open
+
+    safetensors = sorted(directory.glob("*.safetensors"))
+    for path in safetensors:
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except SafetensorError as e:
+            raise ModelLoadError(damaged(path, e)) from None
+    pickled = sorted(p for pattern in PICKLED_WEIGHTS for p in directory.glob(pattern))
+    if pickled and not safetensors:
+        raise ModelLoadError(
+            f"{pickled[0]} holds pickled weights, which textclf never loads (unpickling a file "
+            "can run any code it names): re-save them as safetensors (save_pretrained writes "
+            "safetensors), where you trust the file")

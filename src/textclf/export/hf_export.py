@@ -345,8 +345,8 @@ def check_export(export_dir: Path, clf: Classifier, info: TrainedModelInfo, text
 
     check_export_dir(export_dir)
     tokenizer = pretrained(AutoTokenizer, export_dir, what="the exported tokenizer")
-    model = pretrained(AutoModelForSequenceClassification, export_dir,
-                       dtype=torch.float32).eval()
+    model = pretrained(AutoModelForSequenceClassification, export_dir, dtype=torch.float32,
+                       use_safetensors=True).eval()
     theirs = tokenizer(list(texts), truncation=True)["input_ids"]
     for i in np.flatnonzero(exact):
         if theirs[i] != ours[i]:

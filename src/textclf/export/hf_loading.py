@@ -8,8 +8,8 @@ register_exported_classes (run by `import textclf.export`) maps it to the class 
 so no code is read from the directory. Before anything of an export loads, check_export_dir
 refuses what would not load as textclf wrote it, in one line: code named that is not textclf's
 class, a model_type of no family, textclf's class without the base model's config or with one
-of no family, and the classes of older textclf versions (their modelling files hf_pooling.py
-and hf_attention.py are gone): those are exported again.
+of no family, pickled or damaged weights, and the classes of older textclf versions (their
+modelling files hf_pooling.py and hf_attention.py are gone): those are exported again.
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def is_export(model_dir: Path) -> bool:
 def check_export_dir(model_dir: Path) -> dict:
     """config.json of an export, read before anything of it loads, after refusing what would not
     load as textclf wrote it: the classes of an older textclf; code named that is not
-    textclf's own class (registered in this process, so never read from the directory:
-    model_loading.check_model_dir); a model_type of no family; and for
+    textclf's own class (registered in this process, so never read from the directory), pickled
+    or damaged weights (model_loading.check_model_dir); a model_type of no family; and for
     textclf's class, a base config (the base model's) that is missing or of no family."""
     from textclf.export.hf_model import AUTO_MAP, MODEL_TYPE
 
@@ -123,11 +123,14 @@ def load_export(model_dir: Path) -> tuple[ExportedClassifier, TrainedModelInfo, 
     if not isinstance(meta, dict):
         raise FileNotFoundError(f"{model_dir}/config.json has no {META_KEY!r} entry: it is not "
                                 "a model exported by textclf (stages/export.py)")
-    fields = {f.name for f in dataclasses.fields(TrainedModelInfo)}
-    info = TrainedModelInfo(**{k: v for k, v in meta.items() if k in fields})
+    where = f"{model_dir / CONFIG_FILE} ({META_KEY!r} entry)"
+    info = TrainedModelInfo.from_dict(meta, where, EXPORT_AGAIN)
+    specials = [meta.get("text_prefix"), meta.get("text_suffix")]
+    if not all(isinstance(ids, list) and all(type(i) is int for i in ids) for ids in specials):
+        raise ModelLoadError(f"{where} lacks the base tokenizer's special tokens (text_prefix, "
+                             f"text_suffix: lists of token ids): {EXPORT_AGAIN}")
     tokenizer = dataclasses.replace(load_tokenizer(str(model_dir), family_for(info.family)),
-                                    special_prefix=list(meta["text_prefix"]),
-                                    special_suffix=list(meta["text_suffix"]))
-    model = pretrained(AutoModelForSequenceClassification, model_dir)
+                                    special_prefix=specials[0], special_suffix=specials[1])
+    model = pretrained(AutoModelForSequenceClassification, model_dir, use_safetensors=True)
     fuse_gelu_tanh(model)  # the same function, faster (GPT-2's activation)
     return ExportedClassifier(model).eval().requires_grad_(False), info, tokenizer

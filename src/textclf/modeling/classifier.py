@@ -21,9 +21,14 @@ from torch import nn
 
 from textclf.core.errors import ModelLoadError, ParamsError
 from textclf.core.families import Family, check_base_model, family_for, n_blocks
-from textclf.core.model_loading import pretrained
+from textclf.core.model_loading import (
+    check_adapter_dir,
+    check_weights,
+    load_safetensors,
+    pretrained,
+)
 from textclf.core.params import LoraParams, Params
-from textclf.modeling.model_info import INFO_FILE, TrainedModelInfo
+from textclf.modeling.model_info import INFO_FILE, RETRAIN, TrainedModelInfo
 
 
 def hub_revision(model: str, cache_dir: str | Path | None = None) -> str | None:
@@ -123,15 +128,16 @@ def frozen_modules(clf: Classifier) -> list[nn.Module]:
 
 
 def from_pretrained(cls, model: str, **kwargs) -> nn.Module:
-    """`cls.from_pretrained` as every load runs it (model_loading.pretrained), without
-    transformers' load report (which lists every unused weight, such as BERT's pooler or an LM
-    head); weights the checkpoint lacks, which start random, are reported in one line."""
+    """`cls.from_pretrained` as every load runs it (model_loading.pretrained), from safetensors
+    only, without transformers' load report (which lists every unused weight, such as BERT's
+    pooler or an LM head); weights the checkpoint lacks, which start random, said in one line."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        loaded, info = pretrained(cls, model, output_loading_info=True, **kwargs)
+        loaded, info = pretrained(cls, model, output_loading_info=True, use_safetensors=True,
+                                  **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys") or [])
@@ -323,8 +329,6 @@ def load_model(model_dir: Path, merge_lora: bool = True,
     frozen weights in the run's model_dtype. `fp32`: every weight in fp32 (a bf16 run's frozen
     weights upcast, exactly) and LoRA merged in fp32: the plain model the export writes. Checked
     before anything loads (check_saved_model)."""
-    from safetensors.torch import load_file
-
     model_dir = Path(model_dir)
     info = TrainedModelInfo.load(model_dir)
     family = family_for(info.family)
@@ -337,11 +341,11 @@ def load_model(model_dir: Path, merge_lora: bool = True,
         backbone = pretrained(PeftModel, backbone, model_dir / ADAPTER_DIR, is_trainable=True,
                               what="the LoRA adapter")
     elif info.method == "finetune":
-        trained = load_file(model_dir / TRAINED_FILE)
+        trained = load_safetensors(model_dir / TRAINED_FILE)
         missing, unexpected = backbone.load_state_dict(trained, strict=False)
         if unexpected:
-            raise ValueError(f"{model_dir / TRAINED_FILE} does not fit {info.base_model!r}: "
-                             f"unexpected weights {unexpected[:3]}")
+            raise ModelLoadError(f"{model_dir / TRAINED_FILE} does not fit {info.base_model!r}: "
+                                 f"unexpected weights {unexpected[:3]}; {RETRAIN}")
         for name, p in backbone.named_parameters():
             p.requires_grad_(name in trained)
     keep_frozen_in(backbone, family, info.model_dtype)  # the dtypes the run trained with
@@ -352,22 +356,35 @@ def load_model(model_dir: Path, merge_lora: bool = True,
     if info.method == "lora" and merge_lora and (info.model_dtype == "fp32" or fp32):
         backbone = backbone.merge_and_unload()
     clf = Classifier(backbone, family, len(info.label_names), 0.0, 0, info.attention_heads)
-    state = load_file(model_dir / HEAD_FILE)
-    clf.head.load_state_dict({k: v for k, v in state.items()
-                              if not k.startswith(ATTENTION_PREFIX)})
-    if clf.attention is not None:
-        clf.attention.load_state_dict({k[len(ATTENTION_PREFIX):]: v for k, v in state.items()
-                                       if k.startswith(ATTENTION_PREFIX)})
+    load_head(clf, model_dir / HEAD_FILE)
     return clf.eval().requires_grad_(False), info
 
 
 def check_saved_model(model_dir: Path, info: TrainedModelInfo) -> None:
-    """The base model as any base model (check_base_model), of the family textclf.json names."""
+    """The base model as any base model (check_base_model), of the family textclf.json names; the
+    saved weights complete safetensors files, and the adapter a LoRA adapter."""
     base_family = check_base_model(info.base_model)
     if base_family is not None and base_family.name != info.family:
         raise ModelLoadError(f"{model_dir / INFO_FILE} names family {info.family!r}, but its "
                              f"base model {info.base_model!r} is of family {base_family.name!r}: "
-                             "run the train stage again (dvc repro train)")
+                             f"{RETRAIN}")
+    check_weights(model_dir)
+    if info.method == "lora":
+        check_adapter_dir(model_dir / ADAPTER_DIR)
+
+
+def load_head(clf: Classifier, path: Path) -> None:
+    """HEAD_FILE's weights into the head (and the attention layer), which must fit them."""
+    state = load_safetensors(path)
+    try:
+        clf.head.load_state_dict({k: v for k, v in state.items()
+                                  if not k.startswith(ATTENTION_PREFIX)})
+        if clf.attention is not None:
+            clf.attention.load_state_dict({k[len(ATTENTION_PREFIX):]: v for k, v in state.items()
+                                           if k.startswith(ATTENTION_PREFIX)})
+    except RuntimeError as e:  # missing, unexpected or differently shaped weights
+        raise ModelLoadError(f"{path} does not fit the model {path.parent / INFO_FILE} "
+                             f"describes ({str(e).splitlines()[0]}): {RETRAIN}") from None
 
 
 def head_state(clf: Classifier) -> dict[str, torch.Tensor]:

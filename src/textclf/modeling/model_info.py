@@ -12,10 +12,17 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from textclf.core.errors import ModelLoadError
+from textclf.core.schema import build
 from textclf.core.tokenization import InputFormat
 
 INFO_FILE = "textclf.json"
+# The fields files of earlier versions lack, and what they meant: no revision recorded, a
+# linear head, fp32 weights
+EARLIER_DEFAULTS = {"base_revision": None, "attention_heads": None, "model_dtype": "fp32"}
+RETRAIN = "run the train stage again (dvc repro train)"
 
 
 @dataclass(frozen=True)
@@ -23,21 +30,21 @@ class TrainedModelInfo:
     base_model: str  # hub id or local directory the weights start from
     base_revision: str | None  # hub commit hash of base_model; None for a local directory
     family: str  # row of textclf.core.families.FAMILIES
-    method: str  # zero_shot | finetune | lora
+    method: Literal["zero_shot", "finetune", "lora"]
     label_names: list[str]  # class names in label order (the prepared data's)
     tokenizer: str  # TextTokenizer.name: "tiktoken:gpt2" or the tokenizer directory / hub id
     input_prefix: list[int]  # ids before the text: [CLS], or the zero-shot prompt's start
     input_suffix: list[int]  # ids after it: [SEP], or the prompt's end
     pad_id: int
     max_tokens: int  # model input length, special tokens included (the prepared data's)
-    truncation: str  # left | right | head_tail (the prepared data's)
+    truncation: Literal["left", "right", "head_tail"]  # the prepared data's
     head_tokens: int  # tokens kept from the start by head_tail
     # train.head: attention: the heads of the self-attention layer before the pooling; None for
     # the linear head (and in files written before the attention head existed)
     attention_heads: int | None = None
     # model_dtype of the run: the dtype its frozen weights were kept in, so evaluate and predict
     # rebuild the model it trained (fp32 in files written before the knob existed)
-    model_dtype: str = "fp32"
+    model_dtype: Literal["fp32", "bf16"] = "fp32"
 
     @property
     def input_format(self) -> InputFormat:
@@ -53,13 +60,24 @@ class TrainedModelInfo:
         if not path.is_file():
             raise FileNotFoundError(f"{model_dir} holds no trained model ({INFO_FILE} is "
                                     "missing); run the train stage first (dvc repro train)")
-        raw = json.loads(path.read_text())
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"{path} is not valid JSON ({e}): {RETRAIN}") from None
+        return cls.from_dict(raw, str(path), RETRAIN)
+
+    @classmethod
+    def from_dict(cls, raw, where: str, remedy: str) -> "TrainedModelInfo":
+        """The description in its JSON form (`where` names it), every field checked: a missing
+        or wrong-typed one is one ModelLoadError saying what is wrong and `remedy`. Keys it does
+        not know are left out; the fields earlier versions did not write take their
+        defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
-        # absent: a linear head, fp32 weights
-        missing = sorted(names - set(raw) - {"attention_heads", "model_dtype"})
-        if missing == ["base_revision"]:  # written before revisions were recorded
-            raw["base_revision"] = None
-        elif missing:
-            raise FileNotFoundError(f"{path} lacks {missing}: it was written by another version; "
-                                    "run the train stage again (dvc repro train)")
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        if isinstance(raw, dict):
+            raw = {**EARLIER_DEFAULTS, **{k: v for k, v in raw.items() if k in names}}
+        errors: list[str] = []
+        info = build(cls, raw, errors)
+        if errors:
+            raise ModelLoadError(f"{where} does not describe a trained model as this textclf "
+                                 f"reads it ({'; '.join(errors)}): {remedy}")
+        return info
