@@ -17,8 +17,9 @@ import math
 import os
 import sysconfig
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -22,8 +22,8 @@ import gc
 import platform
 import resource
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -107,7 +107,7 @@ class Meter:
         return time.perf_counter()
 
     @contextmanager
-    def training(self, warmup: int, steps: int) -> Iterator["Meter"]:
+    def training(self, warmup: int, steps: int) -> Iterator[Meter]:
         done, marks = 0, {}
 
         def on_step(optimizer, args, kwargs):
@@ -131,7 +131,7 @@ class Meter:
         self.batches = trained[warmup:warmup + steps]
 
     @contextmanager
-    def timed(self, training_only: bool = False) -> Iterator["Meter"]:
+    def timed(self, training_only: bool = False) -> Iterator[Meter]:
         """Times the block; counts the batches built inside it (`training_only`: the training
         batches alone, e.g. of a whole run that also validates and builds a cache)."""
         first = len(self.counter.batches)

@@ -9,7 +9,7 @@ from start to end.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from cases import NUM_LABELS, TRAINING_METHODS, WHOLE_RUNS, Case, Settings, first

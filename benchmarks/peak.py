@@ -4,8 +4,9 @@ The peak is measured in the same process as the sides, before and after them (th
 counts): a large square `torch.matmul` (2 x size^3 FLOPs), in the precision a side computes in
 (fp32, or bf16 where it runs under bf16 autocast: bf16 operands, as autocast hands them to the
 matmul), repeated for about `seconds` after one untimed product; the fastest product counts (a
-busy machine only slows products down). It is a practical peak, what the BLAS reaches on this device with this
-process's threads, not the vendor's number: a side at 100% runs as fast as one big matmul.
+busy machine only slows products down). It is a practical peak, what the BLAS reaches on this
+device with this process's threads, not the vendor's number: a side at 100% runs as fast as one
+big matmul.
 
 share = a side's TFLOP/s (model FLOPs of what ran, benchmarks/flops.py) / the peak of its
 precision. For our cached side that is the trained part: the frozen blocks' forward is not run

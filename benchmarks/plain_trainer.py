@@ -10,10 +10,11 @@ A whole training run (train_run) is `trainer.train()` for `num_train_epochs` (no
 user sets up to pick an epoch, as our loop validates each epoch. No checkpoints are saved
 (`save_strategy="no"`, so no `load_best_model_at_end`): our loop keeps its best epoch's weights in
 memory, and writing 3 checkpoints would only slow the plain side down. A whole evaluation
-(eval_run) is one `Trainer.predict` over the test split, without a warm-up batch. Zero-shot scoring has no Trainer recipe (`Trainer.predict` on a
-causal LM would gather (texts, tokens, vocabulary) logits), so its plain side is the usual loop:
-`AutoModelForCausalLM`, `DataCollatorWithPadding`, `torch.no_grad()`, and the answer words'
-logits at the last real token. The accuracy-parity program (parity.py) reuses the model, rows
+(eval_run) is one `Trainer.predict` over the test split, without a warm-up batch. Zero-shot
+scoring has no Trainer recipe (`Trainer.predict` on a causal LM would gather (texts, tokens,
+vocabulary) logits), so its plain side is the usual loop: `AutoModelForCausalLM`,
+`DataCollatorWithPadding`, `torch.no_grad()`, and the answer words' logits at the last real
+token. The accuracy-parity program (parity.py) reuses the model, rows
 and tokenizer built here for its Trainer side.
 """
 

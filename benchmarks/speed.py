@@ -38,8 +38,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -1,7 +1,7 @@
 """The attention head's export, for every family: textclf's own class
 (textclf.export.hf_model), which stock transformers refuses, that pipeline() loads after
-`import textclf.export` with the trained model's probabilities; and one tiny 20-class run (the 20 Newsgroups reference's
-setting) through prepare, train, evaluate, export and predict."""
+`import textclf.export` with the trained model's probabilities; and one tiny 20-class run (the
+20 Newsgroups reference's setting) through prepare, train, evaluate, export and predict."""
 
 from __future__ import annotations
 

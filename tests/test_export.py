@@ -124,10 +124,11 @@ def trained_model_dir(base: Path, data_dir: Path, out: Path, family: str, method
             for p in model.parameters():
                 if p.requires_grad:
                     p.add_(0.3 * torch.randn_like(p))
-    info = TrainedModelInfo(base_model=params.model, base_revision=None, family=family, method=method,
-                      label_names=LABELS, tokenizer=tokenizer.name, input_prefix=list(fmt.prefix),
-                      input_suffix=list(fmt.suffix), pad_id=tokenizer.pad_id,
-                      max_tokens=MAX_TOKENS, truncation=truncation, head_tokens=HEAD_TOKENS)
+    info = TrainedModelInfo(base_model=params.model, base_revision=None, family=family,
+                            method=method, label_names=LABELS, tokenizer=tokenizer.name,
+                            input_prefix=list(fmt.prefix), input_suffix=list(fmt.suffix),
+                            pad_id=tokenizer.pad_id, max_tokens=MAX_TOKENS,
+                            truncation=truncation, head_tokens=HEAD_TOKENS)
     save_model(model, out, info)
     return out
 

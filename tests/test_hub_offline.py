@@ -1,7 +1,7 @@
 """The hub code path, offline: the defaults (`model: gpt2`, `data.source: imdb`) and every
 compare configuration load their models by hub id, their datasets with `load_dataset` and GPT-2's
-tokenization with tiktoken, here from a pre-populated cache (tests/support/hub_cache.py) holding tiny
-random models, small datasets of the real ones' shape and GPT-2's real BPE."""
+tokenization with tiktoken, here from a pre-populated cache (tests/support/hub_cache.py) holding
+tiny random models, small datasets of the real ones' shape and GPT-2's real BPE."""
 
 import json
 import subprocess

@@ -96,7 +96,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_dirs, dat
         for i, block in enumerate(blocks):
             attention = next(getattr(block, name) for name in ("attn", "attention", "self_attn")
                              if hasattr(block, name))
-            attention.register_forward_hook(lambda *a, i=i: calls.append(i))
+            attention.register_forward_hook(lambda *a, i=i, calls=calls: calls.append(i))
         results.append(train_step(clf, batch))
         assert sorted(calls) == ([0, 1, 2, 2, 3, 3] if checkpointing else [0, 1, 2, 3])
     (loss, grads), (checkpointed_loss, checkpointed_grads) = results

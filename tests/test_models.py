@@ -100,8 +100,8 @@ def test_finetune_trains_the_last_blocks_and_final_norm(tiny_dirs, data_dir, fam
 
 @pytest.mark.slow  # seconds: a git + DVC repository, or full-size weights
 def test_full_size_gpt2_trainable_figure(tmp_path, data_dir):
-    """The figure in docs/design.md: GPT-2 124M with the last 2 blocks and ln_f trainable has 14,177,280
-    trainable parameters before the head (a random GPT2Config() model: no download)."""
+    """The figure in docs/design.md: GPT-2 124M with the last 2 blocks and ln_f trainable has
+    14,177,280 trainable parameters before the head (a random GPT2Config() model: no download)."""
     from transformers import GPT2Config, GPT2Model
 
     GPT2Model(GPT2Config()).save_pretrained(tmp_path / "gpt2-124m")

@@ -82,5 +82,6 @@ def test_fast_side_keeps_the_params_precision_plain_side_is_fp32(tmp_path, tiny_
     model = str(tiny_dirs["bert"])
     fast = side_params(params_path, model, "fast", {}).train
     plain = side_params(params_path, model, "no_speedups", {}).train
-    assert (fast.mixed_precision, fast.cache_frozen, fast.group_by_length) == (precision, True, True)
-    assert (plain.mixed_precision, plain.cache_frozen, plain.group_by_length) == ("fp32", False, False)
+    knobs = ("mixed_precision", "cache_frozen", "group_by_length")
+    assert tuple(getattr(fast, k) for k in knobs) == (precision, True, True)
+    assert tuple(getattr(plain, k) for k in knobs) == ("fp32", False, False)

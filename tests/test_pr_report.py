@@ -342,7 +342,8 @@ def small_findings() -> pr_query.Findings:
     """Findings with every part of a report: stale stages, headline, warnings, two folded
     blocks and a chart, about 3,000 characters rendered."""
     def metric(file, name, old, new):
-        return pr_query.Row(file, name, old, new, (old - 0.02, old + 0.02), (new - 0.02, new + 0.02))
+        return pr_query.Row(file, name, old, new, (old - 0.02, old + 0.02),
+                            (new - 0.02, new + 0.02))
 
     headline = [metric("metrics/eval.json", name, 0.8 + i / 100, 0.82 + i / 100)
                 for i, name in enumerate(["accuracy", "f1", "precision", "recall", "roc_auc"])]
@@ -370,7 +371,8 @@ def test_any_max_chars_gives_a_well_formed_report_that_says_it_was_cut():
     found = small_findings()
     uncut = pr_render.render(found, max_chars=0)
     assert well_formed(uncut) and uncut.count("<details>") == 2
-    headline_end = uncut.index("### Headline") + len(section(uncut, "Headline: `metrics/eval.json`"))
+    headline = section(uncut, "Headline: `metrics/eval.json`")
+    headline_end = uncut.index("### Headline") + len(headline)
     for limit in range(300, len(uncut) + 40, 20):
         md = pr_render.render(found, max_chars=limit)
         assert well_formed(md), (limit, md)

@@ -89,7 +89,10 @@ def test_each_stage_depends_on_exactly_the_code_it_imports(path):
             {(path.parent / d).resolve() for d in stage["deps"]}, f"{name}: this_checkout.py"
         imported = package_modules_imported_by(script)
         declared = declared_modules(path, stage["deps"])
-        rel = (lambda files: sorted(f.relative_to(PACKAGE).as_posix() for f in files))
+
+        def rel(files):
+            return sorted(f.relative_to(PACKAGE).as_posix() for f in files)
+
         assert not imported - declared, f"{name} imports, without depending on: " \
                                         f"{rel(imported - declared)}"
         assert not declared - imported, f"{name} depends on, without importing: " \
@@ -252,7 +255,8 @@ def test_an_edit_stales_exactly_the_stages_that_run_the_code_or_read_the_key(tmp
     for key, value, expected in (("eval.bootstrap", 20, {"evaluate", "export"}),
                                  ("lora.r", 4, {"train", "export"}),
                                  ("data.val_fraction", 0.3, {"prepare", "export"}),
-                                 ("train.mixed_precision", "fp32", {"train", "evaluate", "export"})):
+                                 ("train.mixed_precision", "fp32",
+                                  {"train", "evaluate", "export"})):
         section, leaf = key.split(".")
         changed = json.loads(json.dumps(params))
         changed[section][leaf] = value

@@ -8,9 +8,10 @@ input pipeline it was trained with, scoring texts as the evaluate stage scores t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

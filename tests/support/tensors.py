@@ -3,8 +3,8 @@ fixtures are in conftest.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

@@ -154,15 +154,17 @@ def metric_rows(diff: dict, project: Project) -> list[Row]:
             if stem in metrics and bound in ("low", "high"):
                 continue
             low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
-
-            def ci(side: str) -> tuple | None:
-                if low and high and low.get(side) is not None and high.get(side) is not None:
-                    return low[side], high[side]
-                return None
-
-            rows.append(Row(path, name, value.get("old"), value.get("new"), ci("old"), ci("new"),
+            rows.append(Row(path, name, value.get("old"), value.get("new"),
+                            _interval(low, high, "old"), _interval(low, high, "new"),
                             group_of(path, project)))
     return rows
+
+
+def _interval(low: dict | None, high: dict | None, side: str) -> tuple | None:
+    """The (low, high) bounds of one side ("old" or "new") of a metric's diff, if both exist."""
+    if low and high and low.get(side) is not None and high.get(side) is not None:
+        return low[side], high[side]
+    return None
 
 
 def param_rows(diff: dict, project: Project) -> list[Row]:

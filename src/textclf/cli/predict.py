@@ -32,9 +32,10 @@ import itertools
 import json
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 from textclf.cli import HelpFormatter
 from textclf.core import paths

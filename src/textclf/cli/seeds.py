@@ -79,7 +79,10 @@ def markdown(summaries: list[dict]) -> str:
              "|---|---|---|---|---|---|"]
     for row in summaries:
         acc, f1 = row.get("accuracy"), row.get("f1")
-        fmt = (lambda m: f"{m['mean']:.4f} ± {m['std']:.4f}" if m else "")
+
+        def fmt(m):
+            return f"{m['mean']:.4f} ± {m['std']:.4f}" if m else ""
+
         span = f"{acc['min']:.4f}-{acc['max']:.4f}" if acc else ""
         lines.append(f"| {row['model']} | {row['method']} | {', '.join(map(str, row['seeds']))} "
                      f"| {fmt(acc)} | {fmt(f1)} | {span} |")
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="textclf seeds", description=__doc__.split("\n\n")[0],
                                      formatter_class=HelpFormatter)
     parser.add_argument("--params-file", default="params.yaml", help="params file of the runs")
-    parser.add_argument("--metrics-file", default="metrics/eval.json", help="metrics file to summarise")
+    parser.add_argument("--metrics-file", default="metrics/eval.json",
+                        help="metrics file to summarise")
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     args = parser.parse_args(argv)
     result = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)

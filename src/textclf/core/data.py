@@ -44,7 +44,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, index: np.ndarray) -> "Split":
+    def subset(self, index: np.ndarray) -> Split:
         return Split([self.texts[i] for i in index], self.labels[index])
 
 
@@ -58,7 +58,8 @@ class Corpus:
 
 
 def clean_text(text: str) -> str:
-    """HTML line breaks become spaces (so "end.<br />Next" reads "end. Next"); whitespace collapses."""
+    """HTML line breaks become spaces (so "end.<br />Next" reads "end. Next"); whitespace
+    collapses."""
     return WHITESPACE.sub(" ", HTML_BREAK.sub(" ", text)).strip()
 
 
@@ -120,7 +121,8 @@ def encode_labels(train: list, test: list, names_hint: list[str] | None, source:
         names = sorted(set(train))
         unknown = sorted(set(test) - set(names))
         if unknown:
-            raise DataError(f"data.source {source!r}: test labels {unknown[:5]} never occur in train")
+            raise DataError(f"data.source {source!r}: test labels {unknown[:5]} never occur in "
+                            "train")
         index = {name: i for i, name in enumerate(names)}
         train_ids = np.array([index[v] for v in train], dtype=np.int64)
         test_ids = np.array([index[v] for v in test], dtype=np.int64)
@@ -140,7 +142,8 @@ def encode_labels(train: list, test: list, names_hint: list[str] | None, source:
             raise DataError(f"data.source {source!r}: integer labels must be 0..K-1 with every "
                             f"class present in train; train has {sorted(seen)[:20]}, test has "
                             f"{np.unique(test_ids).tolist()[:20]}")
-        names = list(names_hint) if names_hint and len(names_hint) == k else [str(i) for i in range(k)]
+        names = (list(names_hint) if names_hint and len(names_hint) == k
+                 else [str(i) for i in range(k)])
     if len(names) < 2:
         raise DataError(f"data.source {source!r}: only one class ({names[0]!r}) in train; "
                         "classification needs at least two")

@@ -19,8 +19,9 @@ adapter_model.bin), whose unpickling can run code too. textclf runs neither, wha
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from textclf.core.errors import ModelLoadError
 

@@ -23,9 +23,9 @@ import secrets
 import shutil
 import socket
 import stat
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from textclf.core.params_watch import check_params_unchanged
 

@@ -14,7 +14,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
@@ -102,7 +102,8 @@ class ZeroShotParams(Section):
     def problems(self) -> list[str]:
         out = []
         if self.template.count("{text}") != 1:
-            out.append(f"zero_shot.template must contain '{{text}}' exactly once, got {self.template!r}")
+            out.append("zero_shot.template must contain '{text}' exactly once, got "
+                       f"{self.template!r}")
         if len(self.answers) < 2 or len(set(self.answers)) != len(self.answers):
             out.append(f"zero_shot.answers must list at least 2 distinct words, got {self.answers}")
         return out
@@ -110,7 +111,7 @@ class ZeroShotParams(Section):
 
 @dataclass(frozen=True)
 class FinetuneParams(Section):
-    trainable_blocks: Union[int, Literal["all"]]
+    trainable_blocks: int | Literal["all"]
 
     def problems(self) -> list[str]:
         return _blocks("finetune.trainable_blocks", self.trainable_blocks)
@@ -122,7 +123,7 @@ class LoraParams(Section):
     alpha: float
     dropout: float
     target_modules: list[str] | None
-    trainable_blocks: Union[int, Literal["all"]]
+    trainable_blocks: int | Literal["all"]
     lr: float | None
 
     def problems(self) -> list[str]:
@@ -131,7 +132,8 @@ class LoraParams(Section):
         if self.alpha <= 0:
             out.append(f"lora.alpha must be positive, got {self.alpha}")
         if self.target_modules is not None and not self.target_modules:
-            out.append("lora.target_modules must be null (the family's default) or a non-empty list")
+            out.append("lora.target_modules must be null (the family's default) or a non-empty "
+                       "list")
         if self.lr is not None and self.lr <= 0:
             out.append(f"lora.lr must be positive or null (use train.lr), got {self.lr}")
         return out

@@ -23,6 +23,7 @@ stage runs stashes the workspace's changes and puts them back a moment later.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -64,7 +65,7 @@ def watch_params(files: list[tuple[str, str]]) -> None:
     read = [[str(Path(w.path).resolve()), w.key, _as_json(w.value)] for w in WATCHED]
     for earlier in _records_of(run, records):
         if earlier["stage"] != stage:
-            changed = _settled(lambda: _changed_since(earlier))
+            changed = _settled(functools.partial(_changed_since, earlier))
             if changed:
                 path, keys = changed
                 raise ParamsChangedError(

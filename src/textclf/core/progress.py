@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Iterable, TextIO
+from collections.abc import Iterable
+from typing import TextIO
 
 FALSE = ("", "0", "false", "no")  # CI values that do not mean "running under CI"
 

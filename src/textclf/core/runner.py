@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 from textclf.core.errors import EXPECTED_ERRORS, ParamsError, TrainingInterrupted
 from textclf.core.params import Params, deep_merge, load_params
@@ -26,7 +26,8 @@ def log(message: str, file=None) -> None:
 def stage_parser(doc: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument("--params", default="params.yaml",
+                        help="params file (default: %(default)s)")
     parser.add_argument("--overlay", action="append", default=[], metavar="FILE:KEY",
                         help="merge the mapping at KEY (dotted) of YAML FILE over the params; "
                              "repeatable, later ones win (the compare pipeline uses this)")

@@ -12,9 +12,9 @@ is GPT-2's (the same ids, faster): `load_tokenizer` checks, whatever the archite
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -62,16 +62,18 @@ class TextTokenizer:
         return self.encode_batch(list(texts))
 
     def encode_plain(self, text: str) -> list[int]:
-        """Ids of a literal string (a prompt part or an answer word), with no leading space added."""
+        """Ids of a literal string (a prompt part or an answer word), with no leading space
+        added."""
         return self.encode_batch([text])[0] if text else []
 
     def single_token(self, word: str) -> int:
         ids = self.encode_plain(word)
         if len(ids) != 1:
             pieces = [self.decode([i]) for i in ids]
-            raise ParamsError(f"zero_shot.answers: answer word {word!r} is {len(ids)} tokens {pieces} for tokenizer "
-                             f"{self.name}; zero-shot scoring needs single-token answer words "
-                             "(mind the leading space, e.g. ' Positive')")
+            raise ParamsError(f"zero_shot.answers: answer word {word!r} is {len(ids)} tokens "
+                              f"{pieces} for tokenizer {self.name}; zero-shot scoring needs "
+                              "single-token answer words (mind the leading space, e.g. "
+                              "' Positive')")
         return ids[0]
 
     @property
@@ -236,7 +238,7 @@ class TokenizedSplit:
                      full_lengths=self.full_lengths)
 
     @classmethod
-    def load(cls, path: Path) -> "TokenizedSplit":
+    def load(cls, path: Path) -> TokenizedSplit:
         with np.load(path) as z:
             flat, offsets = z["flat"], z["offsets"]
             ids = [flat[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]

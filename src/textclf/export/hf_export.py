@@ -31,8 +31,8 @@ training encoded them), and for zero-shot runs the prompt around the text (a Tem
 post-processor). Tokenizers cut one side only: head_tail truncation is approximated (see
 ExportNotes.exact_truncation).
 
-config.json also carries `textclf`: the TrainedModelInfo of the run and the base tokenizer's own special
-tokens, from which `textclf predict --model-dir export` rebuilds training's exact input
+config.json also carries `textclf`: the TrainedModelInfo of the run and the base tokenizer's own
+special tokens, from which `textclf predict --model-dir export` rebuilds training's exact input
 pipeline (head_tail included): see hf_loading.load_export.
 """
 
@@ -42,9 +42,9 @@ import copy
 import dataclasses
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

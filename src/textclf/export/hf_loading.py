@@ -33,7 +33,8 @@ from textclf.core.tokenization import TextTokenizer, load_tokenizer
 from textclf.modeling.classifier import fuse_gelu_tanh
 from textclf.modeling.model_info import INFO_FILE, TrainedModelInfo
 
-META_KEY = "textclf"  # config.json key: the run's TrainedModelInfo and the base tokenizer's specials
+# config.json key: the run's TrainedModelInfo and the base tokenizer's specials
+META_KEY = "textclf"
 # The modelling files older textclf versions copied into an export and named in its auto_map
 # (BERT's mean pooling, as stock BERT's model_type or its own; the attention head, a class per
 # family): this textclf has neither

@@ -91,7 +91,7 @@ class Classifier(nn.Module):
         pooled = pool(hidden, attention_mask, self.family.pooling)
         return self.head(self.dropout(pooled))
 
-    def train(self, mode: bool = True) -> "Classifier":
+    def train(self, mode: bool = True) -> Classifier:
         """Frozen modules stay in eval mode while training: their dropout is off, so they are a
         fixed feature extractor (and their hidden states can be cached exactly)."""
         super().train(mode)
@@ -216,7 +216,7 @@ def _inputs_to_fp32(module: nn.Module, args: tuple, kwargs: dict):
     return cast(args), {key: cast(value) for key, value in kwargs.items()}
 
 
-def checkpoint_trained_blocks(clf: "Classifier") -> None:
+def checkpoint_trained_blocks(clf: Classifier) -> None:
     """train.gradient_checkpointing: every block with trained weights keeps only its inputs in
     the forward and recomputes its activations in backward (torch.utils.checkpoint, non-reentrant,
     with the RNG state saved, so dropout draws the same masks: the same loss and gradients).

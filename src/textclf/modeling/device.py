@@ -99,7 +99,8 @@ def device_name(device: torch.device) -> str:
         return f"cuda: {torch.cuda.get_device_name(device)}"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            model = next(line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name"))
     except (OSError, StopIteration):
         import platform
 

@@ -3,7 +3,7 @@ text scored by exactly one of them and the logits gathered back in split order."
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

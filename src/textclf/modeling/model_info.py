@@ -55,7 +55,7 @@ class TrainedModelInfo:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
-    def load(cls, model_dir: Path) -> "TrainedModelInfo":
+    def load(cls, model_dir: Path) -> TrainedModelInfo:
         path = Path(model_dir) / INFO_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{model_dir} holds no trained model ({INFO_FILE} is "
@@ -67,7 +67,7 @@ class TrainedModelInfo:
         return cls.from_dict(raw, str(path), RETRAIN)
 
     @classmethod
-    def from_dict(cls, raw, where: str, remedy: str) -> "TrainedModelInfo":
+    def from_dict(cls, raw, where: str, remedy: str) -> TrainedModelInfo:
         """The description in its JSON form (`where` names it), every field checked: a missing
         or wrong-typed one is one ModelLoadError saying what is wrong and `remedy`. Keys it does
         not know are left out; the fields earlier versions did not write take their

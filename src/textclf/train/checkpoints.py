@@ -17,8 +17,9 @@ import json
 import os
 import random
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -149,7 +149,7 @@ class FrozenCache:
     @torch.inference_mode()
     def compute(cls, model: Classifier, split: TokenizedSplit, collator: Collator,
                 batch_size: int, accelerator, desc: str = "cache",
-                where: Literal["device", "host"] = "device") -> "FrozenCache":
+                where: Literal["device", "host"] = "device") -> FrozenCache:
         """Run the frozen part of `model` (unwrapped, in eval mode) over `split` once, under the
         accelerator's autocast as training runs it; keep the states on the device or the host."""
         store = accelerator.device if where == "device" else torch.device("cpu")

@@ -11,8 +11,8 @@ textclf.train.loop_state.LoopState, which is also what a checkpoint holds.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

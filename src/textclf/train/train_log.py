@@ -14,8 +14,8 @@ they may hold rows logged after the checkpoint, or another run's.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from textclf.core.outputs import write_text
 from textclf.train.checkpoints import Checkpointer
