@@ -21,7 +21,7 @@ import torch
 from meter import significant, sync
 
 # Square matmul sizes: large enough to reach the BLAS's steady rate, small enough to take a
-# fraction of a second (a 2048 fp32 product is 17 GFLOP: ~0.1 s on 2 Ice Lake cores)
+# fraction of a second on a CPU (a 2048 product is 17 GFLOP)
 PEAK_SIZE = {"cpu": 2048, "cuda": 8192}
 PEAK_SECONDS = 1.0  # time spent repeating the product, after one untimed product
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -142,8 +142,7 @@ def run_benchmark(settings: Settings, params_path: Path, data_path: Path | None,
             if methods:
                 # Untimed rounds first: the first training run in a process pays one-time costs
                 # (CUDA kernels loaded on first use, the allocator's pool growing, GEMM
-                # heuristics per batch shape) that took GPT-2's first training method on an
-                # H100 from ~1000 to ~250 samples/s, whichever method came first
+                # heuristics per batch shape) that would slow whichever method came first
                 for warm in warmup_methods(methods):
                     # standing in for a whole run only: one warm-up and one step are enough
                     warm_settings = (settings if warm in methods else

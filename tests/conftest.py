@@ -69,7 +69,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """Tiny models run fastest on one thread: more threads only wait on each other, and on
-    whatever else the machine runs (50x slower steps seen on a busy 2-core machine)."""
+    whatever else the machine runs."""
     import torch
 
     before = torch.get_num_threads()

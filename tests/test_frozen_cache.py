@@ -182,8 +182,7 @@ def test_the_cache_is_exact_in_each_precision_and_placement(tiny_dirs, data_dir,
                                                              accelerator, where):
     """The cache holds what the uncached forward feeds the first trainable block (under bf16
     autocast: the fp32 residual stream), wherever it is kept, so logits, loss and the updated
-    weights agree as in fp32. A bf16 copy of the states was off by up to ~4e-3 in the logits of
-    the tiny GPT-2."""
+    weights agree as in fp32 (a bf16 copy of the states would not: it rounds them)."""
     texts = ["A wonderful film, I loved every minute of it.", "Terrible and far too long.",
              "Great.", "The acting is superb and the story kept me hooked to the very end."]
     labels = torch.tensor([1, 0, 1, 1])

@@ -150,9 +150,9 @@ def test_bf16_base_keeps_frozen_weights_in_bf16_and_trains_fp32_ones(tiny_dirs, 
 @pytest.mark.parametrize("method", ["finetune", "zero_shot"])
 def test_a_checkpoint_saved_in_fp16_loads_as_model_dtype_says(tiny_dirs, data_dir, tmp_path,
                                                               method):
-    """EleutherAI/pythia-70m's config names float16: transformers 5 loads a checkpoint in the
-    dtype its config names unless told otherwise, so Pythia trained in fp16 before. model_dtype
-    fp32 (the default) loads every weight in fp32."""
+    """EleutherAI/pythia-70m's config names float16: transformers loads a checkpoint in the
+    dtype its config names unless told otherwise. model_dtype fp32 (the default) loads every
+    weight in fp32."""
     import shutil
 
     from transformers import AutoModelForCausalLM

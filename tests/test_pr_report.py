@@ -189,7 +189,8 @@ def metrics_at(root: Path, rev: str) -> dict:
 
 @pytest.mark.slow  # seconds: a git + DVC repository, or full-size weights
 def test_params_changed_but_not_rerun_is_reported_stale(repo):
-    """train.lr changed without `dvc repro` used to read "No metrics changed"."""
+    """train.lr changed without `dvc repro`: the report says the metrics are stale, not "No
+    metrics changed"."""
     tree = repo.parent / "params-only"
     result = run_report(tree, "--base", "main")
     assert result.returncode == 0, result.stderr

@@ -1,8 +1,12 @@
 """Truncation on literal ids, special tokens kept around truncated text, zero-shot prompts
 that tokenize exactly like the whole prompt string, and which tokenizer a model gets."""
 
+import gzip
 import io
+import itertools
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +14,7 @@ from support.hub_cache import OTHER_VOCAB_GPT2, commit_of
 from support.tensors import batch_of
 from transformers import AutoTokenizer
 
+from textclf.core.data import clean_text
 from textclf.core.errors import ModelLoadError
 from textclf.core.families import FAMILIES
 from textclf.core.params import ParamsError
@@ -157,6 +162,22 @@ def test_gpt2_tokenizer_is_replaced_by_tiktoken_with_the_same_ids(offline_hub, w
     texts = [LONG_TEXT, "Ünïcödé, 東京 and emoji 🙂!", "  spaced\n\nout\t"]
     assert tok.encode(texts) == [hf(" " + t, add_special_tokens=False)["input_ids"] for t in texts]
     assert tok.pad_id == hf.eos_token_id and tok.n_special == 0
+
+
+REAL_REVIEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "imdb" / "train.jsonl.gz"
+
+
+@pytest.mark.skipif(not REAL_REVIEWS.is_file(), reason=f"no real reviews at {REAL_REVIEWS}")
+def test_tiktoken_gives_gpt2s_ids_on_real_reviews(offline_hub):
+    """2,000 real IMDb reviews, cleaned as prepare cleans them: tiktoken's gpt2 encoding (what
+    load_tokenizer puts in GPT-2's tokenizer's place) and GPT-2's own tokenizer agree."""
+    with gzip.open(REAL_REVIEWS, "rt", encoding="utf-8") as f:
+        texts = [clean_text(json.loads(line)["text"]) for line in itertools.islice(f, 2000)]
+    tok = load_tokenizer("gpt2", FAMILIES["gpt2"])
+    assert tok.name == TIKTOKEN_GPT2
+    hf = AutoTokenizer.from_pretrained("gpt2")
+    expected = hf([" " + t for t in texts], add_special_tokens=False)["input_ids"]
+    assert tok.encode(texts) == expected
 
 
 @pytest.mark.parametrize("family, special", [("bert", "[SEP]"), ("gpt2", "<|endoftext|>")])

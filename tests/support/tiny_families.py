@@ -123,7 +123,7 @@ def family_model_dir(family: str, directory: Path, layers: int = 4, dropout: flo
     tok.save_pretrained(directory)
     config_file = directory / "tokenizer_config.json"
     config = json.loads(config_file.read_text())
-    if family == "modernbert":  # transformers 5 saves the generic class as TokenizersBackend
+    if family == "modernbert":  # transformers saves the generic class as TokenizersBackend
         config["tokenizer_class"] = TOKENIZER_CLASS[family]  # the name the hub's file has
         config_file.write_text(json.dumps(config, indent=2))
     assert config["tokenizer_class"] == TOKENIZER_CLASS[family], config["tokenizer_class"]

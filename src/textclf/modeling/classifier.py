@@ -35,7 +35,7 @@ def hub_revision(model: str, cache_dir: str | Path | None = None) -> str | None:
     """The commit hash of the hub checkout `model` loads from; None for a local directory or
     when it cannot be found.
 
-    transformers 5 configs no longer carry `_commit_hash`: the hash is read from the path of
+    A loaded config does not carry the commit hash: it is read from the path of
     config.json in the Hugging Face cache (.../snapshots/<commit>/config.json), which
     from_pretrained filled, so it works offline once the model was loaded.
     """
@@ -153,9 +153,9 @@ def fuse_gelu_tanh(model: nn.Module) -> None:
     """Computes the tanh approximation of GELU (GPT-2's activation "gelu_new"; "gelu_fast")
     with torch's one-kernel `gelu(approximate="tanh")` (transformers' GELUTanh) instead of
     transformers' Python formula, which runs about eight elementwise passes over the MLP's widest
-    tensor forward and more backward. The same function, equal up to float rounding (~1e-7); the
-    trained blocks of GPT-2 step ~1.5x faster on a CPU (docs/performance.md). The config is left
-    as it is: an export computes the same function with the stock module."""
+    tensor forward and more backward: the same function up to float rounding, in one pass (what
+    that gains: docs/performance.md). The config is left as it is: an export computes the same
+    function with the stock module."""
     from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
 
     for module in list(model.modules()):
@@ -165,7 +165,7 @@ def fuse_gelu_tanh(model: nn.Module) -> None:
 
 
 def load_backbone(model: str, family: Family) -> nn.Module:
-    """The base model with fp32 weights. Explicitly: transformers 5 would otherwise keep the
+    """The base model with fp32 weights. Explicitly: transformers would otherwise keep the
     dtype of the checkpoint's config (Pythia's: fp16). model_dtype bf16 is applied afterwards,
     to the frozen modules only (keep_frozen_in)."""
     from transformers import AutoModel
