@@ -30,11 +30,13 @@ class PipelineAccelerator(Accelerator):
 
         if precision not in ("bf16", "fp32"):
             raise ValueError(f"precision must be bf16 or fp32, got {precision!r}")
-        started = PartialState._shared_state != {}
-        shared_cuda = started and PartialState().device.type == "cuda"
-        # a started process-wide state keeps its device: ask for the one it has (the check
-        # Accelerate makes refuses cpu=True after a GPU), then hold the one wanted here
-        super().__init__(mixed_precision="no", cpu=not (shared_cuda if started else cuda))
+        if PartialState._shared_state:
+            # the process-wide state, once started, keeps its device: ask for the one it has
+            # (Accelerate refuses cpu=True after a GPU), then hold the one wanted here
+            cpu = PartialState().device.type != "cuda"
+        else:
+            cpu = not cuda
+        super().__init__(mixed_precision="no", cpu=cpu)
         self.precision = precision
         if self.num_processes > 1:
             if cuda != (self.state.device.type == "cuda"):
