@@ -46,7 +46,12 @@ def test_compare_pipeline_runs_everything_and_reruns_only_what_changed(project):
     out = sh(compare, "dvc", "repro")
     assert out.count("Running stage 'prepare@") == 2
     assert out.count("Running stage 'train@") == 3
+    assert out.count("Running stage 'baseline@") == 2  # one per dataset
     rows = json.loads((compare / "table" / "compare.json").read_text())
+    baseline = json.loads((compare / "results" / "baseline" / "gpt2_fixture.json").read_text())
+    for name in ("gpt2_zero_shot", "gpt2_lora"):  # the runs of that dataset
+        assert rows[name]["baseline_accuracy"] == baseline["accuracy"]
+    assert "baseline_accuracy" in rows["bert_finetune"]
     assert set(rows) == {"gpt2_zero_shot", "gpt2_lora", "bert_finetune"}
     assert rows["gpt2_zero_shot"]["method"] == "zero_shot"
     assert rows["gpt2_zero_shot"]["trainable_params"] == 0
@@ -62,7 +67,7 @@ def test_compare_pipeline_runs_everything_and_reruns_only_what_changed(project):
     out = sh(project, "dvc", "repro")
     assert "prepare@" not in out and "compare" not in out
 
-    # One changed entry reruns that entry and the compare stage, nothing else
+    # One changed entry reruns that entry and the compare stage, nothing else (not the baseline)
     config = yaml.safe_load((compare / "params.yaml").read_text())
     config["runs"]["gpt2_lora"]["params"]["lora"] = {"r": 4}
     (compare / "params.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -6,6 +6,7 @@ PREPARED = Path("data/prepared")  # token ids and texts of each split (prepare s
 MODEL_DIR = Path("models")  # what training produced: head, trained blocks or adapter (DVC-cached)
 TRAIN_OUTPUTS = Path("outputs/train")  # run.json of training: steps, seconds, history (DVC-cached)
 EVAL_OUTPUTS = Path("outputs/evaluate")  # predictions, errors, per-length table (DVC-cached)
+BASELINE_OUTPUTS = Path("outputs/baseline")  # run.json of the baseline: C kept, sizes (DVC-cached)
 EXPORT = Path("export")  # the trained model as a Hugging Face model directory (DVC-cached)
 CHECKPOINTS = Path("checkpoints")  # resumable training state: not a DVC output, ignored by git
 METRICS = Path("metrics")  # headline metrics and plot data, kept in git (cache: false)
