@@ -3,9 +3,10 @@
     cd compare && dvc repro                 # runs everything, ends with this stage
     textclf compare --readme README.md      # then: the README's results table from its output
 
-Reads compare/params.yaml (runs, datasets, references), compare/results/<run>/*.json and
-compare/runs/<run>/evaluate/run.json. Writes table/compare.json (one flat row per run) and
-table/compare.csv (the chart data: accuracy and F1 per run).
+Reads compare/params.yaml (runs, datasets, references), compare/results/<run>/*.json, the
+baselines' compare/results/baseline/<dataset>.json and compare/runs/<run>/evaluate/run.json.
+Writes table/compare.json (one flat row per run) and table/compare.csv (the chart data: accuracy
+and F1 per run).
 """
 
 import argparse

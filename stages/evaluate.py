@@ -22,7 +22,7 @@ from textclf.core.outputs import staged_dir, write_bytes, write_json, write_text
 from textclf.core.prepared_data import load_prepared
 from textclf.core.runner import log, params_from_args, run_stage, stage_parser
 from textclf.evaluate.figures import figure_files
-from textclf.evaluate.metrics import bootstrap_ci, classification_metrics, length_bins
+from textclf.evaluate.metrics import headline_metrics, length_bins
 from textclf.evaluate.plots import plot_files
 from textclf.evaluate.reports import errors_markdown, prediction_lines
 from textclf.modeling.accelerator import make_accelerator
@@ -30,8 +30,6 @@ from textclf.modeling.batching import Collator, pad_multiple_for
 from textclf.modeling.classifier import load_model
 from textclf.modeling.device import device_name, precision_name
 from textclf.modeling.inference import predict_logits, softmax
-
-CONFUSION_COUNTS = ("tp", "fp", "fn", "tn")  # binary counts: in run.json, not the headline
 
 
 def main() -> None:
@@ -66,9 +64,7 @@ def main() -> None:
     preds = probs.argmax(axis=1)
 
     # Metrics, per-length table, plots and figures, errors, predictions
-    metrics = classification_metrics(labels, probs)
-    counts = {key: metrics.pop(key) for key in CONFUSION_COUNTS if key in metrics}
-    metrics.update(bootstrap_ci(labels, preds, len(names), params.eval.bootstrap, params.seed))
+    metrics, counts = headline_metrics(labels, probs, params.eval.bootstrap, params.seed)
     bins = length_bins(labels, preds, prepared.test_lengths, len(names))
     with staged_dir(args.outputs) as tmp:
         write_text(tmp / paths.PREDICTIONS, prediction_lines(labels, probs, names))

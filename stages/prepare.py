@@ -3,8 +3,8 @@
     python stages/prepare.py                # what `dvc repro prepare` runs (params.yaml)
 
 Reads params: seed, model (its tokenizer only), data.
-Writes: data/prepared/ (token ids of train/val/test, test texts, meta.json, and report.json: split
-sizes, dropped empty texts, invalid UTF-8 lines, truncation counts).
+Writes: data/prepared/ (token ids of train/val/test, their cleaned texts and labels, meta.json, and
+report.json: split sizes, dropped empty texts, invalid UTF-8 lines, truncation counts).
 """
 
 from pathlib import Path
@@ -15,7 +15,8 @@ from textclf.core import paths
 from textclf.core.data import load_corpus
 from textclf.core.families import checked_config_and_family
 from textclf.core.outputs import staged_dir, write_json, write_text
-from textclf.core.prepared_data import prepared_meta, test_text_lines
+from textclf.core.prepared_data import prepared_meta
+from textclf.core.prepared_texts import text_lines
 from textclf.core.runner import log, params_from_args, run_stage, stage_parser
 from textclf.core.tokenization import (
     check_head_tokens,
@@ -44,10 +45,10 @@ def main() -> None:
         f"test {len(corpus.test)}; classes {corpus.label_names}")
 
     # Tokenize once
+    texts = {"train": corpus.train, "val": corpus.val, "test": corpus.test}
     splits = {name: tokenize_split(tokenizer, split.texts, split.labels, p.max_tokens,
                                    p.truncation, p.head_tokens)
-              for name, split in (("train", corpus.train), ("val", corpus.val),
-                                  ("test", corpus.test))}
+              for name, split in texts.items()}
     lengths, unit = length_in_gpt2_tokens(tokenizer, corpus.test.texts, splits["test"].full_lengths)
     for i in range(min(2, len(splits["train"]))):
         ids = splits["train"].ids[i]
@@ -68,7 +69,8 @@ def main() -> None:
     with staged_dir(args.out) as tmp:
         for name, split in splits.items():
             split.save(tmp / paths.SPLIT_FILE.format(split=name))
-        write_text(tmp / paths.TEST_TEXTS, test_text_lines(corpus.test, lengths))
+            write_text(tmp / paths.TEXTS_FILE.format(split=name),
+                       text_lines(texts[name], lengths if name == "test" else None))
         write_json(tmp / paths.META, prepared_meta(params, family, tokenizer, corpus, unit))
         write_json(tmp / paths.REPORT, report)
     log(f"wrote {args.out}/: dropped empty {report['dropped_empty']}, "

@@ -3,6 +3,7 @@ rules dvc.yaml keeps so that DVC can run-cache every stage and never miss a code
 
 import json
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,7 @@ def test_checkpoints_are_not_a_dvc_output_and_are_ignored_by_git():
 @pytest.mark.slow
 def test_repro_exp_run_switch_back_and_metrics_diff(project, tmp_path):
     out = dvc(project, "repro")  # the README's first command in a repository that never ran
-    assert "Running stage 'evaluate'" in out
+    assert "Running stage 'evaluate'" in out and "Running stage 'baseline'" in out
     assert "WARNING" not in out, out
     for name in ("train.json", "eval.json"):
         assert (project / "metrics" / name).is_file()
@@ -59,6 +60,10 @@ def test_repro_exp_run_switch_back_and_metrics_diff(project, tmp_path):
     assert len(predictions.read_text().splitlines()) == 12
     finetune = read(project, "eval.json")
     assert finetune["n"] == 12 and 0 <= finetune["accuracy"] <= 1
+    # the baseline's metrics beside the model's: the same keys, on the same test texts
+    baseline = read(project, "baseline.json")
+    assert set(baseline) == set(finetune) and baseline["n"] == 12
+    assert (project / "outputs" / "baseline" / "run.json").is_file()
     # metrics: headline quality only (no timings, devices, per-bin or per-epoch rows)
     assert set(finetune) <= {"accuracy", "precision", "recall", "f1", "roc_auc", "loss", "n",
                              "accuracy_ci_low", "accuracy_ci_high", "f1_ci_low", "f1_ci_high"}
@@ -79,7 +84,7 @@ def test_repro_exp_run_switch_back_and_metrics_diff(project, tmp_path):
     assert "up to date" in sh(project, "dvc", "status")
     again = sh(project, "dvc", "repro")
     assert "Running stage" not in again, again
-    for stage in ("prepare", "train", "evaluate", "export"):
+    for stage in ("prepare", "baseline", "train", "evaluate", "export"):
         assert f"Stage '{stage}' didn't change, skipping" in again, again
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-q", "-m", "finetune baseline")
@@ -88,6 +93,7 @@ def test_repro_exp_run_switch_back_and_metrics_diff(project, tmp_path):
     # reruns train and what follows it, not prepare
     out = sh(project, "dvc", "exp", "run", "-S", "lora.r=4", "-S", "method=lora")
     assert "Running stage 'train'" in out and "Running stage 'prepare'" not in out
+    assert "Running stage 'baseline'" not in out
     assert json.loads((project / "models/adapter/adapter_config.json").read_text())["r"] == 4
     assert "lora.r" in sh(project, "dvc", "params", "diff", "main")
     diff = json.loads(sh(project, "dvc", "metrics", "diff", "main", "--json"))
@@ -95,6 +101,10 @@ def test_repro_exp_run_switch_back_and_metrics_diff(project, tmp_path):
     assert ("metrics/eval.json", "accuracy") in rows or ("metrics/train.json",
                                                           "trainable_params") in rows
     assert len(rows) <= 15, rows  # a method change reads as a short table
+    # the PR report puts the model beside the baseline, here and at main
+    report = sh(project, "textclf", "pr-report", "--base", "main")
+    assert "**Against the baseline:** the model's accuracy is" in report
+    assert "TF-IDF + logistic regression" in report and "At `main`:" in report
 
     # Switching back to the baseline's params (the workspace has the last experiment's) restores
     # it from the run-cache, without running
@@ -139,9 +149,22 @@ def test_repro_exp_run_switch_back_and_metrics_diff(project, tmp_path):
     # dependency; `--only-changed`, the everyday view, keeps the params the experiments changed
     header = dvc(clone, "exp", "show", "--csv").splitlines()[0].split(",")
     meta = ["Experiment", "rev", "typ", "Created", "parent"]
-    metrics = set(read(clone, "train.json")) | set(read(clone, "eval.json"))
+    # a metric name two files share is shown with its file: metrics/eval.json:accuracy
+    files = {f"metrics/{name}": read(clone, name)
+             for name in ("train.json", "eval.json", "baseline.json")}
+    shared = Counter(key for values in files.values() for key in values)
+    metrics = {key if shared[key] == 1 else f"{file}:{key}"
+               for file, values in files.items() for key in values}
     deps = {d for stage in stages_of(clone / "dvc.yaml").values() for d in stage["deps"]}
     shown_params = [c for c in header if c not in meta and c not in metrics and c not in deps]
     assert header[:5] == meta and len(header) == 5 + len(metrics) + len(deps) + len(shown_params)
     assert shown_params == list(flat_params(yaml.safe_load((clone / "params.yaml").read_text())))
     assert shown_params == list(flat_params(yaml.safe_load(REPO_PARAMS.read_text())))
+
+    # The baseline reads prepare's texts, not its token ids: cutting texts at another length
+    # reruns prepare, and leaves the baseline up to date
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["max_tokens"] = 32
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(project, "repro", "baseline")
+    assert "Running stage 'prepare'" in out and "Stage 'baseline' didn't change" in out, out

@@ -384,6 +384,48 @@ def test_any_max_chars_gives_a_well_formed_report_that_says_it_was_cut():
             assert "cut" in md or "Left out" in md, (limit, md)
 
 
+# ---------------------------------------------------------------- the model beside the baseline
+
+def baseline_rows(model: float | None, baseline: float | None, n_model=500, n_baseline=500,
+                  base_model=None, base_baseline=None) -> list[pr_query.Row]:
+    """The rows of metrics/eval.json and metrics/baseline.json (accuracy, n): None is absent."""
+    out = []
+    for file, new, old, n in ((pr_query.HEADLINE, model, base_model, n_model),
+                              (pr_query.BASELINE, baseline, base_baseline, n_baseline)):
+        if new is not None or old is not None:
+            ci = None if new is None else (new - 0.02, new + 0.02)
+            out += [pr_query.Row(str(file), "accuracy", old, new, None, ci),
+                    pr_query.Row(str(file), "n", n if old is not None else None, n)]
+    return out
+
+
+def test_the_report_puts_the_model_beside_the_baseline():
+    text = pr_render.baseline_section(baseline_rows(0.882, 0.861), "main")
+    assert "**+2.1 points over** TF-IDF + logistic regression" in text
+    assert "0.861 (0.841-0.881), on the same 500 test texts" in text
+    assert "At `main`" not in text
+    text = pr_render.baseline_section(
+        baseline_rows(0.85, 0.861, base_model=0.87, base_baseline=0.861), "main")
+    assert "**-1.1 points under** TF-IDF" in text and "At `main`: +0.9 points." in text
+
+
+def test_the_report_says_when_the_baseline_is_missing_or_scored_other_texts():
+    assert "No baseline in this PR: `metrics/baseline.json` is missing" in \
+        pr_render.baseline_section(baseline_rows(0.88, None), "main")
+    assert "it scored 400 test texts, the model 500" in \
+        pr_render.baseline_section(baseline_rows(0.88, 0.86, n_baseline=400), "main")
+    assert pr_render.baseline_section(baseline_rows(None, 0.86), "main") is None
+
+
+def test_the_rendered_report_holds_the_line_after_the_headline_table():
+    metrics = baseline_rows(0.882, 0.861, base_model=0.88, base_baseline=0.861)
+    found = pr_query.Findings(base="main", title="## DVC report", params=[], metrics=metrics,
+                              headline_order=["accuracy", "n"], stale=[], downstream=[],
+                              warnings=[], charts=[])
+    md = pr_render.render(found)
+    assert md.index("### Headline") < md.index("| accuracy |") < md.index("Against the baseline")
+
+
 # ---------------------------------------------------------------- charts, errors, imports
 
 def roc_csv(quality: float) -> str:

@@ -189,7 +189,7 @@ def params_read(tiny_dirs, data_dir, tmp_path_factory) -> dict[str, set[str]]:
             run_dir = tmp_path_factory.mktemp(method)
             params = tiny.tiny_params(tiny_dirs["gpt2"], data_dir, method=method, data=data,
                                       train={"epochs": 1}, zero_shot={"calibrate": True})
-            for stage in ("prepare", "train", "evaluate", "export"):
+            for stage in ("prepare", "baseline", "train", "evaluate", "export"):
                 current["stage"] = stage
                 tiny.run_stages(run_dir, params, stages=(stage,), in_process=True)
     finally:
@@ -197,7 +197,7 @@ def params_read(tiny_dirs, data_dir, tmp_path_factory) -> dict[str, set[str]]:
     return read
 
 
-@pytest.mark.parametrize("stage", ["prepare", "train", "evaluate", "export"])
+@pytest.mark.parametrize("stage", ["prepare", "baseline", "train", "evaluate", "export"])
 def test_each_stage_lists_exactly_the_params_it_reads(params_read, stage):
     declared = declared_params(stages_of(REPO / "dvc.yaml")[stage])
     read = params_read[stage]
@@ -239,9 +239,12 @@ def test_an_edit_stales_exactly_the_stages_that_run_the_code_or_read_the_key(tmp
     cases = {  # file edited -> the stages it makes stale
         "src/textclf/export/model_card.py": {"export"},
         "src/textclf/evaluate/plots.py": {"evaluate"},
+        "src/textclf/evaluate/metrics.py": {"evaluate", "baseline"},  # the same metrics
+        "src/textclf/baseline/tfidf.py": {"baseline"},
         "src/textclf/train/zero_shot.py": {"train"},
         "src/textclf/modeling/inference.py": {"train", "evaluate"},
-        "src/textclf/core/tokenization.py": {"prepare", "train", "evaluate", "export"},
+        "src/textclf/core/tokenization.py": {"prepare", "train", "evaluate", "export"},  # not the
+        # baseline: it reads the texts prepare wrote, never a tokenizer
         "src/textclf/cli/seeds.py": set(),  # the command-line tools are no stage's code
         "src/textclf/cli/predict.py": set(),
         "src/textclf/predictor.py": set(),
@@ -252,7 +255,8 @@ def test_an_edit_stales_exactly_the_stages_that_run_the_code_or_read_the_key(tmp
         sh(project, "git", "checkout", relative)
     # a key only some stages read
     params = yaml.safe_load((project / "params.yaml").read_text())
-    for key, value, expected in (("eval.bootstrap", 20, {"evaluate", "export"}),
+    for key, value, expected in (("eval.bootstrap", 20, {"evaluate", "export", "baseline"}),
+                                 ("baseline.min_df", 1, {"baseline"}),
                                  ("lora.r", 4, {"train", "export"}),
                                  ("data.val_fraction", 0.3, {"prepare", "export"}),
                                  ("train.mixed_precision", "fp32",

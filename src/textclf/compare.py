@@ -29,9 +29,10 @@ def run_params(base_params: Path, config: dict, name: str):
 
 
 def collect(config: dict, results: Path, runs: Path, base_params: Path) -> dict[str, dict]:
-    """One flat row per run that has results: what ran, where, its quality and the reference.
-    `results/<run>/` holds its metrics (eval.json, train.json), `runs/<run>/evaluate/run.json`
-    the device it was evaluated on."""
+    """One flat row per run that has results: what ran, where, its quality, the baseline's on
+    the same test texts and the reference. `results/<run>/` holds its metrics (eval.json,
+    train.json), `results/baseline/<dataset>.json` the baseline's of its dataset,
+    `runs/<run>/evaluate/run.json` the device it was evaluated on."""
     rows = {}
     for name, run in config["runs"].items():
         eval_path = results / name / "eval.json"
@@ -55,6 +56,11 @@ def collect(config: dict, results: Path, runs: Path, base_params: Path) -> dict[
             "trainable_params": train["trainable_params"],
             "device": device,
         }
+        baseline_path = results / "baseline" / f"{run['dataset']}.json"
+        if baseline_path.is_file():
+            baseline = json.loads(baseline_path.read_text())["accuracy"]
+            row["baseline_accuracy"] = baseline
+            row["delta_baseline_accuracy"] = round(evaluation["accuracy"] - baseline, 6)
         for key, value in (run.get("reference") or {}).items():
             row[f"reference_{key}"] = value
         if run.get("reference") and "accuracy" in run["reference"]:
@@ -70,9 +76,9 @@ def _pct(x) -> str:
 def markdown_table(config: dict, rows: dict[str, dict]) -> str:
     """All runs of the config; those without results say "not measured yet"."""
     lines = [
-        "| run | model | method | data | accuracy % (95% CI) | F1 % | precision % | recall % "
-        "| ROC-AUC | reference accuracy % | measured on |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | model | method | data | accuracy % (95% CI) | TF-IDF baseline accuracy % "
+        "| F1 % | precision % | recall % | ROC-AUC | reference accuracy % | measured on |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, run in config["runs"].items():
         ref = (run.get("reference") or {}).get("accuracy")
@@ -83,7 +89,7 @@ def markdown_table(config: dict, rows: dict[str, dict]) -> str:
             model = overlay.get("model", "(params.yaml)")
             method = overlay.get("method", "(params.yaml)")
             data = overlay.get("data", {}).get("source", "imdb")
-            lines.append(f"| {name} | {model} | {method} | {data} | not measured yet | | | | "
+            lines.append(f"| {name} | {model} | {method} | {data} | not measured yet | | | | | "
                          f"| {ref_text} | |")
             continue
         ci = ""
@@ -92,7 +98,8 @@ def markdown_table(config: dict, rows: dict[str, dict]) -> str:
         roc = "" if row["roc_auc"] is None else f"{row['roc_auc']:.4f}"
         lines.append(
             f"| {name} | {row['model']} ({row['weights']}) | {row['method']} | {row['data']} "
-            f"{row['split']} (n={row['n']}) | {_pct(row['accuracy'])}{ci} | {_pct(row['f1'])} "
+            f"{row['split']} (n={row['n']}) | {_pct(row['accuracy'])}{ci} "
+            f"| {_pct(row.get('baseline_accuracy'))} | {_pct(row['f1'])} "
             f"| {_pct(row['precision'])} | {_pct(row['recall'])} | {roc} | {ref_text} "
             f"| {row['device']} |")
     return "\n".join(lines) + "\n"

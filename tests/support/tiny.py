@@ -131,6 +131,9 @@ def stage_command(stage: str, params_file: Path, run_dir: Path) -> list[str]:
     run = Path(run_dir)
     layout = {
         "prepare": ["--out", run / "data/prepared"],
+        "baseline": ["--prepared", run / "data/prepared",
+                     "--metrics", run / "metrics/baseline.json",
+                     "--outputs", run / "outputs/baseline"],
         "train": ["--prepared", run / "data/prepared", "--out", run / "models",
                   "--outputs", run / "outputs/train", "--metrics", run / "metrics/train.json",
                   "--log-dir", run / "metrics/train_log", "--checkpoints", run / "checkpoints"],

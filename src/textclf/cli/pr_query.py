@@ -20,6 +20,7 @@ from textclf.cli.pr_charts import CHARTS, mermaid
 from textclf.core import paths
 
 HEADLINE = PurePosixPath(paths.METRICS, "eval.json")  # the metrics of the headline table
+BASELINE = PurePosixPath(paths.METRICS, "baseline.json")  # TF-IDF + logistic regression's
 MAX_ERROR = 400  # characters of a failed command's message quoted in the `error:` line
 
 

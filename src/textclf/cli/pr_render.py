@@ -6,8 +6,9 @@ charts (pr_charts.py). Pure functions of the findings; standard library only.
 from __future__ import annotations
 
 import sys
+from pathlib import PurePosixPath
 
-from textclf.cli.pr_query import HEADLINE, Findings, Row, Stale
+from textclf.cli.pr_query import BASELINE, HEADLINE, Findings, Row, Stale
 
 MARKER = "<!-- textclf-pr-report -->"
 MAX_CHARS = 60_000  # GitHub rejects a comment over 65,536 characters: kept well under
@@ -67,6 +68,38 @@ def headline_section(rows: list[Row], order: list[str], base: str, anything_chan
     text = f"{title}\n\n" + "\n".join(lines)
     if not anything_changed:
         text += f"\n\nNo metrics changed against `{base}`."
+    return text
+
+
+def points(model: float, baseline: float) -> str:
+    """The model's accuracy against the baseline's, in percentage points: "+2.1 points over"."""
+    diff = round(100 * (model - baseline), 1)
+    return f"{'+' if diff >= 0 else '-'}{abs(diff):.1f} points {'over' if diff >= 0 else 'under'}"
+
+
+def baseline_section(rows: list[Row], base: str) -> str | None:
+    """The model's accuracy beside the baseline's (the baseline stage's metrics file), in the PR
+    and, when both files are there, at the base; None without the model's accuracy."""
+    def row(file: PurePosixPath, name: str) -> Row:
+        return next((r for r in rows if r.file == str(file) and r.name == name),
+                    Row(str(file), name, None, None))
+
+    model, baseline = row(HEADLINE, "accuracy"), row(BASELINE, "accuracy")
+    if model.new is None:
+        return None
+    what = "TF-IDF + logistic regression (the `baseline` stage)"
+    if baseline.new is None:
+        return (f"No baseline in this PR: `{BASELINE}` is missing; `dvc repro baseline` fits "
+                f"{what} on the same split in seconds to a minute on a CPU.")
+    n_model, n_baseline = row(HEADLINE, "n").new, row(BASELINE, "n").new
+    if n_model != n_baseline:
+        return (f"**Not comparable with the baseline:** it scored {n_baseline} test texts, the "
+                f"model {n_model}; rerun both on the same data (`dvc repro`).")
+    text = (f"**Against the baseline:** the model's accuracy is "
+            f"**{points(model.new, baseline.new)}** {what}, "
+            f"{with_ci(baseline.new, baseline.ci_new)}, on the same {n_model} test texts.")
+    if model.old is not None and baseline.old is not None:
+        text += f" At `{base}`: {points(model.old, baseline.old).rsplit(' ', 1)[0]}."
     return text
 
 
@@ -152,6 +185,9 @@ def render(found: Findings, max_chars: int = MAX_CHARS) -> str:
     headline = [r for r in found.metrics if r.file == str(HEADLINE)]
     changed = any(r.changed for r in found.metrics)
     parts.append(headline_section(headline, found.headline_order, base, changed))
+    against = baseline_section(found.metrics, base)
+    if against:
+        parts.append(against)
     if found.warnings:
         parts.append("\n".join(["> [!NOTE]", "> dvc could not read everything; what it said:",
                                 *[f"> `{w[:300]}`" for w in found.warnings[:MAX_WARNINGS]]]))

@@ -15,6 +15,8 @@ torch). The document, at most --max-chars long (GitHub rejects a comment over 65
   - Stale results, when `dvc status` finds stages whose params, code or data changed since they
     last ran: the numbers that follow are then not this PR's;
   - the headline table: each metric of metrics/eval.json, base and PR with the 95% CI, delta;
+    then the model's accuracy against the baseline's (metrics/baseline.json: TF-IDF + logistic
+    regression on the same test texts), in points, or a line saying the baseline is missing;
   - folded details: every changed param, every other changed metric, the compare runs' rows,
     cut to fit with a note of how many rows were left out;
   - charts GitHub draws itself (Mermaid): ROC curve, accuracy by review length, training loss.

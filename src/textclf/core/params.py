@@ -205,6 +205,21 @@ class ExportParams(Section):
 
 
 @dataclass(frozen=True)
+class BaselineParams(Section):
+    c_grid: list[float]
+    ngrams: int
+    min_df: int
+
+    def problems(self) -> list[str]:
+        out = _positive_int("baseline.ngrams", self.ngrams)
+        out += _positive_int("baseline.min_df", self.min_df)
+        if not self.c_grid or any(c <= 0 for c in self.c_grid):
+            out.append(f"baseline.c_grid must be a non-empty list of positive numbers, got "
+                       f"{self.c_grid}")
+        return out
+
+
+@dataclass(frozen=True)
 class Params(Section):
     seed: int
     model: str
@@ -217,6 +232,7 @@ class Params(Section):
     train: TrainParams
     eval: EvalParams
     export: ExportParams
+    baseline: BaselineParams
 
     def problems(self) -> list[str]:
         out = []
@@ -228,7 +244,7 @@ class Params(Section):
             out.append(f"model: no such directory {self.model!r} (give a hub id such as 'gpt2' or "
                        "an existing local model directory)")
         for section in (self.data, self.zero_shot, self.finetune, self.lora, self.train, self.eval,
-                        self.export):
+                        self.export, self.baseline):
             out.extend(section.problems())
         return out
 

@@ -1,4 +1,5 @@
-"""The prepare stage's output directory: token ids per split, test texts, and what made them."""
+"""The prepare stage's output directory: token ids per split, test texts, and what made them
+(the texts of every split, for a stage without a tokenizer: prepared_texts.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from textclf.core import paths
-from textclf.core.data import Corpus, Split
+from textclf.core.data import Corpus
 from textclf.core.families import Family
 from textclf.core.params import Params
+from textclf.core.prepared_texts import read_rows
 from textclf.core.tokenization import TextTokenizer, TokenizedSplit
 
 # meta["length_unit"]: what the test texts' lengths count (the per-length table and figure)
@@ -59,11 +61,6 @@ def prepared_format_problems(meta: dict, params: Params) -> list[str]:
             for key, get in FORMAT_KEYS.items() if meta.get(key) != get(params)]
 
 
-def test_text_lines(split: Split, lengths: np.ndarray) -> str:
-    return "".join(json.dumps({"text": t, "label": int(y), "length": int(n)}, ensure_ascii=False)
-                   + "\n" for t, y, n in zip(split.texts, split.labels, lengths))
-
-
 def load_prepared(directory: Path, with_train: bool = True) -> Prepared:
     directory = Path(directory)
     meta_path = directory / paths.META
@@ -71,8 +68,7 @@ def load_prepared(directory: Path, with_train: bool = True) -> Prepared:
         raise FileNotFoundError(f"{directory} holds no prepared data ({paths.META} is missing); "
                                 "run the prepare stage first (dvc repro prepare)")
     meta = json.loads(meta_path.read_text())
-    rows = [json.loads(line) for line in
-            (directory / paths.TEST_TEXTS).read_text(encoding="utf-8").splitlines()]
+    rows = read_rows(directory, "test")
 
     def split(name: str) -> TokenizedSplit | None:
         if name != "test" and not with_train:

@@ -86,6 +86,21 @@ def bootstrap_ci(labels: np.ndarray, preds: np.ndarray, num_labels: int, resampl
     }
 
 
+CONFUSION_COUNTS = ("tp", "fp", "fn", "tn")  # binary counts: in run.json, not the headline
+
+
+def headline_metrics(labels: np.ndarray, probs: np.ndarray, resamples: int,
+                     seed: int) -> tuple[dict, dict]:
+    """A metrics file's contents (metrics/eval.json, metrics/baseline.json): the metrics of
+    `classification_metrics` and their 95% bootstrap intervals (`resamples` seeded by `seed`:
+    the same resamples for every classifier of the same test texts); and, apart, the binary
+    confusion counts."""
+    metrics = classification_metrics(labels, probs)
+    counts = {key: metrics.pop(key) for key in CONFUSION_COUNTS if key in metrics}
+    metrics.update(bootstrap_ci(labels, probs.argmax(axis=1), probs.shape[1], resamples, seed))
+    return metrics, counts
+
+
 def bin_names(edges=LENGTH_EDGES) -> list[str]:
     lows = (0,) + tuple(edges[:-1])
     return [f"{lo}-{hi}" for lo, hi in zip(lows, edges)] + [f">{edges[-1]}"]

@@ -3,6 +3,7 @@ the same model, method and data, and how this run's params differ from it."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ IDENTITY_KEYS = ("model", "method", "data.source", "data.hub_config", "data.test
                  "train.head")  # an attention-head run is not compared with a linear one
 # Keys that only describe the export (license, language): never a difference in results
 DESCRIPTIVE_PREFIXES = ("export.",)
+# Sections no model depends on (the baseline stage's knobs): neither read nor compared here
+OTHER_STAGES = ("baseline",)
 
 
 @dataclass(frozen=True)
@@ -29,12 +32,12 @@ class Reference:
 def find_reference(params: Params, compare_config: dict, base_params: Path) -> Reference | None:
     """The compare run with a published reference and the same model, method and data as
     `params` (the one differing in the fewest other params), or None."""
-    ours = flat_params(params.to_dict())
+    ours = model_params(params)
     best = None
     for name, run in compare_config.get("runs", {}).items():
         if not run.get("reference"):
             continue
-        theirs = flat_params(run_params(base_params, compare_config, name).to_dict())
+        theirs = model_params(run_params(base_params, compare_config, name))
         if any(ours.get(key) != theirs.get(key) for key in IDENTITY_KEYS):
             continue
         differences = [(key, ours.get(key), theirs.get(key))
@@ -44,3 +47,12 @@ def find_reference(params: Params, compare_config: dict, base_params: Path) -> R
         if best is None or len(differences) < len(best.differences):
             best = Reference(name, dict(run["reference"]), differences)
     return best
+
+
+def model_params(params: Params) -> dict:
+    """Every params key (dotted) and its value, but those of OTHER_STAGES."""
+    def plain(value):
+        return value.to_dict() if hasattr(value, "to_dict") else value
+
+    return flat_params({f.name: plain(getattr(params, f.name)) for f in dataclasses.fields(Params)
+                        if f.name not in OTHER_STAGES})

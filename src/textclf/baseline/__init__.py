@@ -1,0 +1,1 @@
+"""The baseline stage's library: a classical classifier fitted on the texts prepare chose."""
