@@ -130,7 +130,7 @@ def stage_command(stage: str, params_file: Path, run_dir: Path) -> list[str]:
     lays them out in the repository (data/prepared, models, outputs/, metrics/, checkpoints)."""
     run = Path(run_dir)
     layout = {
-        "prepare": ["--out", run / "data/prepared"],
+        "prepare": ["--out", run / "data/prepared", "--inputs", run / "metrics/inputs.json"],
         "train": ["--prepared", run / "data/prepared", "--out", run / "models",
                   "--outputs", run / "outputs/train", "--metrics", run / "metrics/train.json",
                   "--log-dir", run / "metrics/train_log", "--checkpoints", run / "checkpoints"],
