@@ -6,6 +6,7 @@ model card and the PR report."""
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -454,3 +455,36 @@ def test_pr_report_flags_a_run_on_another_data_commit(tmp_path):
     assert "[!WARNING]" in section(md, "Inputs")
     same = run_report(root.parent / "same", "--base", "main").stdout
     assert "Both sides read the same model and data." in section(same, "Inputs")
+
+
+@pytest.mark.slow  # seconds: a git + DVC repository, prepare run three times
+def test_dvc_sees_a_run_on_another_revision_and_restores_the_record(pinned_cache, data_dir,
+                                                                    tmp_path):
+    """`dvc metrics diff` lists the model commit a rerun on another revision read, and going back
+    to the earlier revision restores its record from the run-cache."""
+    env = pinned_cache.env(tiny.ENV)
+    project = tiny.dvc_project(tmp_path / "project",
+                               params_dict(MODEL, data_dir, model_revision=TAG))
+
+    def repro_prepare(revision: str) -> str:
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        (project / "params.yaml").write_text(yaml.safe_dump({**params,
+                                                             "model_revision": revision},
+                                                            sort_keys=False))
+        return dvc("repro", "prepare")
+
+    def dvc(*args: str) -> str:
+        result = subprocess.run(["dvc", *args], cwd=project, capture_output=True, text=True,
+                                env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    repro_prepare(TAG)
+    tiny.sh(project, "git", "add", "-A")
+    tiny.sh(project, "git", "commit", "-q", "-m", "prepared at the tag")
+    repro_prepare(MAIN)
+    diff = json.loads(dvc("metrics", "diff", "HEAD", "--json"))
+    assert diff["metrics/inputs.json"]["model.commit"] == {"old": TAGGED, "new": MAIN}
+    assert diff["metrics/inputs.json"]["model.revision"] == {"old": TAG, "new": MAIN}
+    assert "is cached" in repro_prepare(TAG)
+    assert json.loads((project / paths.INPUTS).read_text())["model"]["commit"] == TAGGED
