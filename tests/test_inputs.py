@@ -342,7 +342,9 @@ def test_a_model_description_of_an_earlier_version_records_no_inputs(tmp_path, t
     (tmp_path / INFO_FILE).write_text(json.dumps(raw))
     earlier = TrainedModelInfo.load(tmp_path)
     assert (earlier.base_sha256, earlier.data_source, earlier.data_sha256) == (None, None, None)
-    assert earlier.inputs["data"].shown() == "not recorded (not recorded)"
+    assert earlier.inputs["data"].shown() == "not recorded"
+    assert earlier.inputs["model"].shown() == f"{tiny_dirs['gpt2']} (no commit or content hash " \
+                                              "recorded)"
 
 
 # ---------------------------------------------------------------------------------------------

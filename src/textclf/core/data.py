@@ -3,8 +3,10 @@
 Sources (`data.source`):
 - "imdb": the hub dataset stanfordnlp/imdb;
 - any other hub dataset id (with `data.hub_config`, the text/label column names and split names);
+  a hub dataset is read at `data.revision` (every split), and the commit read is recorded;
 - a local aclImdb-style directory: <split>/pos/*.txt and <split>/neg/*.txt;
 - a local directory with <split>.jsonl, .jsonl.gz, .csv or .parquet files (text and label columns).
+A local directory is recorded by the content hash of the files read (core/provenance.py).
 
 Class names come from `data.label_names` if set (one per class, in label order); else from string
 labels (sorted), or for integer labels from the hub dataset's ClassLabel feature, a

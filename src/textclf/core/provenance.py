@@ -44,7 +44,8 @@ class Provenance:
             return f"{self.source} @ commit {self.commit[:digits]}"
         if self.sha256:
             return f"{self.source} @ sha256 {self.sha256[:digits]}"
-        return f"{self.source} (not recorded)"
+        return f"{self.source} (no commit or content hash recorded)" if self.source \
+            else "not recorded"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -63,7 +63,7 @@ class TrainedModelInfo:
         """What the run read: the base model and the data (the requested revisions are
         params.yaml's)."""
         return {"model": Provenance(self.base_model, None, self.base_revision, self.base_sha256),
-                "data": Provenance(self.data_source or "not recorded", None, self.data_commit,
+                "data": Provenance(self.data_source or "", None, self.data_commit,
                                    self.data_sha256)}
 
     @property
