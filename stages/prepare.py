@@ -78,7 +78,7 @@ def main() -> None:
         write_json(tmp / paths.META, prepared_meta(params, family, tokenizer, corpus, unit,
                                                    inputs))
         write_json(tmp / paths.REPORT, report)
-    write_json(args.inputs, inputs)
+    write_json(args.inputs, {"inputs": inputs})
     log(f"wrote {args.out}/: dropped empty {report['dropped_empty']}, "
         f"truncated {report['truncated']}")
 

@@ -272,7 +272,7 @@ def pinned_run(pinned_cache, data_dir, tmp_path_factory):
 
 def test_prepare_records_the_commit_and_the_datas_hash(pinned_run, data_dir):
     meta = json.loads((pinned_run / paths.PREPARED / paths.META).read_text())
-    recorded = json.loads((pinned_run / "metrics" / "inputs.json").read_text())
+    recorded = json.loads((pinned_run / "metrics" / "inputs.json").read_text())["inputs"]
     assert meta["inputs"] == recorded
     assert recorded["model"] == {"source": MODEL, "revision": TAG, "commit": TAGGED,
                                  "sha256": None}
@@ -283,7 +283,7 @@ def test_prepare_records_the_commit_and_the_datas_hash(pinned_run, data_dir):
 def test_the_trained_model_records_and_reloads_the_commit(pinned, pinned_run, pinned_cache):
     from safetensors.torch import load_file
 
-    recorded = json.loads((pinned_run / "metrics" / "inputs.json").read_text())
+    recorded = json.loads((pinned_run / "metrics" / "inputs.json").read_text())["inputs"]
     info = TrainedModelInfo.load(pinned_run / paths.MODEL_DIR)
     assert (info.base_model, info.base_revision, info.base_sha256) == (MODEL, TAGGED, None)
     assert (info.data_source, info.data_commit, info.data_sha256) == (
@@ -295,7 +295,7 @@ def test_the_trained_model_records_and_reloads_the_commit(pinned, pinned_run, pi
 
 def test_the_card_names_the_commit_and_the_datas_hash(pinned_run):
     card = (pinned_run / paths.EXPORT / "README.md").read_text()
-    recorded = json.loads((pinned_run / "metrics" / "inputs.json").read_text())
+    recorded = json.loads((pinned_run / "metrics" / "inputs.json").read_text())["inputs"]
     assert f"`{MODEL}` (commit `{TAGGED}`" in card
     assert f"sha256 `{recorded['data']['sha256']}` of its data files" in card
 
@@ -351,11 +351,11 @@ def test_a_model_description_of_an_earlier_version_records_no_inputs(tmp_path, t
 # The PR report: the inputs of both sides, flagged where they differ
 
 def inputs_rows(old: dict, new: dict, file: str = "metrics/inputs.json") -> list:
-    """`dvc metrics diff --all` rows of an inputs file: "model.commit" and so on, a key that is
-    null on both sides left out, as dvc leaves it out."""
+    """`dvc metrics diff --all` rows of an inputs file: "inputs.model.commit" and so on, a key
+    that is null on both sides left out, as dvc leaves it out."""
     from textclf.cli.pr_query import Row
 
-    return [Row(file, f"{record}.{key}", old[record][key], new[record][key])
+    return [Row(file, f"inputs.{record}.{key}", old[record][key], new[record][key])
             for record in ("model", "data") for key in old[record]
             if (old[record][key], new[record][key]) != (None, None)]
 
@@ -400,9 +400,12 @@ def test_a_local_directorys_hash_shows_and_a_missing_side_says_so():
     rows = inputs_rows(RECORD, local)
     md = inputs_section(rows, "main")
     assert f"`models/base @ sha256 {'ab' * 6}` **(differs)**" in md
-    only_new = [r for r in rows if r.name.startswith("model.")]
+    only_new = [r for r in rows if r.name.startswith("inputs.model.")]
     only_new = [type(r)(r.file, r.name, None, r.new) for r in only_new]
-    assert "| `metrics/inputs.json` | model | not recorded |" in inputs_section(only_new, "main")
+    md = inputs_section(only_new, "main")
+    assert "| `metrics/inputs.json` | model | not recorded |" in md
+    assert "whether both read the same is unknown" in md and "[!WARNING]" not in md
+    assert "differs" not in md and "Both sides read the same" not in md
 
 
 TOY_PREPARE = '''\
@@ -412,7 +415,7 @@ params = yaml.safe_load(open("params.yaml"))
 record = {"model": {"source": "gpt2", "revision": None, "commit": "MAIN", "sha256": None},
           "data": {"source": "stanfordnlp/imdb", "revision": params["data_revision"],
                    "commit": params["data_revision"] or "MAIN", "sha256": None}}
-json.dump(record, open("metrics/inputs.json", "w"))
+json.dump({"inputs": record}, open("metrics/inputs.json", "w"))
 json.dump({"accuracy": 0.8}, open("metrics/eval.json", "w"))
 '''.replace("MAIN", MAIN)
 TOY_DVC_YAML = """\
@@ -486,7 +489,7 @@ def test_dvc_sees_a_run_on_another_revision_and_restores_the_record(pinned_cache
     tiny.sh(project, "git", "commit", "-q", "-m", "prepared at the tag")
     repro_prepare(MAIN)
     diff = json.loads(dvc("metrics", "diff", "HEAD", "--json"))
-    assert diff["metrics/inputs.json"]["model.commit"] == {"old": TAGGED, "new": MAIN}
-    assert diff["metrics/inputs.json"]["model.revision"] == {"old": TAG, "new": MAIN}
+    assert diff["metrics/inputs.json"]["inputs.model.commit"] == {"old": TAGGED, "new": MAIN}
+    assert diff["metrics/inputs.json"]["inputs.model.revision"] == {"old": TAG, "new": MAIN}
     assert "is cached" in repro_prepare(TAG)
-    assert json.loads((project / paths.INPUTS).read_text())["model"]["commit"] == TAGGED
+    assert json.loads((project / paths.INPUTS).read_text())["inputs"]["model"]["commit"] == TAGGED

@@ -56,7 +56,9 @@ class Provenance:
 
 
 def run_inputs(model: Provenance, data: Provenance) -> dict:
-    """The record prepare writes (meta.json's "inputs", metrics/inputs.json)."""
+    """The record prepare writes: meta.json's "inputs", and metrics/inputs.json's (under the key
+    "inputs" there, so that `dvc exp show` and `dvc metrics diff` name its values
+    inputs.model.commit and so on, apart from the params model and data.source)."""
     return {"model": model.to_dict(), "data": data.to_dict()}
 
 
