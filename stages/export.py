@@ -35,12 +35,13 @@ import yaml
 from textclf.core import paths
 from textclf.core.outputs import read_json, staged_dir, write_text
 from textclf.core.prepared_data import load_prepared
+from textclf.core.provenance import hub_commit
 from textclf.core.runner import log, params_from_args, run_stage, stage_parser
 from textclf.evaluate.reports import read_prediction_probs
 from textclf.export.hf_export import agreement_with_evaluate, check_export, export_model
 from textclf.export.model_card import FIGURES, CardInputs, model_card
 from textclf.export.reference import find_reference
-from textclf.modeling.classifier import hub_revision, load_model
+from textclf.modeling.classifier import load_model
 
 CHECK_TEXTS = 32  # test texts the export is checked on: half the shortest, half the longest
 
@@ -70,7 +71,7 @@ def main() -> None:
     half = CHECK_TEXTS // 2
     picked = sorted(set(order[:half].tolist()) | set(order[-half:].tolist()))
     texts = [prepared.test_texts[i] for i in picked]
-    revision = info.base_revision or hub_revision(info.base_model)
+    revision = info.base_revision or hub_commit(info.base_model)
     compare_config = yaml.safe_load(args.compare_config.read_text())
     eval_run = read_json(args.eval_outputs / paths.RUN_INFO)
     evaluated = read_prediction_probs(

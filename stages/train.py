@@ -3,8 +3,9 @@
     python stages/train.py                                  # what `dvc repro train` runs
     dvc exp run -S train.processes=2                        # data-parallel: 2 GPUs or CPU processes
 
-Reads params: seed, model, model_dtype, method, data.max_tokens/truncation/head_tokens (checked
-against the prepared data), zero_shot, finetune, lora, train, eval.batch_size.
+Reads params: seed, model, model_revision, model_dtype, method, data.max_tokens/truncation/
+head_tokens (checked against the prepared data, as the model's commit or content hash is),
+zero_shot, finetune, lora, train, eval.batch_size.
 Writes: models/ (only what was trained: head, trained blocks or LoRA adapter, and textclf.json to
 rebuild it on the base model), metrics/train.json (parameter counts, best epoch and validation
 accuracy), metrics/train_log/ (dvclive: loss per step, validation accuracy per epoch; and
@@ -24,7 +25,12 @@ from textclf.core import paths
 from textclf.core.errors import ParamsError
 from textclf.core.families import checked_config_and_family
 from textclf.core.outputs import staged_dir, write_json
-from textclf.core.prepared_data import load_prepared, prepared_format_problems
+from textclf.core.prepared_data import (
+    load_prepared,
+    model_input_problems,
+    prepared_format_problems,
+)
+from textclf.core.provenance import model_provenance
 from textclf.core.runner import log, params_from_args, run_stage, stage_parser
 from textclf.core.tokenization import classifier_format, load_tokenizer
 from textclf.modeling.accelerator import make_accelerator
@@ -55,12 +61,14 @@ def main() -> None:
     # Check params against the model and the prepared data before loading any weights
     _, family = checked_config_and_family(params)
     prepared = load_prepared(args.prepared)
-    problems = prepared_format_problems(prepared.meta, params)
+    base = model_provenance(params.model, params.model_revision)
+    problems = (prepared_format_problems(prepared.meta, params)
+                + model_input_problems(prepared.meta, base))
     if problems:
         raise ParamsError(f"{args.prepared} does not match params.yaml ("
                           + "; ".join(problems) + "): run the prepare stage again (dvc repro)")
     labels = prepared.label_names
-    tokenizer = load_tokenizer(params.model, family)
+    tokenizer = load_tokenizer(params.model, family, params.model_revision)
     # the zero-shot prompt's tokens count against the model's input limit too
     checked_config_and_family(params, extra_tokens=prompt_tokens(params, tokenizer))
     accelerator = make_accelerator(params.train.mixed_precision)
@@ -84,9 +92,9 @@ def main() -> None:
     # resumed run writes back from there
     if params.method != "zero_shot":
         log_dir = args.log_dir if accelerator.is_main_process else None
-        checkpointer = CheckpointsWithLog(
-            args.checkpoints, run_fingerprint(params, accelerator.num_processes, args.prepared),
-            log_dir, accelerator.is_main_process, say)
+        fingerprint = run_fingerprint(params, accelerator.num_processes, args.prepared, base)
+        checkpointer = CheckpointsWithLog(args.checkpoints, fingerprint, log_dir,
+                                          accelerator.is_main_process, say)
         collator = Collator(fmt, tokenizer.pad_id,
                             pad_multiple_for(accelerator.device, params.train.compile))
         live = step_logger(log_dir) if log_dir is not None else None

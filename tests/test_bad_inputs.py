@@ -28,7 +28,8 @@ def write_params(tmp_path: Path, raw: dict) -> Path:
 
 def prepare(tmp_path, raw, capsys):
     params = write_params(tmp_path, raw)
-    return run("prepare", ["--params", params, "--out", tmp_path / "prepared"], capsys)
+    return run("prepare", ["--params", params, "--out", tmp_path / "prepared",
+                           "--inputs", tmp_path / "inputs.json"], capsys)
 
 
 def train(tmp_path, params: Path, capsys):

@@ -40,7 +40,6 @@ from textclf.export.model_card import CardInputs, front_matter, model_card
 from textclf.export.reference import find_reference
 from textclf.modeling.classifier import (
     build_classifier,
-    hub_revision,
     load_model,
     parameter_counts,
     save_model,
@@ -227,19 +226,6 @@ def test_predict_reads_an_export_as_it_reads_models(exported, texts, tmp_path, c
                                evaluate_probabilities(models, texts), rtol=0, atol=1e-6)
     assert [r["predicted"] for r in records[export_dir]] == \
         [r["predicted"] for r in records[models]]
-
-
-def test_hub_revision_is_the_cached_snapshot(tmp_path):
-    """The commit hash comes from where the Hugging Face cache keeps the config (offline)."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "models--someone--tiny-model"
-    (repo / "snapshots" / commit).mkdir(parents=True)
-    (repo / "snapshots" / commit / "config.json").write_text("{}")
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    assert hub_revision("someone/tiny-model", cache_dir=tmp_path) == commit
-    assert hub_revision("someone/not-cached", cache_dir=tmp_path) is None
-    assert hub_revision(str(tmp_path)) is None  # a local directory has no revision
 
 
 # ---------------------------------------------------------------------------------------------

@@ -157,7 +157,7 @@ class Recorder:
 
 # Keys a stage reads on paths these tiny local runs do not take
 OTHER_PATHS = {
-    "prepare": {"data.hub_config": "hub datasets only"},
+    "prepare": {"data.hub_config": "hub datasets only", "data.revision": "hub datasets only"},
 }
 
 

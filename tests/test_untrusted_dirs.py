@@ -130,7 +130,8 @@ def test_prepare_refuses_a_model_naming_code_first(tiny_dirs, data_dir, tmp_path
     model = naming_code(tiny_dirs["gpt2"], tmp_path / "model", naming, marker)
     monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
     params = write_params(tmp_path, tiny.tiny_params(model, data_dir))
-    code, _, err = run("prepare", ["--params", params, "--out", tmp_path / "prepared"], capsys)
+    code, _, err = run("prepare", ["--params", params, "--out", tmp_path / "prepared",
+                                   "--inputs", tmp_path / "inputs.json"], capsys)
     assert not marker.exists(), "the directory's code ran"
     assert code == 2
     one_error_line(err, str(model / NAMING[naming][0]), "names code to run", "foreign.")

@@ -125,7 +125,8 @@ def load_predictor(model_dir: str | Path = paths.MODEL_DIR, device: str = "auto"
         model, info, tokenizer = load_export(model_dir)
     else:
         model, info = load_model(model_dir)
-        tokenizer = load_tokenizer(info.base_model, family_for(info.family))
+        tokenizer = load_tokenizer(info.base_model, family_for(info.family),
+                                   info.base_revision)
         if tokenizer.name != info.tokenizer:
             # e.g. trained on a local GPT-2 directory's tokenizer, now resolved to tiktoken
             raise PredictError(f"{model_dir} was trained with tokenizer {info.tokenizer!r}, but "

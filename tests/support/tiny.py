@@ -130,7 +130,7 @@ def stage_command(stage: str, params_file: Path, run_dir: Path) -> list[str]:
     lays them out in the repository (data/prepared, models, outputs/, metrics/, checkpoints)."""
     run = Path(run_dir)
     layout = {
-        "prepare": ["--out", run / "data/prepared"],
+        "prepare": ["--out", run / "data/prepared", "--inputs", run / "metrics/inputs.json"],
         "baseline": ["--prepared", run / "data/prepared",
                      "--metrics", run / "metrics/baseline.json",
                      "--outputs", run / "outputs/baseline"],

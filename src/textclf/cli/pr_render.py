@@ -1,6 +1,7 @@
 """The PR report's Markdown, from the `Findings` of pr_query.py: the marker and title, the stale
-results, the headline table, dvc's warnings, the folded details cut to fit --max-chars, and the
-charts (pr_charts.py). Pure functions of the findings; standard library only.
+results, the headline table, the inputs each side read (pr_inputs.py), dvc's warnings, the folded
+details cut to fit --max-chars, and the charts (pr_charts.py). Pure functions of the findings;
+standard library only.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import PurePosixPath
 
+from textclf.cli.pr_inputs import inputs_section, is_inputs_file
 from textclf.cli.pr_query import BASELINE, HEADLINE, Findings, Row, Stale
 
 MARKER = "<!-- textclf-pr-report -->"
@@ -183,11 +185,15 @@ def render(found: Findings, max_chars: int = MAX_CHARS) -> str:
     if found.stale:
         parts.append(stale_section(found.stale, found.downstream))
     headline = [r for r in found.metrics if r.file == str(HEADLINE)]
-    changed = any(r.changed for r in found.metrics)
-    parts.append(headline_section(headline, found.headline_order, base, changed))
+    metrics = [r for r in found.metrics if not is_inputs_file(r.file)]
+    parts.append(headline_section(headline, found.headline_order, base,
+                                  any(r.changed for r in metrics)))
     against = baseline_section(found.metrics, base)
     if against:
         parts.append(against)
+    inputs = inputs_section(found.metrics, base)
+    if inputs:
+        parts.append(inputs)
     if found.warnings:
         parts.append("\n".join(["> [!NOTE]", "> dvc could not read everything; what it said:",
                                 *[f"> `{w[:300]}`" for w in found.warnings[:MAX_WARNINGS]]]))
@@ -198,7 +204,7 @@ def render(found: Findings, max_chars: int = MAX_CHARS) -> str:
     # The size limit: the marker, title, stale list and headline always stay; the charts go if
     # they do not fit; the folded details keep as many rows as fit, in order, with a note of
     # how many were left out (NOTE_ROOM kept back for each note).
-    others = [r for r in found.metrics if r.file != str(HEADLINE) and r.changed]
+    others = [r for r in metrics if r.file != str(HEADLINE) and r.changed]
     blocks = details(found.params, others, base)
     hint = f"run `textclf pr-report --base {base} --max-chars 0` locally to see them all"
     limit = max_chars or sys.maxsize

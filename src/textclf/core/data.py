@@ -3,8 +3,10 @@
 Sources (`data.source`):
 - "imdb": the hub dataset stanfordnlp/imdb;
 - any other hub dataset id (with `data.hub_config`, the text/label column names and split names);
+  a hub dataset is read at `data.revision` (every split), and the commit read is recorded;
 - a local aclImdb-style directory: <split>/pos/*.txt and <split>/neg/*.txt;
 - a local directory with <split>.jsonl, .jsonl.gz, .csv or .parquet files (text and label columns).
+A local directory is recorded by the content hash of the files read (core/provenance.py).
 
 Class names come from `data.label_names` if set (one per class, in label order); else from string
 labels (sorted), or for integer labels from the hub dataset's ClassLabel feature, a
@@ -26,6 +28,7 @@ import numpy as np
 
 from textclf.core.errors import DataError
 from textclf.core.params import DataParams
+from textclf.core.provenance import Provenance, cached_dataset_commit, files_sha256
 
 IMDB_HUB_ID = "stanfordnlp/imdb"
 TABLE_SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".parquet")
@@ -55,6 +58,8 @@ class Corpus:
     test: Split
     label_names: list[str]
     report: dict[str, Any] = field(default_factory=dict)  # counts for the prepare stage's report
+    # what was read: the hub dataset's commit, or the content hash of the local files
+    provenance: Provenance | None = None
 
 
 def clean_text(text: str) -> str:
@@ -64,7 +69,7 @@ def clean_text(text: str) -> str:
 
 
 def load_corpus(p: DataParams, seed: int) -> Corpus:
-    raw, names_hint, report = read_source(p)
+    raw, names_hint, report, provenance = read_source(p)
     report["dropped_empty"] = {}
     texts = {}
     for split, (split_texts, split_labels) in raw.items():
@@ -95,7 +100,7 @@ def load_corpus(p: DataParams, seed: int) -> Corpus:
     train_index = np.setdiff1d(np.arange(len(train)), val_index)
     val, train = train.subset(val_index), train.subset(train_index)
     report["sizes"] = {"train": len(train), "val": len(val), "test": len(test)}
-    return Corpus(train, val, test, names, report)
+    return Corpus(train, val, test, names, report, provenance)
 
 
 def stratified_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -192,20 +197,23 @@ def _names_beside(raw: dict, name_values: dict[str, list]) -> list[str] | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading sources: each returns {split: (texts, raw labels)}, class names if known, a report.
+# Reading sources: each returns {split: (texts, raw labels)}, class names if known, a report,
+# and what it read (a hub commit, or the files read).
 
 def read_source(p: DataParams):
     splits = {"train": p.train_split, "test": p.test_split}
     path = Path(p.source).expanduser()
-    if path.is_dir():
-        if (path / p.train_split / "pos").is_dir() and (path / p.train_split / "neg").is_dir():
-            return _read_aclimdb(path, splits)
-        return _read_tables(path, splits, p.text_column, p.label_column)
-    return _read_hub(p, splits)
+    if not path.is_dir():
+        return _read_hub(p, splits)
+    if (path / p.train_split / "pos").is_dir() and (path / p.train_split / "neg").is_dir():
+        raw, names, report, files = _read_aclimdb(path, splits)
+    else:
+        raw, names, report, files = _read_tables(path, splits, p.text_column, p.label_column)
+    return raw, names, report, Provenance(p.source, None, None, files_sha256(path, files))
 
 
 def _read_aclimdb(root: Path, splits: dict[str, str]):
-    raw, report = {}, {"invalid_utf8": {}}
+    raw, report, files = {}, {"invalid_utf8": {}}, []
     for split, name in splits.items():
         texts, labels, invalid = [], [], 0
         for label, sub in enumerate(("neg", "pos")):
@@ -213,6 +221,7 @@ def _read_aclimdb(root: Path, splits: dict[str, str]):
             if not folder.is_dir():
                 raise DataError(f"data.source {str(root)!r}: missing folder {folder}")
             for f in sorted(folder.glob("*.txt")):
+                files.append(f)
                 text, bad = _decode(f.read_bytes())
                 texts.append(text)
                 labels.append(label)
@@ -221,11 +230,11 @@ def _read_aclimdb(root: Path, splits: dict[str, str]):
             raise DataError(f"data.source {str(root)!r}: no *.txt reviews under {root / name}")
         raw[split] = (texts, labels)
         report["invalid_utf8"][split] = invalid
-    return raw, ["neg", "pos"], report
+    return raw, ["neg", "pos"], report, files
 
 
 def _read_tables(root: Path, splits: dict[str, str], text_col: str, label_col: str):
-    raw, report, name_values = {}, {"invalid_utf8": {}}, {}
+    raw, report, name_values, files = {}, {"invalid_utf8": {}}, {}, []
     for split, name in splits.items():
         found = [root / (name + s) for s in TABLE_SUFFIXES if (root / (name + s)).is_file()]
         if len(found) != 1:
@@ -234,6 +243,7 @@ def _read_tables(root: Path, splits: dict[str, str], text_col: str, label_col: s
                 f"data.source {str(root)!r}: {what} for split {name!r}; expected one of "
                 f"{', '.join(name + s for s in TABLE_SUFFIXES)} (or an aclImdb-style "
                 f"{name}/pos, {name}/neg layout)")
+        files.append(found[0])
         rows, invalid = read_table(found[0])
         if not rows:
             raise DataError(f"data file {found[0]} is empty")
@@ -246,7 +256,7 @@ def _read_tables(root: Path, splits: dict[str, str], text_col: str, label_col: s
         report["invalid_utf8"][split] = invalid
         for col in (label_col + suffix for suffix in NAMES_COLUMN_SUFFIXES):
             name_values.setdefault(col, []).extend(r.get(col) for r in rows)
-    return raw, _names_beside(raw, name_values), report
+    return raw, _names_beside(raw, name_values), report, files
 
 
 def read_table(path: Path) -> tuple[list[dict], int]:
@@ -308,17 +318,8 @@ def _decode(data: bytes) -> tuple[str, int]:
 
 
 def _read_hub(p: DataParams, splits: dict[str, str]):
-    from datasets import load_dataset
-
     hub_id = IMDB_HUB_ID if p.source == "imdb" else p.source
-    try:
-        # All splits in one call: datasets downloads and prepares the whole configuration anyway
-        dataset = load_dataset(hub_id, p.hub_config)
-    except Exception as e:  # network, unknown dataset or configuration: many exception types
-        raise DataError(
-            f"data.source {p.source!r}: could not load hub dataset {hub_id!r} "
-            f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}). Check the id and "
-            "data.hub_config, or point data.source at a local directory.") from None
+    dataset, commit = hub_dataset(hub_id, p)
     raw, names, name_values = {}, None, {}
     for split, name in splits.items():
         if name not in dataset:
@@ -336,4 +337,51 @@ def _read_hub(p: DataParams, splits: dict[str, str]):
         for col in (p.label_column + suffix for suffix in NAMES_COLUMN_SUFFIXES):
             if col in ds.column_names:
                 name_values.setdefault(col, []).extend(ds[col])
-    return raw, names or _names_beside(raw, name_values), {}
+    return (raw, names or _names_beside(raw, name_values), {},
+            Provenance(hub_id, p.revision, commit, None))
+
+
+def hub_dataset(hub_id: str, p: DataParams):
+    """Every split of the hub dataset at data.revision, and the commit they were read at (the
+    dataset builder's hash: `datasets` names a hub dataset's cached copy by its commit)."""
+    from datasets import load_dataset_builder
+
+    try:
+        # All splits at once: datasets downloads and prepares the whole configuration anyway
+        builder = load_dataset_builder(hub_id, p.hub_config, revision=p.revision)
+        if p.revision is not None:
+            builder = pinned_cached_copy(builder, hub_id, p.revision)
+        builder.download_and_prepare()
+        return builder.as_dataset(), builder.hash
+    except DataError:
+        raise
+    except Exception as e:  # network, unknown dataset or configuration: many exception types
+        raise DataError(
+            f"data.source {p.source!r}: could not load hub dataset {hub_id!r}"
+            f"{'' if p.revision is None else f' at revision {p.revision!r}'} "
+            f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}). Check the id, "
+            "data.hub_config and data.revision, or point data.source at a local "
+            "directory.") from None
+
+
+def pinned_cached_copy(builder, hub_id: str, revision: str):
+    """The builder of the copy of `revision` in the datasets cache. Without the hub (offline, or
+    unreachable), `datasets` reads the latest copy it cached, whatever the revision asked: that
+    builder is replaced by the one of the commit `revision` names (a commit hash, or a tag or
+    branch resolved online before), and a revision the cache does not hold is a DataError."""
+    from datasets.packaged_modules.cache.cache import Cache
+
+    if not isinstance(builder, Cache):  # the hub answered: datasets read `revision` itself
+        return builder
+    commit = cached_dataset_commit(hub_id, revision)
+    if commit == builder.hash:
+        return builder
+    root = Path(builder.cache_dir).parents[2]  # <cache>/<org>___<name>/<config>/<version>/<hash>
+    copies = sorted(root.glob(f"{builder.config.name}/*/{commit}")) if commit else []
+    if not copies:
+        raise DataError(
+            f"data.revision {revision!r}: hub dataset {hub_id!r} cannot be reached and its "
+            f"cached copies do not hold that revision (the latest is commit {builder.hash}): "
+            "connect to the hub once, or set data.revision to a commit the cache holds")
+    return Cache(cache_dir=str(root.parent), dataset_name=builder.dataset_name, repo_id=hub_id,
+                 config_name=builder.config.name, version=copies[0].parent.name, hash=commit)

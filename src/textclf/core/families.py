@@ -132,23 +132,24 @@ def family_for(model_type: str, where: str | None = None) -> Family:
 # ---------------------------------------------------------------------------------------------
 # A model's config: its family, and what it allows (read before any weights are loaded)
 
-def check_base_model(model: str) -> Family | None:
-    """The family of a base model (params.model, or the base_model of models/textclf.json),
-    read from its config.json before anything of it loads, after refusing what textclf does not
+def check_base_model(model: str, revision: str | None = None) -> Family | None:
+    """The family of a base model (params.model at params.model_revision, or the base model of
+    models/textclf.json at the commit it records), read from its config.json before anything of
+    it loads, after refusing what textclf does not
     load (model_loading.check_model_dir: code it names, pickled or damaged weights); a model_type
     with no row in FAMILIES is refused too. None for a hub model that cannot be reached here
     (its load says why)."""
-    config = check_model_dir(model)
+    config = check_model_dir(model, revision=revision)
     return family_for(config.get("model_type"), shown_path(model, CONFIG_FILE)) if config else None
 
 
-def resolve_model(model: str):
-    """The model's config and family, reading only config.json (no weights), once
-    check_base_model has read what the directory says."""
+def resolve_model(model: str, revision: str | None = None):
+    """The model's config (at the hub `revision`) and family, reading only config.json (no
+    weights), once check_base_model has read what the directory says."""
     from transformers import AutoConfig
 
-    check_base_model(model)
-    config = pretrained(AutoConfig, model)
+    check_base_model(model, revision)
+    config = pretrained(AutoConfig, model, revision=revision)
     return config, family_for(config.model_type)
 
 
@@ -208,9 +209,10 @@ def model_problems(params: Params, config, family: Family, extra_tokens: int = 0
 
 
 def checked_config_and_family(params: Params, extra_tokens: int = 0, method_checks: bool = True):
-    """params.model's config and family, after checking params against the config (no weights
-    are loaded); `extra_tokens` and `method_checks` as in model_problems."""
-    config, family = resolve_model(params.model)
+    """params.model's config (at params.model_revision) and family, after checking params
+    against the config (no weights are loaded); `extra_tokens` and `method_checks` as in
+    model_problems."""
+    config, family = resolve_model(params.model, params.model_revision)
     problems = model_problems(params, config, family, extra_tokens, method_checks)
     if problems:
         raise ParamsError("invalid params for this model:\n  - " + "\n  - ".join(problems))

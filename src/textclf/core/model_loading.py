@@ -42,15 +42,22 @@ def pretrained(cls, *args, what: str = "model", **kwargs):
     try:
         return cls.from_pretrained(*args, trust_remote_code=False, **kwargs)
     except Exception as e:
-        raise ModelLoadError(load_help(source, e, what)) from None
+        raise ModelLoadError(load_help(source, e, what, kwargs.get("revision"))) from None
 
 
-def load_help(source: str, error: Exception, what: str = "model") -> str:
-    """One line: what could not be loaded, why, and what to do (the network only for a hub id)."""
+def load_help(source: str, error: Exception, what: str = "model",
+              revision: str | None = None) -> str:
+    """One line: what could not be loaded, why, and what to do (the network only for a hub id;
+    the revision when one was asked for)."""
     reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
     if Path(source).is_dir():
         return (f"{what} {source!r} (local directory) could not be loaded: {reason}. Restore a "
                 "complete copy of the directory, or write it again (save_pretrained)")
+    if revision is not None:
+        return (f"{what} {source!r} (hub id) at revision {revision!r} could not be loaded: "
+                f"{reason}. Check that the repository has this commit, tag or branch "
+                "(model_revision; the revision models/textclf.json records), and without "
+                "internet that the Hugging Face cache holds it (HF_HUB_OFFLINE=1).")
     return (f"{what} {source!r} (hub id) could not be loaded: {reason}. Without internet, set "
             "`model` to a local directory holding config.json, the weights and the tokenizer "
             "files (as written by save_pretrained), or set HF_HUB_OFFLINE=1 to use a copy "
@@ -77,14 +84,15 @@ def damaged(path: Path, error: Exception) -> str:
 # ---------------------------------------------------------------------------------------------
 # What a directory says, read before anything of it loads
 
-def check_model_dir(model: str | Path, own_classes: Mapping[str, str] | None = None) -> dict:
-    """config.json of a model (a local directory or a hub id), after refusing what textclf will
-    not load: code named in config.json or tokenizer_config.json (`auto_map`), except textclf's
-    own classes registered in this process (`own_classes`: auto_map key -> class) and classes
-    transformers itself has for the model_type (Phi-3's, whose code was merged into
-    transformers); weights held only as pickles; damaged safetensors files; invalid JSON. A hub
-    model that cannot be reached here gives {}: its load says why."""
-    directory = files_of(model)
+def check_model_dir(model: str | Path, own_classes: Mapping[str, str] | None = None,
+                    revision: str | None = None) -> dict:
+    """config.json of a model (a local directory, or a hub id at `revision`), after refusing
+    what textclf will not load: code named in config.json or tokenizer_config.json
+    (`auto_map`), except textclf's own classes registered in this process (`own_classes`:
+    auto_map key -> class) and classes transformers itself has for the model_type (Phi-3's,
+    whose code was merged into transformers); weights held only as pickles; damaged safetensors
+    files; invalid JSON. A hub model that cannot be reached here gives {}: its load says why."""
+    directory = files_of(model, revision)
     if directory is None:
         return {}
     config = read_json_object(directory / CONFIG_FILE, where=shown_path(model, CONFIG_FILE))
@@ -107,19 +115,20 @@ def check_adapter_dir(directory: Path) -> None:
     check_weights(directory)
 
 
-def files_of(model: str | Path) -> Path | None:
+def files_of(model: str | Path, revision: str | None = None) -> Path | None:
     """The directory holding a model's files: the local directory, or the snapshot of a hub model
-    in the Hugging Face cache (config.json downloaded there if need be, as its load would);
-    None when a hub model cannot be reached."""
+    at `revision` in the Hugging Face cache (config.json downloaded there if need be, as its load
+    would); None when a hub model cannot be reached."""
     if Path(model).is_dir():
         return Path(model)
     from transformers.utils.hub import cached_file
 
     try:
-        found = cached_file(str(model), CONFIG_FILE, _raise_exceptions_for_missing_entries=False,
+        found = cached_file(str(model), CONFIG_FILE, revision=revision,
+                            _raise_exceptions_for_missing_entries=False,
                             _raise_exceptions_for_connection_errors=False)
         if found is not None:  # tokenizer_config.json too, when the model has one
-            cached_file(str(model), TOKENIZER_CONFIG_FILE,
+            cached_file(str(model), TOKENIZER_CONFIG_FILE, revision=revision,
                         _raise_exceptions_for_missing_entries=False,
                         _raise_exceptions_for_connection_errors=False)
     except Exception:  # no such repository, an invalid id, a gated model: the load says why

@@ -57,6 +57,7 @@ class DataParams(Section):
     text_column: str
     label_column: str
     hub_config: str | None
+    revision: str | None
     train_split: str
     test_split: str
     val_fraction: float
@@ -80,6 +81,7 @@ class DataParams(Section):
         elif _looks_like_path(self.source) and not Path(self.source).expanduser().is_dir():
             out.append(f"data.source: no such directory {self.source!r} (give 'imdb', a hub "
                        "dataset id, or an existing local directory)")
+        out += _revision_problems("data.revision", self.revision, "data.source", self.source)
         for key in ("train_size", "test_size"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -223,6 +225,7 @@ class BaselineParams(Section):
 class Params(Section):
     seed: int
     model: str
+    model_revision: str | None
     model_dtype: ModelDtype
     method: Method
     data: DataParams
@@ -243,6 +246,7 @@ class Params(Section):
         elif _looks_like_path(self.model) and not Path(self.model).expanduser().is_dir():
             out.append(f"model: no such directory {self.model!r} (give a hub id such as 'gpt2' or "
                        "an existing local model directory)")
+        out += _revision_problems("model_revision", self.model_revision, "model", self.model)
         for section in (self.data, self.zero_shot, self.finetune, self.lora, self.train, self.eval,
                         self.export, self.baseline):
             out.extend(section.problems())
@@ -302,6 +306,19 @@ def flat_params(tree: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def _revision_problems(key: str, revision: str | None, source_key: str, source: str) -> list[str]:
+    """A hub revision (commit, tag or branch) pins a hub id only: a local directory has none."""
+    if revision is None:
+        return []
+    if not revision.strip() or revision != revision.strip():
+        return [f"{key} must be null or a commit, tag or branch name, got {revision!r}"]
+    if source.strip() and _looks_like_path(source):
+        return [f"{key} is {revision!r}, but {source_key} {source!r} is a local directory, which "
+                f"has no hub revision (its files' content hash is recorded instead): set {key} "
+                "to null"]
+    return []
 
 
 def _looks_like_path(value: str) -> bool:

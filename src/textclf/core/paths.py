@@ -12,6 +12,7 @@ CHECKPOINTS = Path("checkpoints")  # resumable training state: not a DVC output,
 METRICS = Path("metrics")  # headline metrics and plot data, kept in git (cache: false)
 TRAIN_LOG = METRICS / "train_log"  # dvclive's per-step training log (plots)
 PLOTS = METRICS / "plots"  # evaluation curves and tables as CSV (plots)
+INPUTS = METRICS / "inputs.json"  # what the run reads: hub commits or content hashes (prepare)
 
 # Inside PREPARED
 SPLIT_FILE = "{split}.npz"

@@ -14,6 +14,7 @@ from textclf.core.data import Corpus
 from textclf.core.families import Family
 from textclf.core.params import Params
 from textclf.core.prepared_texts import read_rows
+from textclf.core.provenance import Provenance
 from textclf.core.tokenization import TextTokenizer, TokenizedSplit
 
 # meta["length_unit"]: what the test texts' lengths count (the per-length table and figure)
@@ -35,8 +36,9 @@ class Prepared:
 
 
 def prepared_meta(params: Params, family: Family, tokenizer: TextTokenizer, corpus: Corpus,
-                  length_unit: str) -> dict:
-    """How the token ids were made: train, evaluate and predict rebuild inputs from this."""
+                  length_unit: str, inputs: dict) -> dict:
+    """How the token ids were made: train, evaluate and predict rebuild inputs from this; and
+    what the run reads (`inputs`: provenance.run_inputs)."""
     return {
         "model": params.model,
         "family": family.name,
@@ -46,6 +48,7 @@ def prepared_meta(params: Params, family: Family, tokenizer: TextTokenizer, corp
         "truncation": params.data.truncation,
         "head_tokens": params.data.head_tokens,
         "length_unit": length_unit,
+        "inputs": inputs,
     }
 
 
@@ -59,6 +62,20 @@ def prepared_format_problems(meta: dict, params: Params) -> list[str]:
     """Where prepared data disagrees with params on how texts were cut (a stale prepare)."""
     return [f"{key} is {meta.get(key)!r} there, {get(params)!r} in params"
             for key, get in FORMAT_KEYS.items() if meta.get(key) != get(params)]
+
+
+def model_input_problems(meta: dict, model: Provenance) -> list[str]:
+    """Where the model that params load now (`model`: provenance.model_provenance) is not the one
+    the prepared data was made with: another revision or a moved branch on the hub, an edited
+    local directory."""
+    recorded = (meta.get("inputs") or {}).get("model")
+    if recorded is None:
+        return ["the model it was made with is not recorded"]
+    made_with = Provenance.from_dict(recorded)
+    if (made_with.source, made_with.commit, made_with.sha256) != (model.source, model.commit,
+                                                                  model.sha256):
+        return [f"it was made with {made_with.shown()}, params load {model.shown()}"]
+    return []
 
 
 def load_prepared(directory: Path, with_train: bool = True) -> Prepared:

@@ -81,11 +81,12 @@ class TextTokenizer:
         return len(self.special_prefix) + len(self.special_suffix)
 
 
-def load_tokenizer(model: str, family: Family) -> TextTokenizer:
-    """The model's own tokenizer, with tiktoken's gpt2 encoding doing the encoding when that
-    tokenizer is GPT-2's: the same ids (tests/test_tokenization.py, on real reviews), faster. The
-    architecture does not decide: a GPT-2 model may come with another vocabulary."""
-    tok = _auto_tokenizer(model)
+def load_tokenizer(model: str, family: Family, revision: str | None = None) -> TextTokenizer:
+    """The model's own tokenizer (a hub model's at `revision`), with tiktoken's gpt2 encoding
+    doing the encoding when that tokenizer is GPT-2's: the same ids (tests/test_tokenization.py,
+    on real reviews), faster. The architecture does not decide: a GPT-2 model may come with
+    another vocabulary."""
+    tok = _auto_tokenizer(model, revision)
     name, encode_batch, decode = str(model), _plain_encoder(tok), tok.decode
     encoding = _gpt2_encoding_if_same(tok, model)
     if encoding is not None:
@@ -113,11 +114,11 @@ def marks_first_word(encode_batch: Callable[[Sequence[str]], list[list[int]]]) -
     return after[-len(alone):] == alone
 
 
-def _auto_tokenizer(model: str):
+def _auto_tokenizer(model: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
     where = "local directory" if Path(model).is_dir() else "hub id"
-    tok = pretrained(AutoTokenizer, model, what="the tokenizer of model")
+    tok = pretrained(AutoTokenizer, model, what="the tokenizer of model", revision=revision)
     # Without tokenizer files beside config.json, transformers builds an empty tokenizer of the
     # config's type instead of failing: every text would become no ids at all
     if not tok("hello", add_special_tokens=False)["input_ids"]:

@@ -126,12 +126,13 @@ def export_model(clf: Classifier, info: TrainedModelInfo, out_dir: Path,
     """Write the Hugging Face model directory of a loaded model (models.load_model, LoRA merged)
     into `out_dir`: config, weights, tokenizer files and, for textclf's own class, its
     modelling file.
-    `base_revision` (see hub_revision) pins the tokenizer files and is recorded when the train
-    stage could not record it."""
+    `base_revision` (see provenance.hub_commit) pins the tokenizer files and is recorded when
+    the train stage could not record it."""
     base_revision = base_revision or info.base_revision
     info = dataclasses.replace(info, base_revision=base_revision)
     family = family_for(info.family)
-    text_tokenizer = load_tokenizer(info.base_model, family)  # training's, to compare with
+    # training's, to compare with
+    text_tokenizer = load_tokenizer(info.base_model, family, base_revision)
     model, remote_code, folded = hf_classifier(clf, info, family, text_tokenizer)
     tokenizer, notes = hf_tokenizer(info, text_tokenizer, base_revision)
     out_dir = Path(out_dir)
@@ -336,7 +337,7 @@ def check_export(export_dir: Path, clf: Classifier, info: TrainedModelInfo, text
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     family = family_for(info.family)
-    text_tokenizer = load_tokenizer(info.base_model, family)
+    text_tokenizer = load_tokenizer(info.base_model, family, info.base_revision)
     split = tokenize_split(text_tokenizer, texts, np.zeros(len(texts), dtype=np.int64),
                            info.max_tokens, info.truncation, info.head_tokens)
     ours = [info.input_format.apply(ids.tolist()) for ids in split.ids]

@@ -10,6 +10,7 @@ beside it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from textclf.core import data
 from textclf.core.families import family_for
 from textclf.core.params import Params
 from textclf.core.prepared_data import LENGTH_UNITS
+from textclf.core.provenance import Provenance
 from textclf.export.hf_export import EvaluateAgreement, ExportCheck, ExportNotes
 from textclf.export.hf_model import MODULE
 from textclf.export.reference import Reference
@@ -128,12 +130,21 @@ def _what(c: CardInputs) -> str:
             }[c.info.method]
 
 
+def _read_at(read: Provenance, files: str) -> str:
+    """What the run read of an input: the hub commit, or a local directory's content hash."""
+    if read.commit:
+        return f"commit `{read.commit}`"
+    if read.sha256:
+        return f"local directory, sha256 `{read.sha256}` of its {files} files"
+    return "revision not recorded"
+
+
 def _trained_section(c: CardInputs) -> list[str]:
     p, info, t = c.params, c.info, c.training
     family = family_for(info.family)
-    revision = c.notes.base_revision or ("local directory" if Path(info.base_model).is_dir()
-                                         else "unknown")
-    rows = [("Base model", f"`{info.base_model}` (revision `{revision}`, {family.name} family)"),
+    base = dataclasses.replace(info.inputs["model"], commit=c.notes.base_revision)
+    rows = [("Base model", f"`{info.base_model}` ({_read_at(base, 'config, tokenizer and weight')}"
+                           f", {family.name} family)"),
             ("Method", info.method), ("What was trained", _trained_parts(c))]
     if "trainable_params" in t:
         share = 100 * t["trainable_params"] / t["total_params"] if t.get("total_params") else 0
@@ -142,7 +153,8 @@ def _trained_section(c: CardInputs) -> list[str]:
     source = p.data.source + (f" (config `{p.data.hub_config}`)" if p.data.hub_config else "")
     train_cap = f", capped at {p.data.train_size:,} texts" if p.data.train_size else ""
     test_cap = f", capped at {p.data.test_size:,} texts" if p.data.test_size else ""
-    rows += [("Data", f"`{source}`: split `{p.data.train_split}`{train_cap}, of which "
+    rows += [("Data", f"`{source}` ({_read_at(info.inputs['data'], 'data')}): split "
+                      f"`{p.data.train_split}`{train_cap}, of which "
                       f"{p.data.val_fraction:.0%} held out for validation; tested on "
                       f"`{p.data.test_split}`{test_cap} (n = {c.evaluation.get('n')})"),
              ("Input", f"{info.max_tokens} tokens, special tokens included"

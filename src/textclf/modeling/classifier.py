@@ -28,26 +28,8 @@ from textclf.core.model_loading import (
     pretrained,
 )
 from textclf.core.params import LoraParams, Params
+from textclf.core.provenance import model_provenance
 from textclf.modeling.model_info import INFO_FILE, RETRAIN, TrainedModelInfo
-
-
-def hub_revision(model: str, cache_dir: str | Path | None = None) -> str | None:
-    """The commit hash of the hub checkout `model` loads from; None for a local directory or
-    when it cannot be found.
-
-    A loaded config does not carry the commit hash: it is read from the path of
-    config.json in the Hugging Face cache (.../snapshots/<commit>/config.json), which
-    from_pretrained filled, so it works offline once the model was loaded.
-    """
-    if Path(model).is_dir():
-        return None
-    from transformers.utils.hub import cached_file, extract_commit_hash
-
-    try:
-        path = cached_file(model, "config.json", cache_dir=cache_dir)
-    except OSError:  # not cached and no network, or no such repository
-        return None
-    return extract_commit_hash(path, None)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -164,13 +146,14 @@ def fuse_gelu_tanh(model: nn.Module) -> None:
                 setattr(module, name, GELUTanh())
 
 
-def load_backbone(model: str, family: Family) -> nn.Module:
-    """The base model with fp32 weights. Explicitly: transformers would otherwise keep the
-    dtype of the checkpoint's config (Pythia's: fp16). model_dtype bf16 is applied afterwards,
-    to the frozen modules only (keep_frozen_in)."""
+def load_backbone(model: str, family: Family, revision: str | None = None) -> nn.Module:
+    """The base model (a hub model's at `revision`) with fp32 weights. Explicitly: transformers
+    would otherwise keep the dtype of the checkpoint's config (Pythia's: fp16). model_dtype bf16
+    is applied afterwards, to the frozen modules only (keep_frozen_in)."""
     from transformers import AutoModel
 
-    return from_pretrained(AutoModel, model, dtype=torch.float32, **dict(family.base_kwargs))
+    return from_pretrained(AutoModel, model, dtype=torch.float32, revision=revision,
+                           **dict(family.base_kwargs))
 
 
 # model_dtype -> the dtype of the frozen weights
@@ -237,8 +220,9 @@ def checkpoint_trained_blocks(clf: Classifier) -> None:
 
 
 def build_classifier(params: Params, family: Family, num_labels: int) -> Classifier:
-    """The model of `params.method` (finetune or lora), pretrained weights loaded and untouched."""
-    backbone = load_backbone(params.model, family)
+    """The model of `params.method` (finetune or lora), pretrained weights (params.model at
+    params.model_revision) loaded and untouched."""
+    backbone = load_backbone(params.model, family, params.model_revision)
     total = n_blocks(backbone.config)
     for p in backbone.parameters():
         p.requires_grad_(False)
@@ -327,13 +311,14 @@ def load_model(model_dir: Path, merge_lora: bool = True,
                fp32: bool = False) -> tuple[Classifier, TrainedModelInfo]:
     """The saved classifier in eval mode, and its description (labels, input format, ...), its
     frozen weights in the run's model_dtype. `fp32`: every weight in fp32 (a bf16 run's frozen
-    weights upcast, exactly) and LoRA merged in fp32: the plain model the export writes. Checked
+    weights upcast, exactly) and LoRA merged in fp32: the plain model the export writes. The base
+    model is the one training read: a hub model at the commit textclf.json records. Checked
     before anything loads (check_saved_model)."""
     model_dir = Path(model_dir)
     info = TrainedModelInfo.load(model_dir)
     family = family_for(info.family)
     check_saved_model(model_dir, info)
-    backbone = load_backbone(info.base_model, family)
+    backbone = load_backbone(info.base_model, family, info.base_revision)
     if info.method == "lora":
         from peft import PeftModel
 
@@ -361,13 +346,21 @@ def load_model(model_dir: Path, merge_lora: bool = True,
 
 
 def check_saved_model(model_dir: Path, info: TrainedModelInfo) -> None:
-    """The base model as any base model (check_base_model), of the family textclf.json names; the
-    saved weights complete safetensors files, and the adapter a LoRA adapter."""
-    base_family = check_base_model(info.base_model)
+    """The base model as any base model (check_base_model), of the family textclf.json names, and
+    a local one holding the files training read (their content hash); the saved weights complete
+    safetensors files, and the adapter a LoRA adapter."""
+    base_family = check_base_model(info.base_model, info.base_revision)
     if base_family is not None and base_family.name != info.family:
         raise ModelLoadError(f"{model_dir / INFO_FILE} names family {info.family!r}, but its "
                              f"base model {info.base_model!r} is of family {base_family.name!r}: "
                              f"{RETRAIN}")
+    if info.base_sha256 is not None:
+        now = model_provenance(info.base_model, None).sha256
+        if now != info.base_sha256:
+            raise ModelLoadError(
+                f"base model {info.base_model!r} is not the directory training read: its "
+                f"config, tokenizer and weight files hash to sha256 {now}, {model_dir / INFO_FILE}"
+                f" records {info.base_sha256}. Restore that copy of the directory, or {RETRAIN}")
     check_weights(model_dir)
     if info.method == "lora":
         check_adapter_dir(model_dir / ADAPTER_DIR)

@@ -1,9 +1,10 @@
 """What the train stage saves beside the weights, and what evaluate, predict and export read.
 
 One typed description, written and read here only: `models/textclf.json`. It names the base model
-(hub id or directory, and its exact revision when the hub has one), the method, the class names,
-and the input format the model was trained with (tokenizer, special tokens or prompt around the
-text, pad id, and the truncation of the prepared data). Importing it imports nothing heavy.
+(hub id or directory, and the commit read on the hub or the content hash of a directory's files),
+the data it was trained on (likewise), the method, the class names, and the input format the
+model was trained with (tokenizer, special tokens or prompt around the text, pad id, and the
+truncation of the prepared data). Importing it imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -15,20 +16,23 @@ from pathlib import Path
 from typing import Literal
 
 from textclf.core.errors import ModelLoadError
+from textclf.core.provenance import Provenance
 from textclf.core.schema import build
 from textclf.core.tokenization import InputFormat
 
 INFO_FILE = "textclf.json"
-# The fields files of earlier versions lack, and what they meant: no revision recorded, a
-# linear head, fp32 weights
-EARLIER_DEFAULTS = {"base_revision": None, "attention_heads": None, "model_dtype": "fp32"}
+# The fields files of earlier versions lack, and what they meant: no revision, content hash or
+# data recorded, a linear head, fp32 weights
+EARLIER_DEFAULTS = {"base_revision": None, "attention_heads": None, "model_dtype": "fp32",
+                    "base_sha256": None, "data_source": None, "data_commit": None,
+                    "data_sha256": None}
 RETRAIN = "run the train stage again (dvc repro train)"
 
 
 @dataclass(frozen=True)
 class TrainedModelInfo:
     base_model: str  # hub id or local directory the weights start from
-    base_revision: str | None  # hub commit hash of base_model; None for a local directory
+    base_revision: str | None  # hub commit of base_model read; None for a local directory
     family: str  # row of textclf.core.families.FAMILIES
     method: Literal["zero_shot", "finetune", "lora"]
     label_names: list[str]  # class names in label order (the prepared data's)
@@ -45,6 +49,22 @@ class TrainedModelInfo:
     # model_dtype of the run: the dtype its frozen weights were kept in, so evaluate and predict
     # rebuild the model it trained (fp32 in files written before the knob existed)
     model_dtype: Literal["fp32", "bf16"] = "fp32"
+    # A local base_model: sha256 of the config, tokenizer and weight files read
+    # (core/provenance.py), which evaluate, predict and export check before loading it
+    base_sha256: str | None = None
+    # The data trained on, as prepare read it: hub dataset id and commit, or local directory and
+    # the content hash of its data files
+    data_source: str | None = None
+    data_commit: str | None = None
+    data_sha256: str | None = None
+
+    @property
+    def inputs(self) -> dict[str, Provenance]:
+        """What the run read: the base model and the data (the requested revisions are
+        params.yaml's)."""
+        return {"model": Provenance(self.base_model, None, self.base_revision, self.base_sha256),
+                "data": Provenance(self.data_source or "", None, self.data_commit,
+                                   self.data_sha256)}
 
     @property
     def input_format(self) -> InputFormat:

@@ -9,23 +9,27 @@ from pathlib import Path
 from textclf.core import paths
 from textclf.core.families import Family
 from textclf.core.params import Params
+from textclf.core.provenance import Provenance
 from textclf.core.tokenization import InputFormat, TextTokenizer
-from textclf.modeling.classifier import hub_revision
 from textclf.modeling.device import device_name, precision_name
 from textclf.modeling.model_info import TrainedModelInfo
 from textclf.train.checkpoints import fingerprint
 from textclf.train.loop import TrainResult
 
 
-def run_fingerprint(params: Params, processes: int, prepared: Path) -> str:
-    """What the trained weights depend on: the params that shape training, the number of
-    processes and the prepared training and validation data. Not gradient checkpointing, so a
-    run can resume with it switched on to save memory."""
+def run_fingerprint(params: Params, processes: int, prepared: Path,
+                    base: Provenance | None = None) -> str:
+    """What the trained weights depend on: the params that shape training, the base model read
+    (`base`: its hub commit or content hash), the number of processes and the prepared training
+    and validation data. Not gradient checkpointing, so a run can resume with it switched on to
+    save memory."""
     train_knobs = {k: v for k, v in params.train.to_dict().items()
                    if k != "gradient_checkpointing"}
     trained_by = {"seed": params.seed, "model": params.model, "model_dtype": params.model_dtype,
                   "method": params.method, "finetune": params.finetune.to_dict(),
                   "lora": params.lora.to_dict(), "train": train_knobs}
+    if base is not None:
+        trained_by["base"] = base.to_dict()
     return fingerprint(trained_by, processes, files=tuple(
         prepared / paths.SPLIT_FILE.format(split=split) for split in ("train", "val")))
 
@@ -34,9 +38,14 @@ def trained_model_info(params: Params, family: Family, tokenizer: TextTokenizer,
                        fmt: InputFormat, meta: dict, model) -> TrainedModelInfo:
     """The description saved beside the trained weights: the base model, the method, the class
     names and the input format, that of the data it was trained on (`meta`: the prepared
-    data's)."""
+    data's), and what the run read of the model and the data (meta's inputs, which the stage
+    checked against the model params load)."""
+    inputs = meta.get("inputs") or {}
+    base = Provenance.from_dict(inputs.get("model") or {})
+    data = Provenance.from_dict(inputs.get("data") or {})
     return TrainedModelInfo(
-        base_model=params.model, base_revision=hub_revision(params.model),
+        base_model=params.model, base_revision=base.commit, base_sha256=base.sha256,
+        data_source=data.source, data_commit=data.commit, data_sha256=data.sha256,
         family=family.name, method=params.method, label_names=meta["label_names"],
         tokenizer=tokenizer.name, input_prefix=list(fmt.prefix), input_suffix=list(fmt.suffix),
         pad_id=tokenizer.pad_id, max_tokens=meta["max_tokens"], truncation=meta["truncation"],

@@ -26,12 +26,13 @@ def prompt_format(tokenizer: TextTokenizer, template: str) -> InputFormat:
 
 
 def build_zero_shot(model: str, family: Family, answer_ids: list[int],
-                    model_dtype: str = "fp32") -> Classifier:
-    """A causal LM as a classifier: the head's rows are the LM head's rows of the answer words
-    (fp32, copied before the base model is cast to `model_dtype`: all of it is frozen)."""
+                    model_dtype: str = "fp32", revision: str | None = None) -> Classifier:
+    """A causal LM (a hub model's at `revision`) as a classifier: the head's rows are the LM
+    head's rows of the answer words (fp32, copied before the base model is cast to
+    `model_dtype`: all of it is frozen)."""
     from transformers import AutoModelForCausalLM
 
-    lm = from_pretrained(AutoModelForCausalLM, model, dtype=torch.float32)
+    lm = from_pretrained(AutoModelForCausalLM, model, dtype=torch.float32, revision=revision)
     output = lm.get_output_embeddings()
     backbone = lm.base_model
     backbone.requires_grad_(False)
@@ -71,8 +72,8 @@ def zero_shot_classifier(params: Params, family: Family, tokenizer: TextTokenize
                           f"{num_labels} classes: give one answer word per class, in label order")
     answer_ids = [tokenizer.single_token(word) for word in zs.answers]
     fmt = prompt_format(tokenizer, zs.template)
-    clf = build_zero_shot(params.model, family, answer_ids,
-                          params.model_dtype).to(device).eval()
+    clf = build_zero_shot(params.model, family, answer_ids, params.model_dtype,
+                          params.model_revision).to(device).eval()
     content_free = None
     if zs.calibrate:
         budget = params.data.max_tokens - tokenizer.n_special
