@@ -5,9 +5,11 @@ charts (pr_charts.py). Pure functions of the findings; standard library only.
 
 from __future__ import annotations
 
+import csv
+import io
 import sys
 
-from textclf.cli.pr_query import HEADLINE, Findings, Row, Stale
+from textclf.cli.pr_query import HEADLINE, PER_CLASS, ClassFiles, Findings, Row, Stale
 
 MARKER = "<!-- textclf-pr-report -->"
 MAX_CHARS = 60_000  # GitHub rejects a comment over 65,536 characters: kept well under
@@ -15,6 +17,9 @@ NOTE_ROOM = 400  # characters kept back per details block for its "rows not show
 SUMMARY_NAMES = 3  # changed params named in the folded block's one-line summary
 MAX_WARNINGS = 5  # dvc warnings quoted (e.g. a metrics file it could not read)
 MAX_STALE_ROWS = 50  # stale stages listed (a compare change can make dozens stale at once)
+MAX_CLASSES = 12  # classes shown by class; beyond, the WEAKEST (lowest F1 in the PR) only
+WEAKEST = 8
+TOP_PAIRS = 5  # pairs of classes most often confused, named under the per-class table
 
 
 def number(value) -> str:
@@ -68,6 +73,45 @@ def headline_section(rows: list[Row], order: list[str], base: str, anything_chan
     if not anything_changed:
         text += f"\n\nNo metrics changed against `{base}`."
     return text
+
+
+def csv_rows(text: str | None) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text))) if text else []
+
+
+def as_number(text: str | None):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def class_section(files: ClassFiles | None, base: str) -> str:
+    """Each class's F1 at the base and in the PR, with precision, recall and support (beyond
+    MAX_CLASSES, the WEAKEST only), then the classes most often confused; "" without the
+    per-class file."""
+    now = csv_rows(files.per_class) if files else []
+    if not now:
+        return ""
+    old = {r["class"]: as_number(r["f1"]) for r in csv_rows(files.per_class_base)}
+    shown, what = now, f"every class of `{PER_CLASS}`"
+    if len(now) > MAX_CLASSES:
+        shown = sorted(now, key=lambda r: as_number(r["f1"]) or 0.0)[:WEAKEST]
+        what = f"the {WEAKEST} weakest of {len(now)} classes by F1 in the PR; all in `{PER_CLASS}`"
+    rows = [(r, Row(str(PER_CLASS), r["class"], old.get(r["class"]), as_number(r["f1"])))
+            for r in shown]
+    lines = table_lines(["class", f"F1 `{base}`", "F1 PR", "Δ", "precision", "recall",
+                         "support"],
+                        [[row.name, number(row.old), number(row.new), delta(row),
+                          number(as_number(r["precision"])), number(as_number(r["recall"])),
+                          r["support"]] for r, row in rows])
+    pairs = csv_rows(files.confused_pairs)[:TOP_PAIRS]
+    if len(now) > 2 and pairs:
+        lines += ["", "Most often confused with each other: " + "; ".join(
+            f"{p['class_a']} and {p['class_b']}, {p['count']} times ({p['a_as_b']} "
+            f"{p['class_a']} predicted as {p['class_b']}, {p['b_as_a']} {p['class_b']} as "
+            f"{p['class_a']})" for p in pairs) + "."]
+    return f"### By class ({what})\n\n" + "\n".join(lines)
 
 
 def stale_section(stale: list[Stale], also: list[str]) -> str:
@@ -152,6 +196,8 @@ def render(found: Findings, max_chars: int = MAX_CHARS) -> str:
     headline = [r for r in found.metrics if r.file == str(HEADLINE)]
     changed = any(r.changed for r in found.metrics)
     parts.append(headline_section(headline, found.headline_order, base, changed))
+    if classes := class_section(found.classes, base):
+        parts.append(classes)
     if found.warnings:
         parts.append("\n".join(["> [!NOTE]", "> dvc could not read everything; what it said:",
                                 *[f"> `{w[:300]}`" for w in found.warnings[:MAX_WARNINGS]]]))

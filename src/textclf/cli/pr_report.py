@@ -15,6 +15,10 @@ torch). The document, at most --max-chars long (GitHub rejects a comment over 65
   - Stale results, when `dvc status` finds stages whose params, code or data changed since they
     last ran: the numbers that follow are then not this PR's;
   - the headline table: each metric of metrics/eval.json, base and PR with the 95% CI, delta;
+  - by class: each class's F1 at the base and in the PR, precision, recall and support (the
+    weakest classes only beyond a dozen), and the classes most often confused;
+  - by class: each class's F1 at the base and in the PR, precision, recall and support (the
+    weakest classes only beyond a dozen), and the classes most often confused (pr_classes.py);
   - folded details: every changed param, every other changed metric, the compare runs' rows,
     cut to fit with a note of how many rows were left out;
   - charts GitHub draws itself (Mermaid): ROC curve, accuracy by review length, training loss.
