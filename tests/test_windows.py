@@ -232,3 +232,30 @@ def test_export_compares_with_evaluate_on_the_texts_within_the_limit(runs):
     assert "`textclf predict --long-texts windows --window-overlap 0.5 --window-combine " \
            "mean_probs`" in card
     assert "scored whole as overlapping windows" in card
+
+
+@pytest.mark.slow  # a minute: the stages as subprocesses, evaluate three times
+def test_long_texts_benchmark_runs_on_a_tiny_model(tmp_path, tiny_dirs, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "long_texts", tiny.FIXTURES.parents[1] / "benchmarks" / "long_texts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "long_texts.json"
+    results = module.main(["--model", str(tiny_dirs["bert"]), "--data",
+                           str(tiny.FIXTURES / "reviews.jsonl"), "--train", "24", "--test", "12",
+                           "--max-tokens", "24", "--epochs", "1", "--batch-size", "4",
+                           "--work", str(tmp_path / "work"), "--out", str(out)])
+    assert json.loads(out.read_text())["results"] == results
+    assert list(results) == list(module.MODES)
+    truncated = results["truncate"]
+    assert truncated["windows_scored"] == 0 and 0 < truncated["over_limit_n"] < 12
+    for mode, r in results.items():
+        assert r["n"] == 12 and r["over_limit_n"] == truncated["over_limit_n"]
+        # texts within the limit score the same whatever the mode
+        assert r["within_limit_accuracy"] == pytest.approx(truncated["within_limit_accuracy"])
+        if mode != "truncate":
+            assert r["windows_scored"] > 0
+    printed = capsys.readouterr().out
+    assert all(mode in printed for mode in module.MODES)
