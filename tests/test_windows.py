@@ -257,5 +257,16 @@ def test_long_texts_benchmark_runs_on_a_tiny_model(tmp_path, tiny_dirs, capsys):
         assert r["within_limit_accuracy"] == pytest.approx(truncated["within_limit_accuracy"])
         if mode != "truncate":
             assert r["windows_scored"] > 0
+        difference = r["over_limit_vs_truncate"]
+        assert difference["difference"] == pytest.approx(
+            r["over_limit_accuracy"] - truncated["over_limit_accuracy"], abs=2e-6)
+    assert truncated["over_limit_vs_truncate"]["disagreements"] == 0
     printed = capsys.readouterr().out
     assert all(mode in printed for mode in module.MODES)
+    assert "windows, mean_probs - truncate, over the limit:" in printed
+    # the figures again from the work directory, running nothing
+    again = module.main(["--model", str(tiny_dirs["bert"]), "--data",
+                         str(tiny.FIXTURES / "reviews.jsonl"), "--max-tokens", "24",
+                         "--work", str(tmp_path / "work"), "--from-work",
+                         "--out", str(tmp_path / "again.json")])
+    assert again == results
