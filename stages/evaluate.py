@@ -110,6 +110,10 @@ def main() -> None:
     write_json(args.metrics, metrics)
     log(f"test: accuracy {metrics['accuracy']:.4f}, f1 {metrics['f1']:.4f}, "
         f"roc_auc {metrics['roc_auc']}, n {metrics['n']} ({len(labels) / seconds:.0f} texts/s)")
+    if truncated_preds is not None and over["n"]:
+        log(f"{over['n']} texts over the limit scored whole ({windows_run['windows_scored']} "
+            f"windows besides the truncated texts): accuracy on them {over['accuracy']}, "
+            f"{over['accuracy_truncated']} truncated")
 
 
 if __name__ == "__main__":
