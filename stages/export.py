@@ -10,7 +10,8 @@ Reads params: all of them (seed, model, method, data, zero_shot, finetune, lora,
 export): the model card reports them, compares them with the published reference run's, and
 states export.license and export.language.
 Reads: models/ (what train saved), data/prepared (test texts for the check), metrics/eval.json,
-metrics/train.json, outputs/evaluate/ (length_bins.json; predictions.jsonl and run.json: evaluate's
+metrics/train.json, metrics/plots/per_class.csv and confused_pairs.csv (the card's per-class
+table), outputs/evaluate/ (length_bins.json; predictions.jsonl and run.json: evaluate's
 own probabilities and the precision it computed them in), outputs/train/run.json (training's
 precision), metrics/plots/confusion.png and roc.png (the card's figures) and compare/params.yaml
 (the published reference rows).
@@ -22,7 +23,9 @@ Before it replaces the previous export, the new one is loaded back with transfor
 probabilities compared with the trained model's on the shortest and longest test texts, both in
 fp32 (at most 1e-4 apart, or it fails), and with the evaluate stage's own predictions of those
 texts (computed in bf16 autocast where the hardware has native bf16: labels that agree, the
-largest probability difference; reported in the log and the card).
+largest probability difference; reported in the log and the card). When evaluate scored texts
+over the limit whole (eval.long_texts windows), which an export loaded with transformers
+truncates, that comparison leaves them out.
 """
 
 import shutil
@@ -37,6 +40,7 @@ from textclf.core.outputs import read_json, staged_dir, write_text
 from textclf.core.prepared_data import load_prepared
 from textclf.core.provenance import hub_commit
 from textclf.core.runner import log, params_from_args, run_stage, stage_parser
+from textclf.evaluate.per_class import CONFUSED_PAIRS, PER_CLASS, csv_rows
 from textclf.evaluate.reports import read_prediction_probs
 from textclf.export.hf_export import agreement_with_evaluate, check_export, export_model
 from textclf.export.model_card import FIGURES, CardInputs, model_card
@@ -81,7 +85,12 @@ def main() -> None:
     with staged_dir(args.out) as tmp:
         notes = export_model(model, info, tmp, revision)
         check = check_export(tmp, model, info, texts)
-        agreement = agreement_with_evaluate(check.probabilities, evaluated[picked],
+        # evaluate scored texts over the limit whole (eval.long_texts windows): the export
+        # truncates them, so only the others compare
+        same = (np.ones(len(picked), dtype=bool) if eval_run.get("long_texts") != "windows" else
+                prepared.test.full_lengths[picked] == prepared.test.lengths[picked])
+        agreement = agreement_with_evaluate(check.probabilities[same],
+                                            evaluated[picked][same],
                                             eval_run.get("precision", "not recorded"))
         for name, _ in FIGURES:
             shutil.copyfile(args.plots_dir / name, tmp / name)
@@ -90,18 +99,23 @@ def main() -> None:
                           evaluate_run=eval_run,
                           train_run=read_json(args.train_outputs / paths.RUN_INFO),
                           length_bins=read_json(args.eval_outputs / "length_bins.json"),
+                          per_class=csv_rows(args.plots_dir / PER_CLASS),
+                          confused_pairs=csv_rows(args.plots_dir / CONFUSED_PAIRS),
                           training=read_json(args.train_metrics),
                           reference=find_reference(params, compare_config,
                                                    Path(args.params)),
                           figures=FIGURES)
         write_text(tmp / "README.md", model_card(card))
 
+    skipped = ("" if agreement.n_texts == check.n_texts else
+               f" ({check.n_texts - agreement.n_texts} of the {check.n_texts} texts over the "
+               "limit, which evaluate scored whole, left out)")
     loader = " (trust_remote_code=True)" if notes.remote_code else ""
     log(f"wrote {args.out}/: {notes.architecture}{loader}; probabilities within "
         f"{check.max_diff:.1e} of the trained model on {check.n_texts} test texts "
         f"({check.n_cut} truncated), both in fp32; beside evaluate's predictions "
         f"({agreement.precision}): labels agree on {agreement.labels_agree} of "
-        f"{agreement.n_texts}, probabilities within {agreement.max_diff:.1e}")
+        f"{agreement.n_texts}, probabilities within {agreement.max_diff:.1e}{skipped}")
     if not notes.exact_truncation:
         seen = ("" if check.max_diff_head_tail is None else
                 f" (probabilities up to {check.max_diff_head_tail:.2f} apart on the checked ones)")

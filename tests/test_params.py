@@ -66,6 +66,11 @@ def test_float_given_as_string_is_accepted():
     ({"model": "./no/such/model"},
      ["model: no such directory './no/such/model'",
       "a hub id such as 'gpt2' or an existing local model directory"]),
+    ({"eval": {"long_texts": "chunks"}},
+     ["eval.long_texts must be one of 'truncate', 'windows', got 'chunks'"]),
+    ({"eval": {"window_overlap": 1.0}}, ["eval.window_overlap must be in [0, 1), got 1.0"]),
+    ({"eval": {"window_combine": "max"}},
+     ["eval.window_combine must be one of 'mean_logits', 'mean_probs', got 'max'"]),
 ])
 def test_bad_value_names_key_and_allowed_values(overrides, expected):
     with pytest.raises(ParamsError) as error:

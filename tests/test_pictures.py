@@ -37,7 +37,7 @@ def test_figures_are_stable_pngs_with_the_class_names():
     bins = length_bins(labels, probs.argmax(1), np.array([10, 100, 300, 600, 900, 2000]), 2)
     files = figure_files(labels, probs, ["negative", "positive"], bins, "gpt2_tokens")
     assert set(files) == {"confusion.png", "roc.png", "precision_recall.png",
-                          "length_accuracy.png"}
+                          "length_accuracy.png", "per_class.png"}
     assert all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in files.values())
     # the same numbers give the same bytes: a rerun leaves git with nothing to commit
     assert figure_files(labels, probs, ["negative", "positive"], bins, "gpt2_tokens") == files

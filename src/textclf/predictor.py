@@ -22,6 +22,10 @@ from textclf.core.data import clean_text
 # once, before seconds of imports.
 
 DEFAULT_BATCH_SIZE = 128  # params.yaml's eval.batch_size: the evaluate stage's batches
+# params.yaml's eval.window_overlap and eval.window_combine: how texts over the limit are read
+# whole when asked (eval.long_texts windows, `textclf predict --long-texts windows`)
+DEFAULT_WINDOW_OVERLAP = 0.5
+DEFAULT_WINDOW_COMBINE = "mean_logits"
 
 
 class PredictError(ValueError):
@@ -36,6 +40,9 @@ class Predictor:
     info: Any  # textclf.modeling.model_info.TrainedModelInfo: base model, labels, input format
     tokenizer: Any  # textclf.core.tokenization.TextTokenizer
     accelerator: Any  # accelerate.Accelerator: device and autocast, as in the evaluate stage
+    # textclf.modeling.windows.Windows: texts over the limit scored whole, as overlapping
+    # windows (evaluate's eval.long_texts windows); None cuts them as training did
+    windows: Any = None
 
     @property
     def label_names(self) -> list[str]:
@@ -43,19 +50,25 @@ class Predictor:
 
     def probabilities(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         """(N, K) float32 class probabilities of `texts`, in their order."""
-        from textclf.core.tokenization import tokenize_split
+        from textclf.core.tokenization import encode_texts, text_budget, truncated_split
         from textclf.modeling.batching import Collator, pad_multiple_for
         from textclf.modeling.inference import predict_logits, softmax
+        from textclf.modeling.windows import whole_text_logits
 
         cleaned = cleaned_texts(texts)
         if batch_size < 1:
             raise PredictError(f"--batch-size must be a positive integer, got {batch_size}")
         info = self.info
-        split = tokenize_split(self.tokenizer, cleaned, np.zeros(len(cleaned), dtype=np.int64),
-                               info.max_tokens, info.truncation, info.head_tokens)
+        full = encode_texts(self.tokenizer, cleaned)
+        budget = text_budget(self.tokenizer, info.max_tokens)
+        split = truncated_split(full, np.zeros(len(cleaned), dtype=np.int64), budget,
+                                info.truncation, info.head_tokens)
         collator = Collator(info.input_format, info.pad_id,
                             pad_multiple_for(self.accelerator.device))
         logits = predict_logits(self.model, split, collator, batch_size, self.accelerator)
+        if self.windows is not None:
+            logits = whole_text_logits(self.model, split, full, logits, budget, self.windows,
+                                       collator, batch_size, self.accelerator).logits
         return softmax(logits)
 
     def predict(self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict]:
@@ -106,13 +119,23 @@ def make_device_accelerator(device: str, mixed_precision: str = "auto"):
     return make_accelerator(mixed_precision, device)
 
 
+def windows_of(long_texts: str, overlap: float = DEFAULT_WINDOW_OVERLAP,
+               combine: str = DEFAULT_WINDOW_COMBINE):
+    """How a predictor reads texts over the limit: None for "truncate" (as training did), a
+    textclf.modeling.windows.Windows for "windows"."""
+    if long_texts == "truncate":
+        return None
+    from textclf.modeling.windows import Windows
+
+    return Windows(overlap, combine)
+
+
 def load_predictor(model_dir: str | Path = paths.MODEL_DIR, device: str = "auto",
-                   mixed_precision: str = "auto") -> Predictor:
+                   mixed_precision: str = "auto", windows=None) -> Predictor:
     """Load a model directory for prediction: the train stage's (modeling.classifier.save_model)
     or an export (export.hf_export.export_model). Predictors of other devices and precisions,
-    and the stages, may come before or after it in the same process."""
-    from textclf.core.families import family_for
-    from textclf.core.tokenization import load_tokenizer
+    and the stages, may come before or after it in the same process. `windows`
+    (textclf.modeling.windows.Windows) scores texts over the limit whole."""
     from textclf.export.hf_loading import is_export, load_export
     from textclf.modeling.classifier import load_model
 
@@ -125,14 +148,9 @@ def load_predictor(model_dir: str | Path = paths.MODEL_DIR, device: str = "auto"
         model, info, tokenizer = load_export(model_dir)
     else:
         model, info = load_model(model_dir)
-        tokenizer = load_tokenizer(info.base_model, family_for(info.family),
-                                   info.base_revision)
-        if tokenizer.name != info.tokenizer:
-            # e.g. trained on a local GPT-2 directory's tokenizer, now resolved to tiktoken
-            raise PredictError(f"{model_dir} was trained with tokenizer {info.tokenizer!r}, but "
-                               f"{info.base_model!r} now loads {tokenizer.name!r}")
+        tokenizer = info.load_tokenizer(model_dir)
     accelerator = make_device_accelerator(device, mixed_precision)
-    return Predictor(model.to(accelerator.device), info, tokenizer, accelerator)
+    return Predictor(model.to(accelerator.device), info, tokenizer, accelerator, windows)
 
 
 def predict_texts(model_dir: str | Path, texts: Sequence[str],

@@ -94,12 +94,24 @@ def tiny_model_dir(family: str, directory: Path, layers: int = 4, dropout: float
 
 def fixture_data_dir(directory: Path, n_test: int = 12, seed: int = 0) -> Path:
     """train.jsonl / test.jsonl from the fixture reviews (test: a balanced sample)."""
-    rows = fixture_reviews()
+    return balanced_splits_dir(directory, fixture_reviews(), n_test // 2, seed)
+
+
+def fixture_topics_dir(directory: Path, n_test: int = 9, seed: int = 0) -> Path:
+    """train.jsonl / test.jsonl of three classes (cooking, sport, travel: the labels are class
+    names) from tests/fixtures/topics.jsonl (test: a balanced sample)."""
+    rows = [json.loads(line) for line in (FIXTURES / "topics.jsonl").read_text().splitlines()]
+    return balanced_splits_dir(directory, rows, n_test // 3, seed)
+
+
+def balanced_splits_dir(directory: Path, rows: list[dict], per_class: int, seed: int) -> Path:
+    """train.jsonl / test.jsonl of `rows`, shuffled: `per_class` texts of each label in test."""
+    rows = list(rows)
     random.Random(seed).shuffle(rows)
-    pos = [r for r in rows if r["label"] == 1]
-    neg = [r for r in rows if r["label"] == 0]
-    test = pos[: n_test // 2] + neg[: n_test // 2]
-    train = pos[n_test // 2:] + neg[n_test // 2:]
+    labels = sorted({r["label"] for r in rows}, key=str, reverse=True)
+    of = {label: [r for r in rows if r["label"] == label] for label in labels}
+    test = [r for label in labels for r in of[label][:per_class]]
+    train = [r for label in labels for r in of[label][per_class:]]
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name, split in (("train", train), ("test", test)):

@@ -21,6 +21,10 @@ from textclf.core import paths
 
 HEADLINE = PurePosixPath(paths.METRICS, "eval.json")  # the metrics of the headline table
 BASELINE = PurePosixPath(paths.METRICS, "baseline.json")  # TF-IDF + logistic regression's
+# The evaluate stage's per-class results: each class's precision, recall, F1 and support, and
+# the pairs of classes most often confused with each other
+PER_CLASS = PurePosixPath(paths.PLOTS, "per_class.csv")
+CONFUSED_PAIRS = PurePosixPath(paths.PLOTS, "confused_pairs.csv")
 MAX_ERROR = 400  # characters of a failed command's message quoted in the `error:` line
 
 
@@ -310,6 +314,14 @@ def downstream(stale: list[str], project: Project) -> list[str]:
 # ---------------------------------------------------------------- everything together
 
 @dataclass(frozen=True)
+class ClassFiles:
+    """The per-class CSV files' text (None: no such file)."""
+    per_class_base: str | None
+    per_class: str | None
+    confused_pairs: str | None
+
+
+@dataclass(frozen=True)
 class Findings:
     """Everything the report says, read from dvc and git; `render` turns it into Markdown."""
     base: str
@@ -321,6 +333,7 @@ class Findings:
     downstream: list[str]  # stages downstream of the stale ones, not stale themselves
     warnings: list[str]  # what dvc said it could not read
     charts: list[str]  # Mermaid blocks
+    classes: ClassFiles | None = None  # the per-class results at the base and in the PR
 
 
 def gather(base: str, root: Path) -> Findings:
@@ -361,4 +374,6 @@ def gather(base: str, root: Path) -> Findings:
                        key=lambda r: (r.file, r.name)),
         headline_order=order, stale=stale,
         downstream=sorted(set(also) - {s.stage for s in stale}),
-        warnings=warnings, charts=[c for c in charts if c])
+        warnings=warnings, charts=[c for c in charts if c],
+        classes=ClassFiles(file_at(base, PER_CLASS, root), file_now(PER_CLASS, root),
+                           file_now(CONFUSED_PAIRS, root)))

@@ -6,11 +6,21 @@ standard library only.
 
 from __future__ import annotations
 
+import csv
+import io
 import sys
 from pathlib import PurePosixPath
 
 from textclf.cli.pr_inputs import inputs_section, is_inputs_file
-from textclf.cli.pr_query import BASELINE, HEADLINE, Findings, Row, Stale
+from textclf.cli.pr_query import (
+    BASELINE,
+    HEADLINE,
+    PER_CLASS,
+    ClassFiles,
+    Findings,
+    Row,
+    Stale,
+)
 
 MARKER = "<!-- textclf-pr-report -->"
 MAX_CHARS = 60_000  # GitHub rejects a comment over 65,536 characters: kept well under
@@ -18,6 +28,9 @@ NOTE_ROOM = 400  # characters kept back per details block for its "rows not show
 SUMMARY_NAMES = 3  # changed params named in the folded block's one-line summary
 MAX_WARNINGS = 5  # dvc warnings quoted (e.g. a metrics file it could not read)
 MAX_STALE_ROWS = 50  # stale stages listed (a compare change can make dozens stale at once)
+MAX_CLASSES = 12  # classes shown by class; beyond, the WEAKEST (lowest F1 in the PR) only
+WEAKEST = 8
+TOP_PAIRS = 5  # pairs of classes most often confused, named under the per-class table
 
 
 def number(value) -> str:
@@ -103,6 +116,45 @@ def baseline_section(rows: list[Row], base: str) -> str | None:
     if model.old is not None and baseline.old is not None:
         text += f" At `{base}`: {points(model.old, baseline.old).rsplit(' ', 1)[0]}."
     return text
+
+
+def csv_rows(text: str | None) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text))) if text else []
+
+
+def as_number(text: str | None):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def class_section(files: ClassFiles | None, base: str) -> str:
+    """Each class's F1 at the base and in the PR, with precision, recall and support (beyond
+    MAX_CLASSES, the WEAKEST only), then the classes most often confused; "" without the
+    per-class file."""
+    now = csv_rows(files.per_class) if files else []
+    if not now:
+        return ""
+    old = {r["class"]: as_number(r["f1"]) for r in csv_rows(files.per_class_base)}
+    shown, what = now, f"every class of `{PER_CLASS}`"
+    if len(now) > MAX_CLASSES:
+        shown = sorted(now, key=lambda r: as_number(r["f1"]) or 0.0)[:WEAKEST]
+        what = f"the {WEAKEST} weakest of {len(now)} classes by F1 in the PR; all in `{PER_CLASS}`"
+    rows = [(r, Row(str(PER_CLASS), r["class"], old.get(r["class"]), as_number(r["f1"])))
+            for r in shown]
+    lines = table_lines(["class", f"F1 `{base}`", "F1 PR", "Δ", "precision", "recall",
+                         "support"],
+                        [[row.name, number(row.old), number(row.new), delta(row),
+                          number(as_number(r["precision"])), number(as_number(r["recall"])),
+                          r["support"]] for r, row in rows])
+    pairs = csv_rows(files.confused_pairs)[:TOP_PAIRS]
+    if len(now) > 2 and pairs:
+        lines += ["", "Most often confused with each other: " + "; ".join(
+            f"{p['class_a']} and {p['class_b']}, {p['count']} times ({p['a_as_b']} "
+            f"{p['class_a']} predicted as {p['class_b']}, {p['b_as_a']} {p['class_b']} as "
+            f"{p['class_a']})" for p in pairs) + "."]
+    return f"### By class ({what})\n\n" + "\n".join(lines)
 
 
 def stale_section(stale: list[Stale], also: list[str]) -> str:
@@ -191,6 +243,8 @@ def render(found: Findings, max_chars: int = MAX_CHARS) -> str:
     against = baseline_section(found.metrics, base)
     if against:
         parts.append(against)
+    if classes := class_section(found.classes, base):
+        parts.append(classes)
     inputs = inputs_section(found.metrics, base)
     if inputs:
         parts.append(inputs)

@@ -17,6 +17,10 @@ torch). The document, at most --max-chars long (GitHub rejects a comment over 65
   - the headline table: each metric of metrics/eval.json, base and PR with the 95% CI, delta;
     then the model's accuracy against the baseline's (metrics/baseline.json: TF-IDF + logistic
     regression on the same test texts), in points, or a line saying the baseline is missing;
+  - by class: each class's F1 at the base and in the PR, precision, recall and support (the
+    weakest classes only beyond a dozen), and the classes most often confused;
+  - the inputs each side read (metrics/inputs.json: the model's and the data's commits or
+    content hashes), flagged where they differ (pr_inputs.py);
   - folded details: every changed param, every other changed metric, the compare runs' rows,
     cut to fit with a note of how many rows were left out;
   - charts GitHub draws itself (Mermaid): ROC curve, accuracy by review length, training loss.

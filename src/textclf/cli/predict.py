@@ -10,7 +10,10 @@ naming the base model and the input format), or an export of stages/export.py. E
 cleaned, tokenized and truncated exactly as for training and evaluation (head_tail included, also
 from an export), and scored as the evaluate stage scores the test split: with --batch-size equal
 to eval.batch_size (and the same device and precision) the probabilities are those of
-outputs/evaluate/predictions.jsonl, to float32 rounding.
+outputs/evaluate/predictions.jsonl, to float32 rounding. With --long-texts windows (and the
+evaluate stage's eval.window_overlap and eval.window_combine), a text over the model's input
+length is scored whole, as evaluate scores it with eval.long_texts windows; shorter texts score
+the same either way.
 
 Input is split into lines on "\\n" only (reviews may hold U+2028 or U+0085, which are not line
 ends here); a line's trailing "\\r" is dropped. JSON lines (--format jsonl, the default for a
@@ -42,10 +45,13 @@ from textclf.core import paths
 from textclf.core.data import DataError, clean_text
 from textclf.predictor import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_WINDOW_COMBINE,
+    DEFAULT_WINDOW_OVERLAP,
     PredictError,
     Predictor,
     load_predictor,
     prediction_record,
+    windows_of,
 )
 
 # torch and transformers are imported inside the functions that need them (textclf.predictor
@@ -169,7 +175,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mixed-precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="as train.mixed_precision: auto = bf16 where the GPU or CPU "
                              "computes it natively, else fp32")
+    parser.add_argument("--long-texts", choices=("truncate", "windows"), default="truncate",
+                        help="a text over the model's input length: truncate = cut it as in "
+                             "training; windows = score it whole, as overlapping windows (as "
+                             "the evaluate stage does with eval.long_texts windows)")
+    parser.add_argument("--window-overlap", type=float, default=DEFAULT_WINDOW_OVERLAP,
+                        help="share of a window's tokens also in the next one, in [0, 1) "
+                             "(eval.window_overlap)")
+    parser.add_argument("--window-combine", choices=("mean_logits", "mean_probs"),
+                        default=DEFAULT_WINDOW_COMBINE,
+                        help="one score from a text's windows (eval.window_combine)")
     args = parser.parse_args(argv)
+    if not 0 <= args.window_overlap < 1:
+        parser.error(f"--window-overlap must be in [0, 1), got {args.window_overlap}")
     if args.texts and args.file:
         parser.error("give texts as arguments or --file, not both")
     if args.batch_size < 1:
@@ -188,7 +206,9 @@ def main(argv: list[str] | None = None) -> None:
 
     quiet_libraries()
     try:
-        predictor = load_predictor(args.model_dir, args.device, args.mixed_precision)
+        predictor = load_predictor(args.model_dir, args.device, args.mixed_precision,
+                                   windows_of(args.long_texts, args.window_overlap,
+                                              args.window_combine))
         failed = write_records(predict_records(predictor, itertools.chain([first], records),
                                                args.batch_size), args.output, total)
     except (PredictError, OSError, *EXPECTED_ERRORS) as e:

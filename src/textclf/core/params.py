@@ -24,6 +24,8 @@ from textclf.core.schema import Renames, build
 Method = Literal["zero_shot", "finetune", "lora"]
 Truncation = Literal["left", "right", "head_tail"]
 ModelDtype = Literal["fp32", "bf16"]  # the dtype of the base model's frozen weights
+LongTexts = Literal["truncate", "windows"]  # how evaluate and predict score a text over the limit
+WindowCombine = Literal["mean_logits", "mean_probs"]  # how a text's window scores become one
 
 
 def _positive_int(key: str, value: int) -> list[str]:
@@ -182,11 +184,15 @@ class EvalParams(Section):
     batch_size: int
     bootstrap: int
     errors: int
+    long_texts: LongTexts
+    window_overlap: float
+    window_combine: WindowCombine
 
     def problems(self) -> list[str]:
         return (_positive_int("eval.batch_size", self.batch_size)
                 + _at_least_zero("eval.bootstrap", self.bootstrap)
-                + _at_least_zero("eval.errors", self.errors))
+                + _at_least_zero("eval.errors", self.errors)
+                + _fraction("eval.window_overlap", self.window_overlap))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from textclf.core.tokenization import TextTokenizer, TokenizedSplit
 
 # meta["length_unit"]: what the test texts' lengths count (the per-length table and figure)
 LENGTH_UNITS = {"gpt2_tokens": "GPT-2 tokens", "model_tokens": "the model's tokens"}
+# The evaluate stage's per-length table's row of the texts over the input length (model tokens)
+OVER_LIMIT = "over_limit"
 
 
 @dataclass

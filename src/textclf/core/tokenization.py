@@ -252,7 +252,7 @@ def check_head_tokens(tokenizer: TextTokenizer, max_tokens: int, truncation: str
     tokens the tokenizer adds), or `truncate` would silently cut on the right. Params validation
     checks head_tokens against max_tokens only: it knows no tokenizer. The prepare stage calls
     this before it reads or tokenizes any text."""
-    budget = max_tokens - tokenizer.n_special
+    budget = text_budget(tokenizer, max_tokens)
     if truncation == "head_tail" and not 0 < head_tokens < budget:
         raise ParamsError(
             f"data.head_tokens must be in [1, {budget}) for head_tail truncation with this "
@@ -261,10 +261,13 @@ def check_head_tokens(tokenizer: TextTokenizer, max_tokens: int, truncation: str
             "tokens, and the tail needs at least one")
 
 
-def tokenize_split(tokenizer: TextTokenizer, texts: Sequence[str], labels: np.ndarray,
-                   max_tokens: int, truncation: str, head_tokens: int) -> TokenizedSplit:
-    """Token ids of each text, truncated so that with the special tokens they fit `max_tokens`."""
-    budget = max_tokens - tokenizer.n_special
+def text_budget(tokenizer: TextTokenizer, max_tokens: int) -> int:
+    """Text tokens in a model input of `max_tokens`: what the special tokens leave."""
+    return max_tokens - tokenizer.n_special
+
+
+def encode_texts(tokenizer: TextTokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """The whole ids of each text (no special tokens, no truncation), with a progress bar."""
     full: list[list[int]] = []
     with progress_bar(total=len(texts), desc="tokenize", unit=" texts",
                       enabled=len(texts) > ENCODE_CHUNK) as bar:
@@ -272,9 +275,22 @@ def tokenize_split(tokenizer: TextTokenizer, texts: Sequence[str], labels: np.nd
             chunk = texts[start:start + ENCODE_CHUNK]
             full += tokenizer.encode(chunk)
             bar.update(len(chunk))
+    return full
+
+
+def truncated_split(full: Sequence[Sequence[int]], labels: np.ndarray, budget: int,
+                    truncation: str, head_tokens: int) -> TokenizedSplit:
+    """Whole ids (encode_texts) cut to `budget` text tokens each by the one truncation rule."""
     ids = [np.asarray(truncate(x, budget, truncation, head_tokens), dtype=np.int32) for x in full]
     return TokenizedSplit(ids, np.asarray(labels, dtype=np.int64),
                           np.array([len(x) for x in full], dtype=np.int64))
+
+
+def tokenize_split(tokenizer: TextTokenizer, texts: Sequence[str], labels: np.ndarray,
+                   max_tokens: int, truncation: str, head_tokens: int) -> TokenizedSplit:
+    """Token ids of each text, truncated so that with the special tokens they fit `max_tokens`."""
+    return truncated_split(encode_texts(tokenizer, texts), labels,
+                           text_budget(tokenizer, max_tokens), truncation, head_tokens)
 
 
 def length_in_gpt2_tokens(tokenizer: TextTokenizer, texts: Sequence[str],

@@ -14,16 +14,17 @@ import io
 import numpy as np
 
 from textclf.core.prepared_data import LENGTH_UNITS
+from textclf.evaluate.per_class import per_class_rows
 from textclf.evaluate.plots import precision_recall_rows, roc_rows
 
 SIZE = (5.0, 4.0)  # inches; at DPI, 500 x 400 pixels
 DPI = 100
 
 
-def new_figure():
+def new_figure(height: float = SIZE[1]):
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
+    figure = Figure(figsize=(SIZE[0], height), dpi=DPI, layout="constrained")
     return figure, figure.add_subplot()
 
 
@@ -74,24 +75,40 @@ def curve_figure(rows: list[tuple[float, float]], title: str, x_label: str, y_la
     return figure
 
 
-def length_figure(bins: dict, length_unit: str):
-    """Accuracy per length bin, the bins in order (shortest at the top), n beside each bar."""
-    rows = [(name, row) for name, row in bins.items() if isinstance(row, dict)]
-    figure, ax = new_figure()
+def bar_figure(rows: list[tuple[str, float | None, int]], x_label: str, y_label: str,
+               title: str, height: float = SIZE[1]):
+    """One bar per (name, value in [0, 1] or None, n), in order from the top, each with its
+    value and n written in."""
+    figure, ax = new_figure(height)
     positions = np.arange(len(rows))
-    accuracy = [row["accuracy"] if row["accuracy"] is not None else 0.0 for _, row in rows]
-    ax.barh(positions, accuracy, color="C0")
-    for y, (_, row) in zip(positions, rows):
-        text = "no texts" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
-        ax.text(0.01, y, f" {text} (n = {row['n']:,})", va="center",
-                color="white" if row["accuracy"] and row["accuracy"] > 0.35 else "black")
-    ax.set_yticks(positions, [name for name, _ in rows])
+    ax.barh(positions, [value if value is not None else 0.0 for _, value, _ in rows], color="C0")
+    for y, (_, value, n) in zip(positions, rows):
+        text = "no texts" if value is None else f"{value:.3f}"
+        ax.text(0.01, y, f" {text} (n = {n:,})", va="center",
+                color="white" if value and value > 0.35 else "black")
+    ax.set_yticks(positions, [name for name, _, _ in rows])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("accuracy")
-    ax.set_ylabel(f"length ({LENGTH_UNITS.get(length_unit, length_unit)})")
-    ax.set_title("Accuracy by text length (test)")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title)
     return figure
+
+
+def length_figure(bins: dict, length_unit: str):
+    """Accuracy per length bin, the bins in order (shortest at the top), n beside each bar."""
+    rows = [(name, row["accuracy"], row["n"]) for name, row in bins.items()
+            if isinstance(row, dict)]
+    return bar_figure(rows, "accuracy", f"length ({LENGTH_UNITS.get(length_unit, length_unit)})",
+                      "Accuracy by text length (test)")
+
+
+def per_class_figure(labels: np.ndarray, preds: np.ndarray, names: list[str]):
+    """F1 of each class, in label order, its support beside each bar."""
+    rows = [(name, f1, support) for name, _, _, f1, support in
+            per_class_rows(labels, preds, names)]
+    return bar_figure(rows, "F1", "class", "F1 by class (test)",
+                      height=max(SIZE[1], 0.3 * len(names) + 1.0))
 
 
 def figure_files(labels: np.ndarray, probs: np.ndarray, names: list[str], bins: dict,
@@ -107,5 +124,6 @@ def figure_files(labels: np.ndarray, probs: np.ndarray, names: list[str], bins: 
                                              f"Precision-recall curve (test{what})",
                                              "recall", "precision"),
         "length_accuracy.png": length_figure(bins, length_unit),
+        "per_class.png": per_class_figure(labels, preds, names),
     }
     return {name: png_bytes(figure) for name, figure in figures.items()}

@@ -111,14 +111,22 @@ def length_bin_index(lengths: np.ndarray, edges=LENGTH_EDGES) -> np.ndarray:
     return np.searchsorted(np.asarray(edges), lengths, side="left")
 
 
+def _accuracy(labels: np.ndarray, preds: np.ndarray) -> float | None:
+    return _round((labels == preds).mean()) if len(labels) else None
+
+
 def length_bins(labels: np.ndarray, preds: np.ndarray, lengths: np.ndarray, num_labels: int,
-                edges=LENGTH_EDGES) -> dict:
-    """Per bin of review length: n, accuracy and, when binary, TP FP FN TN precision recall."""
+                edges=LENGTH_EDGES, truncated_preds: np.ndarray | None = None) -> dict:
+    """Per bin of review length: n, accuracy and, when binary, TP FP FN TN precision recall;
+    with `truncated_preds` (texts scored whole, eval.long_texts: windows), the accuracy the
+    truncated texts had too (accuracy_truncated)."""
     which = length_bin_index(lengths, edges)
     out = {}
     for b, name in enumerate(bin_names(edges)):
         y, p = labels[which == b], preds[which == b]
-        row = {"n": int(len(y)), "accuracy": _round((y == p).mean()) if len(y) else None}
+        row = {"n": int(len(y)), "accuracy": _accuracy(y, p)}
+        if truncated_preds is not None:
+            row["accuracy_truncated"] = _accuracy(y, truncated_preds[which == b])
         if num_labels == 2:
             tp, fp = int(((p == 1) & (y == 1)).sum()), int(((p == 1) & (y == 0)).sum())
             fn, tn = int(((p == 0) & (y == 1)).sum()), int(((p == 0) & (y == 0)).sum())
@@ -127,3 +135,13 @@ def length_bins(labels: np.ndarray, preds: np.ndarray, lengths: np.ndarray, num_
                        recall=_round(tp / (tp + fn)) if tp + fn else None)
         out[name] = row
     return out
+
+
+def over_limit_row(labels: np.ndarray, preds: np.ndarray, over: np.ndarray,
+                   truncated_preds: np.ndarray | None = None) -> dict:
+    """n and accuracy of the texts over the model's input length (`over`: a mask), and with
+    `truncated_preds` the accuracy they had truncated (accuracy_truncated)."""
+    row = {"n": int(over.sum()), "accuracy": _accuracy(labels[over], preds[over])}
+    if truncated_preds is not None:
+        row["accuracy_truncated"] = _accuracy(labels[over], truncated_preds[over])
+    return row

@@ -9,6 +9,14 @@ import numpy as np
 from sklearn import metrics as skm
 
 from textclf.evaluate.metrics import DIGITS
+from textclf.evaluate.per_class import (
+    CONFUSED_PAIRS,
+    PAIRS_HEADER,
+    PER_CLASS,
+    PER_CLASS_HEADER,
+    confused_pair_rows,
+    per_class_rows,
+)
 
 MAX_CURVE_POINTS = 200  # ROC / precision-recall curves are thinned to about this many points
 
@@ -69,4 +77,6 @@ def plot_files(labels: np.ndarray, probs: np.ndarray, names: list[str],
             ["length_bin", "accuracy", "n"],
             [(name, row["accuracy"] if row["accuracy"] is not None else "", row["n"])
              for name, row in bins.items()]),
+        PER_CLASS: csv_text(PER_CLASS_HEADER, per_class_rows(labels, preds, names)),
+        CONFUSED_PAIRS: csv_text(PAIRS_HEADER, confused_pair_rows(labels, preds, names)),
     }

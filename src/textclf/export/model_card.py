@@ -20,8 +20,8 @@ from textclf.compare import QUALITY
 from textclf.core import data
 from textclf.core.families import family_for
 from textclf.core.params import Params
-from textclf.core.prepared_data import LENGTH_UNITS
 from textclf.core.provenance import Provenance
+from textclf.export.card_tables import length_table, pct, per_class_table, title
 from textclf.export.hf_export import EvaluateAgreement, ExportCheck, ExportNotes
 from textclf.export.hf_model import MODULE
 from textclf.export.reference import Reference
@@ -46,6 +46,8 @@ class CardInputs:
     agreement: EvaluateAgreement | None = None  # the export beside evaluate's own predictions
     evaluate_run: dict = field(default_factory=dict)  # outputs/evaluate/run.json: precision...
     train_run: dict = field(default_factory=dict)  # outputs/train/run.json: precision...
+    per_class: list[dict] = field(default_factory=list)  # metrics/plots/per_class.csv's rows
+    confused_pairs: list[dict] = field(default_factory=list)  # confused_pairs.csv's rows
 
 
 def dataset_id(params: Params) -> str | None:
@@ -88,7 +90,7 @@ def front_matter(c: CardInputs) -> str:
         "results": [{
             "task": {"type": "text-classification", "name": "Text Classification"},
             "dataset": split,
-            "metrics": [{"type": k, "value": c.evaluation[k], "name": _title(k)}
+            "metrics": [{"type": k, "value": c.evaluation[k], "name": title(k)}
                         for k in QUALITY if c.evaluation.get(k) is not None],
         }],
     }]
@@ -99,14 +101,6 @@ def model_name(c: CardInputs) -> str:
     base = Path(c.info.base_model).name
     data_name = Path(dataset_id(c.params) or c.params.data.source).name
     return f"{base}-{c.info.method.replace('_', '-')}-{data_name}"
-
-
-def _title(metric: str) -> str:
-    return {"roc_auc": "ROC-AUC", "f1": "F1"}.get(metric, metric.capitalize())
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}"
 
 
 def _body(c: CardInputs) -> list[str]:
@@ -175,7 +169,7 @@ def _trained_section(c: CardInputs) -> list[str]:
                               f"{_precision(c.train_run, tr.mixed_precision)}, seed {p.seed}")]
         if "best_epoch" in t:
             rows.append(("Kept", f"epoch {t['best_epoch']} (validation accuracy "
-                                 f"{_pct(t.get('best_val_accuracy'))}%)"))
+                                 f"{pct(t.get('best_val_accuracy'))}%)"))
     return ["## What was trained", "", "| | |", "|---|---|",
             *[f"| {k} | {v} |" for k, v in rows], ""]
 
@@ -224,8 +218,8 @@ def _results_section(c: CardInputs) -> list[str]:
              "| Metric | Value | 95% interval |", "|---|---|---|"]
     for key in QUALITY:
         low, high = e.get(f"{key}_ci_low"), e.get(f"{key}_ci_high")
-        interval = f"{_pct(low)} – {_pct(high)}" if low is not None else "—"
-        lines.append(f"| {_title(key)} | {_pct(e.get(key))} | {interval} |")
+        interval = f"{pct(low)} – {pct(high)}" if low is not None else "—"
+        lines.append(f"| {title(key)} | {pct(e.get(key))} | {interval} |")
     if e.get("loss") is not None:
         lines.append(f"| Loss ({LOSS_NOTE}) | {e['loss']:.4f} | — |")
     run = c.evaluate_run
@@ -237,7 +231,8 @@ def _results_section(c: CardInputs) -> list[str]:
                   f"({c.params.eval.bootstrap} resamples); they do not cover the spread over "
                   "seeds. Precision, recall and F1 are of the second class for two classes, "
                   "macro averages otherwise.", ""]
-    lines += _figures(c) + _length_table(c.length_bins) + _reference_table(c)
+    lines += _figures(c) + length_table(c.length_bins)
+    lines += per_class_table(c.per_class, c.confused_pairs) + _reference_table(c)
     return lines
 
 
@@ -248,19 +243,6 @@ def _figures(c: CardInputs) -> list[str]:
         return []
     return [" ".join(f'<img src="{name}" alt="{caption}" width="400">'
                      for name, caption in c.figures), ""]
-
-
-def _length_table(bins: dict) -> list[str]:
-    unit = LENGTH_UNITS.get(bins.get("length_unit"), str(bins.get("length_unit")))
-    rows = {k: v for k, v in bins.items() if isinstance(v, dict)}
-    extra = [k for k in ("precision", "recall") if any(k in r for r in rows.values())]
-    lines = [f"### By text length ({unit}, before truncation)", "",
-             "| Length | n | Accuracy |" + "".join(f" {k.capitalize()} |" for k in extra),
-             "|---|---|---|" + "---|" * len(extra)]
-    for name, row in rows.items():
-        lines.append(f"| {name} | {row['n']} | {_pct(row.get('accuracy'))} |"
-                     + "".join(f" {_pct(row.get(k))} |" for k in extra))
-    return lines + [""]
 
 
 def _reference_table(c: CardInputs) -> list[str]:
@@ -274,7 +256,7 @@ def _reference_table(c: CardInputs) -> list[str]:
     for key, value in ref.figures.items():
         ours = c.evaluation.get(key)
         delta = f"{100 * (ours - value):+.2f}" if ours is not None else "n/a"
-        lines.append(f"| {_title(key)} | {_pct(ours)} | {_pct(value)} | {delta} |")
+        lines.append(f"| {title(key)} | {pct(ours)} | {pct(value)} | {delta} |")
     if ref.differences:
         diffs = "; ".join(f"`{k}` {a!r} (reference run: {b!r})" for k, a, b in ref.differences)
         lines += ["", f"This run differs from that configuration in: {diffs}."]
@@ -370,11 +352,18 @@ def _exactness_section(c: CardInputs) -> list[str]:
                     f"otherwise, by up to {k.max_diff_head_tail:.2f}")
     lines.append(checked + ".")
     a = c.agreement
-    if a is not None:
+    if a is not None and a.n_texts == 0:
+        lines.append("- None of the checked texts is within the input length, so none compares "
+                     "with the evaluate stage's own predictions: it scored longer texts whole, "
+                     "as windows, which this export truncates.")
+    elif a is not None:
+        left_out = ("" if a.n_texts == k.n_texts else
+                    f" ({k.n_texts - a.n_texts} texts over the input length, which evaluate "
+                    "scored whole as windows and this export truncates, left out)")
         lines.append(f"- Beside the evaluate stage's own predictions of the same {a.n_texts} "
-                     f"texts, which it computed in {a.precision} (the test results above): "
-                     f"the predicted labels agree on {a.labels_agree} of {a.n_texts}, and the "
-                     f"probabilities differ by at most {a.max_diff:.1e}.")
+                     f"texts{left_out}, which it computed in {a.precision} (the test results "
+                     f"above): the predicted labels agree on {a.labels_agree} of {a.n_texts}, "
+                     f"and the probabilities differ by at most {a.max_diff:.1e}.")
     return lines + [""]
 
 
@@ -383,11 +372,22 @@ def _limits_section(c: CardInputs) -> list[str]:
     lines = ["## Limits", "",
              f"- Trained and tested on `{p.data.source}` only; other kinds of text, or texts "
              "cleaned otherwise, may score worse than the figures above.",
-             f"- Inputs are cut to {info.max_tokens} tokens ({_truncation(info)}); the table by "
-             "length shows what that costs.",
+             _long_texts(c),
              "- Probabilities are the softmax of the head, not calibrated on held-out data.",
              f"- The figures are of one run (seed {p.seed})."]
     if info.method == "zero_shot":
         lines.append("- Zero-shot: the label is whichever answer word the language model finds "
                      "likelier after the prompt; nothing was learned from the data.")
     return lines
+
+
+def _long_texts(c: CardInputs) -> str:
+    info, e = c.info, c.params.eval
+    cut = f"- Inputs are cut to {info.max_tokens} tokens ({_truncation(info)})"
+    if c.evaluate_run.get("long_texts") != "windows":
+        return cut + "; the table by length shows what that costs."
+    return (f"{cut} by this export. The test results above scored longer texts whole: "
+            f"overlapping windows of {info.max_tokens} tokens ({e.window_overlap:g} overlap), "
+            f"their {e.window_combine.replace('_', ' ')} combined; `textclf predict "
+            f"--long-texts windows --window-overlap {e.window_overlap:g} --window-combine "
+            f"{e.window_combine}` scores so, the table by length shows what it changes.")

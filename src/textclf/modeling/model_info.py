@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Literal
 
 from textclf.core.errors import ModelLoadError
+from textclf.core.families import family_for
 from textclf.core.provenance import Provenance
 from textclf.core.schema import build
-from textclf.core.tokenization import InputFormat
+from textclf.core.tokenization import InputFormat, TextTokenizer, load_tokenizer
 
 INFO_FILE = "textclf.json"
 # The fields files of earlier versions lack, and what they meant: no revision, content hash or
@@ -69,6 +70,15 @@ class TrainedModelInfo:
     @property
     def input_format(self) -> InputFormat:
         return InputFormat(tuple(self.input_prefix), tuple(self.input_suffix))
+
+    def load_tokenizer(self, model_dir: Path) -> TextTokenizer:
+        """The base model's tokenizer, checked to be the one training used."""
+        tokenizer = load_tokenizer(self.base_model, family_for(self.family), self.base_revision)
+        if tokenizer.name != self.tokenizer:
+            # e.g. trained on a local GPT-2 directory's tokenizer, now resolved to tiktoken
+            raise ModelLoadError(f"{model_dir} was trained with tokenizer {self.tokenizer!r}, "
+                                 f"but {self.base_model!r} now loads {tokenizer.name!r}")
+        return tokenizer
 
     def save(self, model_dir: Path) -> None:
         path = Path(model_dir) / INFO_FILE
