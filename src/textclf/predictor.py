@@ -22,6 +22,7 @@ from textclf.core.data import clean_text
 # once, before seconds of imports.
 
 DEFAULT_BATCH_SIZE = 128  # params.yaml's eval.batch_size: the evaluate stage's batches
+QUANTIZE = ("none", "int8")  # --quantize: int8 = textclf.quantize's int8 products (opt-in)
 
 
 class PredictError(ValueError):
@@ -86,7 +87,6 @@ def prediction_record(probs: np.ndarray, names: list[str]) -> dict:
 
 def check_device(device: str, mixed_precision: str, quantize: str = "none") -> None:
     from textclf.modeling.device import DEVICES, PRECISIONS, cuda_available
-    from textclf.quantize import QUANTIZE
 
     if device not in DEVICES:
         raise PredictError(f"--device must be auto, cpu or cuda, got {device!r}")

@@ -27,8 +27,6 @@ from torch import nn
 from textclf.core.families import Family
 from textclf.modeling.classifier import base_model_of, blocks_of
 
-QUANTIZE = ("none", "int8")  # predict --quantize
-
 
 def conv1d_as_linear(module: nn.Module) -> None:
     """In place: each transformers Conv1D (y = x W + b, W stored (in, out)) under `module`

@@ -43,6 +43,7 @@ from textclf.core import paths
 from textclf.core.data import DataError, clean_text
 from textclf.predictor import (
     DEFAULT_BATCH_SIZE,
+    QUANTIZE,
     PredictError,
     Predictor,
     load_predictor,
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mixed-precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="as train.mixed_precision: auto = bf16 where the GPU or CPU "
                              "computes it natively, else fp32")
-    parser.add_argument("--quantize", choices=("none", "int8"), default="none",
+    parser.add_argument("--quantize", choices=QUANTIZE, default="none",
                         help="int8: the blocks' linear layers dynamically quantized, a faster "
                              "predict on CPUs whose probabilities move by int8's rounding "
                              "(agreement with full precision: docs/performance.md); none = as "
