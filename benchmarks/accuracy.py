@@ -3,6 +3,8 @@ transformers.Trainer, on real reviews with a real pretrained model.
 
     python benchmarks/accuracy.py                      # all-MiniLM-L6-v2 on ../shared IMDb reviews
     python benchmarks/accuracy.py --model gpt2 --data /path/to/imdb.jsonl.gz
+    python benchmarks/accuracy.py --sides fast --int8 --train 1000 --val 100 --test 500 \\
+        --epochs 1 --out benchmarks/results/int8.json   # int8 predict against full precision
     python benchmarks/accuracy.py --train 64 --val 16 --test 32 --max-tokens 64 --epochs 1 \\
         --out /tmp/parity.json                         # seconds: does it run?
 
@@ -40,6 +42,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--lr", type=float, default=None, help="default: params.yaml's train.lr")
     parser.add_argument("--sides", default=",".join(parity.SIDES),
                         help="comma-separated, from: %(default)s")
+    parser.add_argument("--int8", action="store_true",
+                        help="also score the test split with the fast side's model as "
+                             "`textclf predict --quantize int8` does: speed, accuracy and "
+                             "label agreement against full precision (quantized.py)")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     # Beside the committed results, wherever it is run from (metrics/ is the pipeline's)
     parser.add_argument("--out", type=Path, default=RESULTS / "parity.json")
@@ -62,7 +68,8 @@ def main(argv=None) -> dict:
     transformers.logging.set_verbosity_error()
     try:
         results = parity.run_parity(args.params, str(model), args.data,
-                                    (args.train, args.val, args.test), overrides, sides)
+                                    (args.train, args.val, args.test), overrides, sides,
+                                    int8=args.int8)
     except ValueError as e:  # too few texts, bad params: one line, no traceback
         parser.error(str(e))
     write_json(args.out, results)

@@ -1,6 +1,6 @@
 """Benchmark: our training, scoring and evaluation against the plain transformers recipe.
 
-    python benchmarks/bench.py --plain-bf16           # GPU: GPT-2 124M and BERT-base, all methods
+    python benchmarks/bench.py                        # GPU: GPT-2 124M and BERT-base, all methods
                                                       # (about 5 minutes on an H100)
     python benchmarks/bench.py --size small           # CPU: 4-block, 256-wide variants (3 minutes)
     python benchmarks/bench.py --size tiny --steps 2 --warmup 1 --batch-size 4 \\
@@ -44,6 +44,7 @@ from speed import format_table, run_benchmark  # noqa: E402
 from textclf.core.outputs import write_json  # noqa: E402
 from textclf.core.params import load_params  # noqa: E402
 from textclf.core.runner import quiet_libraries  # noqa: E402
+from textclf.modeling.device import resolved_precision  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "imdb" / "train.jsonl.gz"
 RESULTS = REPO / "benchmarks" / "results"
@@ -83,9 +84,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "%(default)s (hours at full size on a CPU: use ~128 there)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="whole runs: epochs of train_run; default params.yaml train.epochs")
-    parser.add_argument("--plain-bf16", action="store_true",
+    parser.add_argument("--plain-bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="also run the plain recipe with bf16=True (a third side, "
-                             "plain_bf16, and its ratio_bf16): what the engine adds beyond bf16")
+                             "plain_bf16, and its ratio_bf16), a candidate for the tuned peer; "
+                             "default: where the device computes bf16 natively (the tuned peer "
+                             "elsewhere is the plain fp32 recipe)")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     # Beside the committed results, wherever it is run from (metrics/ is the pipeline's)
     parser.add_argument("--out", type=Path, default=RESULTS / "bench.json")
@@ -114,7 +117,8 @@ def main(argv=None) -> dict:
         eval_batch_size=args.eval_batch_size or (params.eval.batch_size if gpu else batch_size),
         max_tokens=args.max_tokens or params.data.max_tokens,
         seed=params.seed,
-        plain_bf16=args.plain_bf16,
+        plain_bf16=(args.plain_bf16 if args.plain_bf16 is not None else
+                    resolved_precision("auto", gpu) == "bf16"),
         run_texts=args.run_texts,
         epochs=args.epochs or params.train.epochs,
         val_fraction=params.data.val_fraction,

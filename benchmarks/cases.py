@@ -26,6 +26,13 @@ TRAINING_METHODS = ("last2", "lora", "full", "train_run")
 # validation each epoch (our frozen-block cache built inside the clock); eval_run = a whole test
 # split evaluated. The other methods time a few steps (batches) after warm-up steps.
 WHOLE_RUNS = ("train_run", "eval_run")
+# A classifier's evaluation: both sides score with the same head (Case.head), and their
+# probabilities are compared where the two models are the same function (same_function)
+SCORING_METHODS = ("eval", "eval_run")
+HEAD_STD = 0.02  # the head's random weights: transformers' initializer_range
+# A side's key holding its (texts, classes) probabilities of a scoring method: compared by
+# speed.py between the sides, then dropped (bench.json keeps the comparison)
+PROBABILITIES = "probabilities"
 # The per-step method that stands in for a whole run in the untimed warm-up round
 WARMUP_STAND_IN = {"train_run": "last2", "eval_run": "eval"}
 SIZES = ("full", "small", "tiny")
@@ -111,6 +118,10 @@ class Case:
     fmt: InputFormat  # special tokens (and the zero-shot prompt) around the text ids
     pad_id: int
     answer_ids: list[int]  # zero-shot: the answer words' ids
+    # eval, eval_run: the (classes, hidden) head weight both sides score with (no bias), so
+    # that where they compute the same function (GPT-2: the last real token's hidden state
+    # times the head) their probabilities can be compared
+    head: np.ndarray | None = None
 
 
 def case_params(params_path: Path, model_dir: Path, method: str, settings: Settings) -> Params:
@@ -144,10 +155,12 @@ def make_case(model: str, method: str, model_dir: Path, config, lengths: np.ndar
         return random_split(lengths, n, budget, arch.first_text_id, vocab, pad_id, rng)
 
     train, val, test = split_sizes(method, settings)
+    head = (rng.normal(0.0, HEAD_STD, (NUM_LABELS, int(config.hidden_size))).astype(np.float32)
+            if method in SCORING_METHODS else None)
     return Case(model, method, model_dir, config,
                 case_params(params_path, model_dir, method, settings),
                 train=split(train), val=split(val), test=split(test),
-                fmt=fmt, pad_id=pad_id, answer_ids=answer_ids)
+                fmt=fmt, pad_id=pad_id, answer_ids=answer_ids, head=head)
 
 
 def split_sizes(method: str, settings: Settings) -> tuple[int, int, int]:
@@ -173,6 +186,13 @@ def random_split(full_lengths: np.ndarray, n: int, budget: int, first_id: int, v
         ids.append(np.where(x >= avoid, x + 1, x).astype(np.int32))  # skips the pad id
     return TokenizedSplit(ids, rng.integers(0, NUM_LABELS, size=n).astype(np.int64),
                           full.astype(np.int64))
+
+
+def same_function(case: Case) -> bool:
+    """Whether both sides' classifiers compute the same function given the same head: GPT-2's
+    (GPT2ForSequenceClassification scores the last real token, as ours pools), not BERT's (the
+    Trainer's takes [CLS] through BERT's pooler, ours the masked mean)."""
+    return case.method in SCORING_METHODS and case.model == "gpt2"
 
 
 def first(split: TokenizedSplit, n: int) -> TokenizedSplit:

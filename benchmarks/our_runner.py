@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from cases import NUM_LABELS, TRAINING_METHODS, WHOLE_RUNS, Case, Settings, first
+from cases import NUM_LABELS, PROBABILITIES, TRAINING_METHODS, WHOLE_RUNS, Case, Settings, first
 from flops import (
     cache_build_flops,
     flops_per_token,
@@ -26,7 +26,7 @@ from textclf.core.families import checked_config_and_family
 from textclf.modeling.accelerator import make_accelerator
 from textclf.modeling.batching import Collator, pad_multiple_for
 from textclf.modeling.classifier import build_classifier
-from textclf.modeling.inference import predict_logits
+from textclf.modeling.inference import predict_logits, softmax
 from textclf.train.loop import Recipe, train_classifier
 from textclf.train.zero_shot import build_zero_shot
 
@@ -74,11 +74,16 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
                    f" batches padded to their longest (multiple of {collator.pad_multiple})")
     else:
         clf = clf.to(device)
+        if case.head is not None:  # the head both sides score with (cases.Case.head)
+            with torch.no_grad():
+                clf.head.weight.copy_(torch.from_numpy(case.head))
+                clf.head.bias.zero_()
         if not whole:  # a whole evaluation runs as the evaluate stage runs it: no warm-up
             predict_logits(clf, first(case.test, settings.eval_batch_size), collator,
                            settings.eval_batch_size, accelerator)  # warm-up batch
         with meter.timed():
-            predict_logits(clf, case.test, collator, settings.eval_batch_size, accelerator)
+            logits = predict_logits(clf, case.test, collator, settings.eval_batch_size,
+                                    accelerator)
         what = "textclf.modeling.inference.predict_logits" + (
             " on textclf.train.zero_shot.build_zero_shot (answer-word rows of the LM head)"
             if case.method == "zero_shot" else " on textclf.modeling.classifier.build_classifier")
@@ -93,6 +98,8 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
                               training and not whole),
            "recipe": what, "dtype": dtype, "padding": padding, **flops,
            "trainable_params": trainable_params(clf) if training else 0}
+    if case.head is not None:
+        out[PROBABILITIES] = softmax(logits)
     if case.method == "train_run":  # every FLOP in the clock, not the training steps' alone
         out["flops"] = whole_run_flops(flops, real_tokens(case.train, case.fmt),
                                        real_tokens(case.val, case.fmt), params.train.epochs,

@@ -99,8 +99,9 @@ def side_params(params_path: Path, model: str, side: str, overrides: dict) -> Pa
 
 
 def run_engine(params: Params, splits: Splits, pad_id: int, fmt, num_labels: int,
-               log: Callable[[str], None]) -> tuple[np.ndarray, dict]:
-    """Our loop on `params`; the test split's logits and what the run did."""
+               log: Callable[[str], None], int8: bool = False) -> tuple[np.ndarray, dict]:
+    """Our loop on `params`; the test split's logits and what the run did (`int8`: with the
+    trained model's int8 predict against full precision, quantized.py)."""
     _, family = checked_config_and_family(params)
     accelerator = make_accelerator(params.train.mixed_precision)
     torch.manual_seed(params.seed)
@@ -113,7 +114,13 @@ def run_engine(params: Params, splits: Splits, pad_id: int, fmt, num_labels: int
     seconds = time.perf_counter() - started
     logits = predict_logits(model, splits.test, collator, params.eval.batch_size, accelerator)
     t = params.train
-    return logits, {"train_seconds": round(seconds, 1), "best_epoch": result.best_epoch,
+    extra = {}
+    if int8:
+        from quantized import int8_against_full_precision
+
+        extra = int8_against_full_precision(model, family, splits.test, collator,
+                                            params.eval.batch_size, t.mixed_precision)
+    return logits, {**extra, "train_seconds": round(seconds, 1), "best_epoch": result.best_epoch,
                     "best_val_accuracy": round(result.best_val_accuracy, 6),
                     "recipe": (f"textclf.train.loop.train_classifier, group_by_length "
                                f"{str(t.group_by_length).lower()}, cache_frozen "
@@ -182,8 +189,10 @@ def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
 
 
 def run_parity(params_path: Path, model: str, data: Path, sizes: tuple[int, int, int],
-               overrides: dict, sides=SIDES, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every side on the same splits; returns parity.json's flat mapping."""
+               overrides: dict, sides=SIDES, log: Callable[[str], None] = print,
+               int8: bool = False) -> dict[str, Any]:
+    """Every side on the same splits; returns parity.json's flat mapping. `int8`: the fast
+    side's model also scores with int8 products (quantized.py)."""
     from inputs import describe_path
     from meter import fresh_globals, global_snapshot
 
@@ -214,11 +223,12 @@ def run_parity(params_path: Path, model: str, data: Path, sizes: tuple[int, int,
                 logits, info = run_trainer(p, splits, tokenizer.pad_id, fmt, num_labels)
             else:
                 logits, info = run_engine(p, splits, tokenizer.pad_id, fmt, num_labels,
-                                          lambda *a, **k: None)
+                                          lambda *a, **k: None, int8 and side == "fast")
         correct[side] = logits.argmax(axis=1) == splits.test.labels
         accuracy = float(correct[side].mean())
         out.update({f"{side}.test_accuracy": round(accuracy, 6),
-                    **{f"{side}.{k}": v for k, v in info.items()}})
+                    **{(k if k.startswith("int8.") else f"{side}.{k}"): v
+                       for k, v in info.items()}})
         log(f"{side}: test accuracy {accuracy:.4f} in {info['train_seconds']} s of training")
     for side in sides:
         if side != "fast" and "fast" in correct:
@@ -245,7 +255,9 @@ def format_table(results: dict, sides=SIDES) -> str:
                          f"paired standard error {100 * results[f'{key}.standard_error']:.2f} "
                          f"({results[f'{key}.disagreements']} texts disagree): "
                          + verdict(results[f"{key}.difference"], results[f"{key}.within_noise"]))
-    return "\n".join(lines)
+    from quantized import format_int8
+
+    return "\n".join(lines + format_int8(results))
 
 
 def verdict(difference: float, within_noise: bool) -> str:

@@ -24,13 +24,22 @@ import tempfile
 
 import numpy as np
 import torch
-from cases import LAST_BLOCKS, NUM_LABELS, TRAINING_METHODS, WHOLE_RUNS, Case, Settings
+from cases import (
+    LAST_BLOCKS,
+    NUM_LABELS,
+    PROBABILITIES,
+    TRAINING_METHODS,
+    WHOLE_RUNS,
+    Case,
+    Settings,
+)
 from flops import trainable_params
 from meter import CountingCollator, Meter, measured_figures, reset_peak_memory
 
 from textclf.core.families import Family, checked_config_and_family
 from textclf.core.tokenization import InputFormat, TokenizedSplit
 from textclf.modeling.classifier import blocks_of, lora_config
+from textclf.modeling.inference import softmax
 
 
 def plain_tokenizer(pad_id: int):
@@ -76,7 +85,16 @@ def plain_classifier(case: Case, family: Family):
         # SEQ_CLS: peft also trains the classification head, as ours does
         config = dataclasses.replace(lora_config(family, lora, first, total), task_type="SEQ_CLS")
         model = get_peft_model(model, config)
+    if case.head is not None:  # the head both sides score with (cases.Case.head)
+        with torch.no_grad():
+            model.get_submodule(family_head(family)).weight.copy_(torch.from_numpy(case.head))
     return model
+
+
+def family_head(family: Family) -> str:
+    """The classification head of AutoModelForSequenceClassification: GPT-2's `score` (no
+    bias), BERT's `classifier` (after its [CLS] pooler)."""
+    return "score" if family.causal else "classifier"
 
 
 def plain_training_args(case: Case, settings: Settings, output_dir: str, bf16: bool):
@@ -165,13 +183,17 @@ def run_plain(case: Case, settings: Settings, device: torch.device, bf16: bool =
             if not whole:
                 trainer.predict(rows[:settings.eval_batch_size])  # warm-up batch
             with meter.timed():
-                trainer.predict(rows)
+                predicted = trainer.predict(rows)
             what = f"transformers.Trainer.predict, default TrainingArguments{but}"
             padding = "DataCollatorWithPadding: batches in data order padded to their longest"
-    return {**measured_figures(meter, device, None, memory_kind, training and not whole),
-            "recipe": what,
-            "dtype": plain_dtype(device, bf16), "padding": padding,
-            "trainable_params": trainable_params(model) if training else 0}
+    out = {**measured_figures(meter, device, None, memory_kind, training and not whole),
+           "recipe": what,
+           "dtype": plain_dtype(device, bf16), "padding": padding,
+           "trainable_params": trainable_params(model) if training else 0}
+    if case.head is not None:
+        logits = predicted.predictions
+        out[PROBABILITIES] = softmax(logits[0] if isinstance(logits, tuple) else logits)
+    return out
 
 
 def _plain_zero_shot(case: Case, settings: Settings, device: torch.device, tok, bf16: bool,

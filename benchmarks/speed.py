@@ -47,12 +47,14 @@ import torch
 from cases import (
     METHODS,
     MODELS,
+    PROBABILITIES,
     SIZE_OVERRIDES,
     TRAINING_METHODS,
     WARMUP_STAND_IN,
     Case,
     Settings,
     make_case,
+    same_function,
 )
 from flops import model_flops, real_tokens, whole_run_flops
 from inputs import (
@@ -69,7 +71,7 @@ from our_runner import run_ours
 from peak import matmul_peak, peak_share, precision_of
 from plain_trainer import run_plain
 from random_models import save_random_model
-from targets import judge, verdict
+from targets import PROBABILITY_TOLERANCE, judge, judge_tokenization, verdict
 
 from textclf.core.families import FAMILIES
 from textclf.core.params import load_params
@@ -108,6 +110,7 @@ def run_benchmark(settings: Settings, params_path: Path, data_path: Path | None,
         if tokenizer_dir is not None or tiktoken_gpt2() is not None:
             tokenize_results, lengths = tokenization_benchmark(texts, tokenizer_dir, base, log=log)
             out.update(tokenize_results)
+            out.update(judge_tokenization(tokenize_results))
             out["settings.lengths"] = (f"{len(texts)} reviews of {describe_path(data_path)}, "
                                        "tokenized")
         else:
@@ -168,7 +171,8 @@ def run_benchmark(settings: Settings, params_path: Path, data_path: Path | None,
             if "tflops" in values and "dtype" in values:
                 values["peak_share"] = peak_share(
                     values["tflops"], peaks[precision_of(values["dtype"])]["tflops"])
-        sides["target"] = judge(method, sides["ours"], sides["ratio"])
+        sides["target"] = judge(method, sides["ours"], sides["ratio_tuned"],
+                                sides.get("agreement"))
         for side, values in sides.items():
             out.update({f"{model}.{method}.{side}.{k}": v for k, v in values.items()})
     return out
@@ -194,19 +198,23 @@ def warmup_methods(methods: list[str]) -> list[str]:
 
 def run_case(case: Case, settings: Settings, device: torch.device, snapshot: dict
              ) -> dict[str, dict]:
-    """Each side's figures, one after the other from the same initial state, and the ratios
-    ours/plain ("ratio") and ours/plain-in-bf16 ("ratio_bf16")."""
+    """Each side's figures, one after the other from the same initial state; the ratios
+    ours/plain ("ratio"), ours/plain-in-bf16 ("ratio_bf16", where that side ran) and ours/the
+    tuned peer ("ratio_tuned": the faster of plain and plain_bf16, named by "tuned.side");
+    for a scoring method, how far each side's probabilities are from ours ("agreement")."""
     runs = {"ours": lambda: run_ours(case, settings, device, lambda *a, **k: None),
             "plain": lambda: run_plain(case, settings, device)}
     if settings.plain_bf16:
         runs["plain_bf16"] = lambda: run_plain(case, settings, device, bf16=True)
-    sides = {}
+    sides, probabilities = {}, {}
     for side, run in runs.items():
         with fresh_globals(snapshot):
             sides[side] = run()
+        probabilities[side] = sides[side].pop(PROBABILITIES, None)
         free_memory(device)
     ours = sides["ours"]
-    for side in [s for s in sides if s != "ours"]:
+    plain_sides = [s for s in sides if s != "ours"]
+    for side in plain_sides:
         plain = sides[side]
         # What plain executes per real token: the same model and trained parameters as ours,
         # with every block run forward (plain has no frozen-block cache)
@@ -219,10 +227,36 @@ def run_case(case: Case, settings: Settings, device: torch.device, snapshot: dic
                                              real_tokens(case.val, case.fmt),
                                              case.params.train.epochs, cached=False)
             plain["tflops"] = significant(plain["flops"] / plain["seconds"] / 1e12)
-        sides[side.replace("plain", "ratio")] = {
-            key: round(ours[key] / plain[key], 3) if plain[key] else None
-            for key in ("samples_per_s", "tokens_per_s", "tflops", "peak_memory_mib")}
+        sides[side.replace("plain", "ratio")] = ratios(ours, plain)
+    tuned = max(plain_sides, key=lambda s: sides[s]["samples_per_s"])
+    sides["tuned"] = {"side": tuned, "dtype": sides[tuned]["dtype"]}
+    sides["ratio_tuned"] = ratios(ours, sides[tuned])
+    if same_function(case):
+        sides["agreement"] = agreement(probabilities, sides)
     return sides
+
+
+def ratios(ours: dict, plain: dict) -> dict:
+    return {key: round(ours[key] / plain[key], 3) if plain[key] else None
+            for key in ("samples_per_s", "tokens_per_s", "tflops", "peak_memory_mib")}
+
+
+def agreement(probabilities: dict[str, np.ndarray], sides: dict[str, dict]) -> dict:
+    """How far each plain side's probabilities are from ours, text by text (the largest
+    difference of a class probability), against the tolerance of the lower of the two sides'
+    precisions (targets.PROBABILITY_TOLERANCE); `equal` when every plain side is within it."""
+    out, equal = {}, True
+    ours = probabilities["ours"]
+    for side in [s for s in probabilities if s != "ours"]:
+        diff = float(np.abs(probabilities[side] - ours).max())
+        precision = "bf16" if "bf16" in (precision_of(sides["ours"]["dtype"]),
+                                         precision_of(sides[side]["dtype"])) else "fp32"
+        tolerance = PROBABILITY_TOLERANCE[precision]
+        out[f"{side}.max_diff"] = significant(diff, 3)
+        out[f"{side}.tolerance"] = tolerance
+        equal = equal and diff <= tolerance
+    out["equal"] = equal
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +265,7 @@ def run_case(case: Case, settings: Settings, device: torch.device, snapshot: dic
 def format_table(results: dict) -> str:
     """A fixed-width table of bench.json's figures with the targets' verdicts, then what each
     side ran."""
-    head = (f"{'model':<6} {'method':<9} {'side':<10} {'seconds':>8} {'samples/s':>10} "
+    head = (f"{'model':<6} {'method':<9} {'side':<11} {'seconds':>8} {'samples/s':>10} "
             f"{'tokens/s':>11} {'TFLOP/s':>9} {'peak %':>7} {'peak MiB':>9} {'pad %':>6}  "
             "dtype / target")
     peaks = sorted({k.split(".")[1] for k in results if k.startswith("peak.")})
@@ -250,47 +284,83 @@ def format_table(results: dict) -> str:
                  f"matmul, best of {results[f'peak.{p}.repeats']})" for p in peaks),
              "", head, "-" * len(head)]
     recipes = []
-
-    def times(v) -> str:
-        return f"{v:.2f}x" if v is not None else "-"
-
     for model in MODELS:
         for method in METHODS:
-            key = f"{model}.{method}"
-            target = {k.rsplit(".", 1)[1]: v for k, v in results.items()
-                      if k.startswith(f"{key}.target.")}
-            for side in ("ours", "plain", "ratio", "plain_bf16", "ratio_bf16"):
-                r = {k.rsplit(".", 1)[1]: v for k, v in results.items()
-                     if k.startswith(f"{key}.{side}.")}
-                if not r:
-                    continue
-                if side.startswith("ratio"):
-                    judged = (verdict(target["ratio"], r["samples_per_s"], "x")
-                              if side == "ratio" and "ratio" in target else "")
-                    lines.append(f"{'':<6} {'':<9} {side:<10} {'':>8} "
-                                 f"{times(r['samples_per_s']):>10} "
-                                 f"{times(r['tokens_per_s']):>11} {times(r['tflops']):>9} "
-                                 f"{'':>7} {times(r['peak_memory_mib']):>9} {'':>6}  {judged}")
-                    continue
-                share = f"{100 * r['peak_share']:.1f}" if "peak_share" in r else "-"
-                judged = (f"; peak share {verdict(target['peak_share'], r['peak_share'], '%')}"
-                          if side == "ours" and "peak_share" in target else "")
-                lines.append(f"{model:<6} {method:<9} {side:<10} {r['seconds']:>8,.2f} "
-                             f"{r['samples_per_s']:>10,.1f} {r['tokens_per_s']:>11,.0f} "
-                             f"{r['tflops']:>9.3g} {share:>7} {r['peak_memory_mib']:>9,.0f} "
-                             f"{100 * r['padding_fraction']:>6.1f}  {r['dtype']}{judged}")
-                recipes.append(f"  {model} {method} {side}: {r['recipe']}; {r['padding']}")
+            rows, ran = method_rows(results, model, method)
+            lines += rows
+            recipes += ran
     tokenize = [(k, v) for k, v in results.items()
                 if k.startswith("tokenize.") and k.endswith("reviews_per_s")]
     if tokenize:
         lines += ["", "tokenization, reviews/s: " + ", ".join(
             f"{k.removeprefix('tokenize.').removesuffix('.reviews_per_s')} {v:,}"
             for k, v in tokenize)]
+        if "tokenize.hf.target.ratio" in results:
+            lines[-1] += "; ours / plain " + verdict(results["tokenize.hf.target.ratio"],
+                                                     results["tokenize.hf.ratio.reviews_per_s"],
+                                                     "x")
     memory = sorted({v for k, v in results.items() if k.endswith(".memory")})
     lines += ["", f"peak memory: {', '.join(memory)}. TFLOP/s: model FLOPs executed on real "
                   "tokens, the frozen-block cache's one-time build excluded, but for train_run, "
                   "whose clock holds the build and every validation pass (benchmarks/flops.py). "
                   "peak % = TFLOP/s / the matmul peak of the side's precision (peak.py). "
-                  "ratio = ours / plain; targets: benchmarks/targets.py.", "what each side ran:",
+                  "ratio = ours / plain (fp32), ratio_bf16 = ours / plain given bf16=True, "
+                  "ratio_tuned = ours / the tuned peer (the faster of the two, named): the "
+                  "targets judge it (benchmarks/targets.py).", "what each side ran:",
               *recipes]
     return "\n".join(lines)
+
+
+def side_figures(results: dict, key: str, side: str) -> dict:
+    return {k.rsplit(".", 1)[1]: v for k, v in results.items() if k.startswith(f"{key}.{side}.")}
+
+
+def times(v) -> str:
+    return f"{v:.2f}x" if v is not None else "-"
+
+
+def method_rows(results: dict, model: str, method: str) -> tuple[list[str], list[str]]:
+    """The table's rows of one (model, method), and what each of its sides ran."""
+    key = f"{model}.{method}"
+    target = side_figures(results, key, "target")
+    tuned = results.get(f"{key}.tuned.side")
+    lines, recipes = [], []
+    for side in ("ours", "plain", "ratio", "plain_bf16", "ratio_bf16", "ratio_tuned"):
+        r = side_figures(results, key, side)
+        if not r:
+            continue
+        if side.startswith("ratio"):
+            judged = ""
+            if side == "ratio_tuned":
+                judged = f"vs {tuned}"
+                if "ratio" in target:
+                    judged += "; " + verdict(target["ratio"], r["samples_per_s"], "x")
+                    if "equal_numbers" in target:
+                        judged += ", " + equal_numbers(results, key)
+            lines.append(f"{'':<6} {'':<9} {side:<11} {'':>8} {times(r['samples_per_s']):>10} "
+                         f"{times(r['tokens_per_s']):>11} {times(r['tflops']):>9} {'':>7} "
+                         f"{times(r['peak_memory_mib']):>9} {'':>6}  {judged}")
+            continue
+        share = f"{100 * r['peak_share']:.1f}" if "peak_share" in r else "-"
+        judged = (f"; peak share {verdict(target['peak_share'], r['peak_share'], '%')}"
+                  if side == "ours" and "peak_share" in target else "")
+        lines.append(f"{model:<6} {method:<9} {side:<11} {r['seconds']:>8,.2f} "
+                     f"{r['samples_per_s']:>10,.1f} {r['tokens_per_s']:>11,.0f} "
+                     f"{r['tflops']:>9.3g} {share:>7} {r['peak_memory_mib']:>9,.0f} "
+                     f"{100 * r['padding_fraction']:>6.1f}  {r['dtype']}{judged}")
+        recipes.append(f"  {model} {method} {side}: {r['recipe']}; {r['padding']}")
+    return lines, recipes
+
+
+def equal_numbers(results: dict, key: str) -> str:
+    """'equal numbers (plain_bf16 max |p diff| 0.0021 <= 0.02, ...)' or why not."""
+    agreement = side_figures(results, key, "agreement")
+    if not agreement:
+        return "numbers not comparable (the Trainer's model pools otherwise)"
+    compared = [(side, results[f"{key}.agreement.{side}.max_diff"],
+                 results[f"{key}.agreement.{side}.tolerance"])
+                for side in ("plain", "plain_bf16")
+                if f"{key}.agreement.{side}.max_diff" in results]
+    diffs = ", ".join(f"{side} max |p diff| {diff:g} {'<=' if diff <= tol else '>'} {tol:g}"
+                      for side, diff, tol in compared)
+    return f"{'equal' if agreement['equal'] else 'UNEQUAL'} numbers ({diffs})"

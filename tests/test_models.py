@@ -455,3 +455,44 @@ def test_the_readme_and_params_yaml_list_every_family():
     model_comment = (Path(__file__).parents[1] / "params.yaml").read_text().split("\nmodel:")[1]
     model_comment = model_comment.split("\nmodel_dtype:")[0]  # params.yaml names them too
     assert all(name in model_comment for name in FAMILIES)
+
+
+@pytest.mark.parametrize("family", by_family(FAMILY_NAMES))
+@pytest.mark.parametrize("method, model_dtype", [("finetune", "fp32"), ("lora", "fp32"),
+                                                 ("finetune", "bf16")])
+def test_scoring_in_bf16_casts_the_weights_once_with_the_same_logits(tiny_dirs, data_dir, family,
+                                                                      method, model_dtype,
+                                                                      monkeypatch):
+    """Under bf16 autocast, predict_logits holds the base model's linear weights in bf16 for
+    the split (cast once, not before every product): bit for bit the logits of autocast casting
+    them itself (LoRA unmerged, as validation scores it; a bf16 frozen base), and every weight
+    is the same tensor, unchanged, afterwards."""
+    from textclf.modeling import inference
+    from textclf.modeling.accelerator import make_accelerator
+
+    clf = build(tiny_dirs, data_dir, family, method=method, model_dtype=model_dtype).eval()
+    with torch.no_grad():  # make the LoRA adapters do something
+        for name, p in clf.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    weights = {name: (p, p.data_ptr(), p.detach().clone()) for name, p in clf.named_parameters()}
+    tok = tokenizer_of(tiny_dirs, family)
+    split = tokenize_split(tok, TEXTS, np.zeros(len(TEXTS), dtype=np.int64), 64, "left", 0)
+    collator = Collator(classifier_format(tok), tok.pad_id)
+    bf16 = make_accelerator("bf16", "cpu")
+    cast = []
+    real = inference.products_in_bf16
+
+    def counting(model, enabled):
+        cast.append(enabled)
+        return real(model, enabled)
+
+    monkeypatch.setattr(inference, "products_in_bf16", counting)
+    once = predict_logits(clf, split, collator, 2, bf16)
+    monkeypatch.setattr(inference, "products_in_bf16", lambda model, enabled: real(model, False))
+    every_product = predict_logits(clf, split, collator, 2, bf16)
+    assert cast == [True]
+    np.testing.assert_array_equal(once, every_product)
+    for name, p in clf.named_parameters():
+        param, storage, values = weights[name]
+        assert p is param and p.data_ptr() == storage and torch.equal(p, values), name

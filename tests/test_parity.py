@@ -85,3 +85,28 @@ def test_fast_side_keeps_the_params_precision_plain_side_is_fp32(tmp_path, tiny_
     knobs = ("mixed_precision", "cache_frozen", "group_by_length")
     assert tuple(getattr(fast, k) for k in knobs) == (precision, True, True)
     assert tuple(getattr(plain, k) for k in knobs) == ("fp32", False, False)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_int8_scoring_of_the_fast_sides_model(tmp_path, tiny_dirs, family, capsys):
+    """--int8: the fast side's trained model scores the test split in its precision, in fp32
+    and with int8 products; the figures are consistent with each other (agreement is a share,
+    the speed-up the ratio of the times, accuracy the difference's sides)."""
+    results = accuracy_script().main([
+        "--model", str(tiny_dirs[family]), "--data", str(tiny.FIXTURES / "reviews.jsonl"),
+        "--sides", "fast", "--int8", "--train", "16", "--val", "8", "--test", "12",
+        "--max-tokens", "32", "--epochs", "1", "--batch-size", "4",
+        "--out", str(tmp_path / "int8.json")])
+    assert results["int8.int8.precision"] == results["int8.fp32.precision"] == "fp32"
+    for other in ("as_evaluated", "fp32"):
+        key = f"int8.vs_{other}"
+        assert 0.0 <= results[f"{key}.label_agreement"] <= 1.0
+        assert 0.0 <= results[f"{key}.max_prob_diff"] < 0.05  # int8's rounding, no more
+        assert results[f"{key}.speedup"] == pytest.approx(
+            results[f"int8.{other}.seconds"] / results["int8.int8.seconds"], rel=0.05)
+        assert results[f"{key}.difference"] == pytest.approx(
+            results["int8.int8.test_accuracy"] - results[f"int8.{other}.test_accuracy"],
+            abs=2e-6)
+    # as evaluated: the fast side's own scoring, the same numbers
+    assert results["int8.as_evaluated.test_accuracy"] == results["fast.test_accuracy"]
+    assert "int8 against fp32:" in capsys.readouterr().out

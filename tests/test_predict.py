@@ -332,3 +332,65 @@ def test_predict_from_an_export_equals_evaluate(runs, tmp_path, name):
     atol = 1e-6 if predictor.accelerator.precision == "fp32" else 1e-2
     np.testing.assert_allclose(probs, reference, rtol=0, atol=atol)
     assert (probs.argmax(1) == reference.argmax(1)).all()
+
+
+def quantized_linears(model) -> int:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    return sum(isinstance(m, DynamicInt8Linear) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_int8_predict_agrees_with_full_precision(runs, name):
+    """--quantize int8: the blocks' linear layers (GPT-2's Conv1D too) run as int8 products,
+    and the probabilities stay close to fp32's: the same labels wherever fp32's margin exceeds
+    the difference allowed."""
+    from transformers.pytorch_utils import Conv1D
+
+    run_dir = runs[name]
+    texts = prepared_texts(run_dir)
+    full = load_predictor(run_dir / "models", "cpu", "fp32").probabilities(texts, EVAL_BATCH)
+    predictor = load_predictor(run_dir / "models", "cpu", "auto", quantize="int8")
+    assert predictor.accelerator.precision == "fp32"  # no bf16 autocast around int8
+    blocks = 4  # the tiny models' blocks: 4 linear layers each (GPT-2: c_attn, c_proj, c_fc,
+    # mlp.c_proj; BERT: query, key, value, attention output, intermediate, output: 6)
+    per_block = 6 if name.startswith("bert") else 4
+    assert quantized_linears(predictor.model) == blocks * per_block
+    assert not any(isinstance(m, Conv1D) for m in predictor.model.modules())
+    int8 = predictor.probabilities(texts, EVAL_BATCH)
+    allowed = 0.05
+    assert np.abs(int8 - full).max() < allowed
+    sure = np.abs(full[:, 1] - full[:, 0]) > 2 * allowed
+    assert (int8.argmax(1) == full.argmax(1))[sure].all()
+
+
+def test_int8_is_opt_in_and_cpu_only(runs, capsys):
+    """The default predictor (and `textclf predict`) computes as evaluated, without int8; int8
+    with bf16 or a GPU is refused in one line."""
+    models = runs["gpt2_finetune"] / "models"
+    assert quantized_linears(load_predictor(models, "cpu", PRECISION).model) == 0
+    capsys.readouterr()  # the load's progress bar
+    code, out, err = run_main(["--model-dir", str(models), "--quantize", "int8",
+                               "--mixed-precision", "bf16", "A fine film."], capsys)
+    assert code == 2 and err.startswith("error: --quantize int8 runs on the CPU")
+    code, out, _ = run_main(["--model-dir", str(models), "--quantize", "int8",
+                             "A fine film.", "Dull."], capsys)
+    assert code == 0 and [r["id"] for r in records_of(out)] == [1, 2]
+
+
+def test_gpt2s_conv1d_becomes_the_linear_it_is(tiny_dirs):
+    """Before quantizing, each Conv1D (weight stored (in, out)) becomes an nn.Linear computing
+    the same product: a GPT-2's hidden states are unchanged to float rounding."""
+    import torch
+    from transformers import AutoModel
+
+    from textclf.quantize import conv1d_as_linear
+
+    model = AutoModel.from_pretrained(tiny_dirs["gpt2"]).eval()
+    ids = torch.randint(0, 100, (2, 7))
+    with torch.no_grad():
+        before = model(ids).last_hidden_state
+        conv1d_as_linear(model)
+        after = model(ids).last_hidden_state
+    assert sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 4 * 4
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)

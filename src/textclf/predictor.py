@@ -26,6 +26,7 @@ DEFAULT_BATCH_SIZE = 128  # params.yaml's eval.batch_size: the evaluate stage's 
 # whole when asked (eval.long_texts windows, `textclf predict --long-texts windows`)
 DEFAULT_WINDOW_OVERLAP = 0.5
 DEFAULT_WINDOW_COMBINE = "mean_logits"
+QUANTIZE = ("none", "int8")  # --quantize: int8 = textclf.quantize's int8 products (opt-in)
 
 
 class PredictError(ValueError):
@@ -97,7 +98,7 @@ def prediction_record(probs: np.ndarray, names: list[str]) -> dict:
             "probs": {name: float(p) for name, p in zip(names, probs)}}
 
 
-def check_device(device: str, mixed_precision: str) -> None:
+def check_device(device: str, mixed_precision: str, quantize: str = "none") -> None:
     from textclf.modeling.device import DEVICES, PRECISIONS, cuda_available
 
     if device not in DEVICES:
@@ -108,6 +109,11 @@ def check_device(device: str, mixed_precision: str) -> None:
     if device == "cuda" and not cuda_available():
         raise PredictError("--device cuda: no CUDA GPU is available to torch; use --device cpu "
                            "(or auto)")
+    if quantize not in QUANTIZE:
+        raise PredictError(f"--quantize must be {' or '.join(QUANTIZE)}, got {quantize!r}")
+    if quantize == "int8" and (device == "cuda" or mixed_precision == "bf16"):
+        raise PredictError("--quantize int8 runs on the CPU, in fp32 around its int8 products: "
+                           "use --device cpu (or auto) and --mixed-precision fp32 (or auto)")
 
 
 def make_device_accelerator(device: str, mixed_precision: str = "auto"):
@@ -131,11 +137,15 @@ def windows_of(long_texts: str, overlap: float = DEFAULT_WINDOW_OVERLAP,
 
 
 def load_predictor(model_dir: str | Path = paths.MODEL_DIR, device: str = "auto",
-                   mixed_precision: str = "auto", windows=None) -> Predictor:
+                   mixed_precision: str = "auto", windows=None,
+                   quantize: str = "none") -> Predictor:
     """Load a model directory for prediction: the train stage's (modeling.classifier.save_model)
     or an export (export.hf_export.export_model). Predictors of other devices and precisions,
     and the stages, may come before or after it in the same process. `windows`
-    (textclf.modeling.windows.Windows) scores texts over the limit whole."""
+    (textclf.modeling.windows.Windows) scores texts over the limit whole. `quantize` int8: the
+    blocks' linear layers dynamically quantized (textclf.quantize; CPU, fp32 around the int8
+    products), opt-in: probabilities move by int8's rounding."""
+    from textclf.core.families import family_for
     from textclf.export.hf_loading import is_export, load_export
     from textclf.modeling.classifier import load_model
 
@@ -143,19 +153,25 @@ def load_predictor(model_dir: str | Path = paths.MODEL_DIR, device: str = "auto"
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {str(model_dir)!r} does not exist; train a "
                                 "model first (dvc repro) or pass --model-dir")
-    check_device(device, mixed_precision)  # before seconds of loading
+    check_device(device, mixed_precision, quantize)  # before seconds of loading
     if is_export(model_dir):
         model, info, tokenizer = load_export(model_dir)
     else:
         model, info = load_model(model_dir)
         tokenizer = info.load_tokenizer(model_dir)
+    if quantize == "int8":
+        from textclf.quantize import quantize_int8
+
+        model = quantize_int8(model, family_for(info.family))
+        device, mixed_precision = "cpu", "fp32"
     accelerator = make_device_accelerator(device, mixed_precision)
     return Predictor(model.to(accelerator.device), info, tokenizer, accelerator, windows)
 
 
 def predict_texts(model_dir: str | Path, texts: Sequence[str],
                   batch_size: int = DEFAULT_BATCH_SIZE, device: str = "auto",
-                  mixed_precision: str = "auto") -> list[dict]:
+                  mixed_precision: str = "auto", quantize: str = "none") -> list[dict]:
     """Load `model_dir` and predict `texts`: one record per text (see Predictor.predict)."""
     texts = cleaned_texts(texts)  # bad input fails before the model loads
-    return load_predictor(model_dir, device, mixed_precision).predict(texts, batch_size)
+    return load_predictor(model_dir, device, mixed_precision,
+                          quantize=quantize).predict(texts, batch_size)

@@ -133,13 +133,47 @@ def _auto_tokenizer(model: str, revision: str | None = None):
 def _plain_encoder(tok) -> Callable[[Sequence[str]], list[list[int]]]:
     """Texts -> ids with the Hugging Face tokenizer: no special tokens added, and none read from
     the text either (split_special_tokens), so a review holding "[SEP]" or "<|endoftext|>"
-    gets that text's ids, as tiktoken's encode_ordinary gives it."""
+    gets that text's ids, as tiktoken's encode_ordinary gives it. A fast tokenizer's Rust
+    backend encodes without offsets (encode_batch_fast), when it gives the call's ids for
+    GPT2_PROBES and SPECIAL_PROBES (`_backend_encoder`)."""
 
     def encode_batch(texts: Sequence[str]) -> list[list[int]]:
         # verbose=False: texts longer than the model's maximum are expected (truncated later),
         # so no "Token indices sequence length is longer than ..." warning
         return tok(list(texts), add_special_tokens=False, split_special_tokens=True,
                    verbose=False)["input_ids"]
+
+    backend = _backend_encoder(tok)
+    if backend is not None:
+        probes = [*GPT2_PROBES, *_special_probes(tok)]
+        if backend(probes) == encode_batch(probes):
+            return backend
+    return encode_batch
+
+
+def _special_probes(tok) -> list[str]:
+    """Texts holding the tokenizer's own special tokens, which must be split as text."""
+    specials = [t for t in getattr(tok, "all_special_tokens", []) if t]
+    return [f"a {t} b{t}" for t in specials]
+
+
+def _backend_encoder(tok) -> Callable[[Sequence[str]], list[list[int]]] | None:
+    """Texts -> ids by a fast tokenizer's Rust backend, its special tokens' text encoded as text
+    (encode_special_tokens, what split_special_tokens sets) and no offsets computed
+    (encode_batch_fast): the call's work without the Python around it. None for a tokenizer
+    without that backend."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return None
+
+    def encode_batch(texts: Sequence[str]) -> list[list[int]]:
+        before = backend.encode_special_tokens
+        backend.encode_special_tokens = True
+        try:
+            return [e.ids for e in backend.encode_batch_fast(list(texts),
+                                                             add_special_tokens=False)]
+        finally:
+            backend.encode_special_tokens = before
 
     return encode_batch
 

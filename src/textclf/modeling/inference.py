@@ -3,10 +3,12 @@ text scored by exactly one of them and the logits gathered back in split order."
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
+from torch import nn
 
 from textclf.core.progress import progress_bar
 from textclf.core.tokenization import TokenizedSplit
@@ -36,13 +38,14 @@ def predict_logits(model: torch.nn.Module, split: TokenizedSplit, collator: Coll
     loader = torch.utils.data.DataLoader(TokenDataset(split), batch_sampler=mine,
                                          collate_fn=collator)
     chunks, order = [], []
-    for batch in progress_bar(loader, desc=desc, unit="batch", leave=False,
-                              enabled=accelerator.is_main_process):
-        batch = to_device(batch, accelerator.device)
-        with accelerator.autocast():
-            logits = forward(batch)
-        chunks.append(logits.float())
-        order.append(batch["index"])
+    with products_in_bf16(model, accelerator.mixed_precision == "bf16"):
+        for batch in progress_bar(loader, desc=desc, unit="batch", leave=False,
+                                  enabled=accelerator.is_main_process):
+            batch = to_device(batch, accelerator.device)
+            with accelerator.autocast():
+                logits = forward(batch)
+            chunks.append(logits.float())
+            order.append(batch["index"])
     model.train(was_training)
     device = accelerator.device
     logits = torch.cat(chunks) if chunks else torch.empty((0, 0), device=device)
@@ -52,6 +55,31 @@ def predict_logits(model: torch.nn.Module, split: TokenizedSplit, collator: Coll
     out = torch.empty((len(split), logits.shape[1]), dtype=torch.float32)
     out[index.cpu()] = logits.cpu()
     return out.numpy()
+
+
+@contextlib.contextmanager
+def products_in_bf16(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """While a split is scored under bf16 autocast: the weights and biases of the base model's
+    linear layers (nn.Linear, transformers' Conv1D) held in bf16, cast once per split rather
+    than before every product of every batch (autocast keeps no cast of a weight that needs no
+    gradient, as in scoring); put back as they were afterwards. The same numbers: autocast
+    rounds them to the same bf16 values before each product. The classifier's own head and
+    attention layer are left alone (the pooling follows the head's dtype)."""
+    from transformers.pytorch_utils import Conv1D
+
+    base = getattr(model, "backbone", None)
+    if not enabled or base is None:
+        yield
+        return
+    kept = [(p, p.data) for m in base.modules() if isinstance(m, (nn.Linear, Conv1D))
+            for p in m.parameters(recurse=False) if p.dtype == torch.float32]
+    try:
+        for p, data in kept:
+            p.data = data.to(torch.bfloat16)
+        yield
+    finally:
+        for p, data in kept:
+            p.data = data
 
 
 def _gather_shares(logits: torch.Tensor, index: torch.Tensor, accelerator):
