@@ -107,15 +107,10 @@ def main() -> None:
                           figures=FIGURES)
         write_text(tmp / "README.md", model_card(card))
 
-    skipped = ("" if agreement.n_texts == check.n_texts else
-               f" ({check.n_texts - agreement.n_texts} of the {check.n_texts} texts over the "
-               "limit, which evaluate scored whole, left out)")
     loader = " (trust_remote_code=True)" if notes.remote_code else ""
     log(f"wrote {args.out}/: {notes.architecture}{loader}; probabilities within "
         f"{check.max_diff:.1e} of the trained model on {check.n_texts} test texts "
-        f"({check.n_cut} truncated), both in fp32; beside evaluate's predictions "
-        f"({agreement.precision}): labels agree on {agreement.labels_agree} of "
-        f"{agreement.n_texts}, probabilities within {agreement.max_diff:.1e}{skipped}")
+        f"({check.n_cut} truncated), both in fp32; {agreement.shown(check.n_texts)}")
     if not notes.exact_truncation:
         seen = ("" if check.max_diff_head_tail is None else
                 f" (probabilities up to {check.max_diff_head_tail:.2f} apart on the checked ones)")

@@ -331,6 +331,19 @@ def test_agreement_with_evaluate_counts_labels_and_the_largest_difference():
         agreement_with_evaluate(exported, evaluated[:2], "fp32")
 
 
+def test_the_log_says_when_no_checked_text_compares_with_evaluate():
+    """Every checked text over the limit (evaluate scored them whole): the log says none
+    compares, not "labels agree on 0 of 0"."""
+    none = agreement_with_evaluate(np.zeros((0, 2)), np.zeros((0, 2)), "fp32")
+    assert none.shown(12) == ("beside evaluate's predictions (fp32): none of the 12 checked "
+                              "texts compares (all over the limit, which evaluate scored whole)")
+    some = agreement_with_evaluate(np.array([[0.9, 0.1]]), np.array([[0.8, 0.2]]), "fp32")
+    assert some.shown(3) == ("beside evaluate's predictions (fp32): labels agree on 1 of 1, "
+                             "probabilities within 1.0e-01 (2 of the 3 texts over the limit, "
+                             "which evaluate scored whole, left out)")
+    assert some.shown(1).endswith("labels agree on 1 of 1, probabilities within 1.0e-01")
+
+
 # ---------------------------------------------------------------------------------------------
 # The real stages
 

@@ -103,6 +103,19 @@ class EvaluateAgreement:
     labels_agree: int  # texts whose predicted class is the same
     max_diff: float  # largest |probability difference|
 
+    def shown(self, n_checked: int) -> str:
+        """One clause for the log: how the export's labels and probabilities compare with
+        evaluate's on the `n_checked` texts the export was checked on."""
+        if self.n_texts == 0:
+            return (f"beside evaluate's predictions ({self.precision}): none of the {n_checked} "
+                    "checked texts compares (all over the limit, which evaluate scored whole)")
+        skipped = ("" if self.n_texts == n_checked else
+                   f" ({n_checked - self.n_texts} of the {n_checked} texts over the limit, "
+                   "which evaluate scored whole, left out)")
+        return (f"beside evaluate's predictions ({self.precision}): labels agree on "
+                f"{self.labels_agree} of {self.n_texts}, probabilities within "
+                f"{self.max_diff:.1e}{skipped}")
+
 
 def agreement_with_evaluate(exported: np.ndarray, evaluated: np.ndarray,
                             precision: str) -> EvaluateAgreement:
