@@ -496,3 +496,22 @@ def test_scoring_in_bf16_casts_the_weights_once_with_the_same_logits(tiny_dirs, 
     for name, p in clf.named_parameters():
         param, storage, values = weights[name]
         assert p is param and p.data_ptr() == storage and torch.equal(p, values), name
+
+
+@pytest.mark.parametrize("method", ["finetune", "lora"])
+def test_scoring_in_bf16_leaves_the_weights_being_trained_alone(tiny_dirs, data_dir, method):
+    """Validation inside training scores a model whose trained weights require gradients: their
+    data stays the fp32 tensor DistributedDataParallel's hooks are bound to (swapping it broke
+    the next step under two processes); only the frozen base's weights are held in bf16."""
+    from textclf.modeling.inference import products_in_bf16
+
+    clf = build(tiny_dirs, data_dir, "gpt2", method=method)
+    trained = {n: p.data_ptr() for n, p in clf.backbone.named_parameters() if p.requires_grad}
+    frozen = [p for p in clf.backbone.parameters() if not p.requires_grad and p.dim() == 2]
+    assert trained and frozen
+    with products_in_bf16(clf, True):
+        for name, p in clf.backbone.named_parameters():
+            if name in trained:
+                assert p.data_ptr() == trained[name] and p.dtype == torch.float32, name
+        assert any(p.dtype == torch.bfloat16 for p in frozen)
+    assert all(p.dtype == torch.float32 for p in frozen)

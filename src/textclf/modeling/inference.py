@@ -64,7 +64,9 @@ def products_in_bf16(model: nn.Module, enabled: bool) -> Iterator[None]:
     than before every product of every batch (autocast keeps no cast of a weight that needs no
     gradient, as in scoring); put back as they were afterwards. The same numbers: autocast
     rounds them to the same bf16 values before each product. The classifier's own head and
-    attention layer are left alone (the pooling follows the head's dtype)."""
+    attention layer are left alone (the pooling follows the head's dtype), and so are the
+    weights being trained (validation inside training): DistributedDataParallel's gradient
+    hooks are bound to them and stop seeing their gradients once their data was swapped."""
     from transformers.pytorch_utils import Conv1D
 
     base = getattr(model, "backbone", None)
@@ -72,7 +74,8 @@ def products_in_bf16(model: nn.Module, enabled: bool) -> Iterator[None]:
         yield
         return
     kept = [(p, p.data) for m in base.modules() if isinstance(m, (nn.Linear, Conv1D))
-            for p in m.parameters(recurse=False) if p.dtype == torch.float32]
+            for p in m.parameters(recurse=False)
+            if p.dtype == torch.float32 and not p.requires_grad]
     try:
         for p, data in kept:
             p.data = data.to(torch.bfloat16)
