@@ -16,6 +16,11 @@ the frozen blocks over the training and validation texts, before the timed windo
 `startup_seconds`) is not in TFLOP/s: its FLOPs are reported apart, as `cache_build_flops`.
 A whole training run (train_run) counts everything in its clock (`whole_run_flops`): every
 epoch's training and validation, and our cache's one-time build.
+
+Our side's last-token block (GPT-2, textclf.modeling.last_token) runs only its layer norm and
+query/key/value projection per token; the rest of the block runs once per text. Its other
+parameters (N_once) leave every per-token N on our side (and the once-per-text FLOPs are left out,
+as attention scores are: 1/tokens of them). The plain side runs the whole block per token.
 """
 
 from __future__ import annotations
@@ -54,8 +59,25 @@ def flops_per_token(clf, family: Family, training: bool, cached: bool = False
         out["n_trained"] = sum(p.numel() for n, p in base.named_parameters()
                                if p.requires_grad and not n.startswith(embeddings))
     out["n_forward"] = out["n_through"] if training and cached else n_model
-    out["flops_per_token"] = model_flops(out["n_forward"], out["n_through"], out["n_trained"])
+    once, once_trained = once_per_text(clf)
+    once_trained = once_trained if training else 0
+    out["n_once"], out["n_once_trained"] = once, once_trained
+    out["flops_per_token"] = model_flops(out["n_forward"] - once,
+                                         out["n_through"] - (once if training else 0),
+                                         out["n_trained"] - once_trained)
     return out
+
+
+def once_per_text(clf) -> tuple[int, int]:
+    """N_once: the parameters of the last-token block computed once per text (all but its layer
+    norm and query/key/value projection), and how many of them are trained."""
+    block = getattr(clf, "last_token_block", None)
+    if block is None:
+        return 0, 0
+    per_token = ("ln_1.", "attn.c_attn.")
+    once = [p for n, p in block.named_parameters()
+            if "lora_" not in n and not n.startswith(per_token)]
+    return sum(p.numel() for p in once), sum(p.numel() for p in once if p.requires_grad)
 
 
 def real_tokens(split: TokenizedSplit, fmt: InputFormat) -> int:
@@ -72,14 +94,17 @@ def cache_build_flops(flops: dict[str, int], splits: list[TokenizedSplit],
 
 
 def whole_run_flops(flops: dict[str, int], train_tokens: int, val_tokens: int, epochs: int,
-                    cached: bool) -> int:
+                    cached: bool, ours: bool) -> int:
     """FLOPs of a whole training run (train_run): each epoch trains on `train_tokens` and
     validates on `val_tokens` (forward only); `cached`: training and validation run on the
     frozen-block cache (forward through the trained blocks only), built once over both splits.
-    Uncached (the plain side), every block runs forward every time."""
+    Uncached (the plain side), every block runs forward every time. `ours`: the last-token
+    block's N_once runs once per text (the plain side runs the whole block)."""
     n_forward = flops["n_through"] if cached else flops["n_model"]
-    per_epoch = (model_flops(n_forward, flops["n_through"], flops["n_trained"]) * train_tokens
-                 + 2 * n_forward * val_tokens)
+    once, once_trained = (flops["n_once"], flops["n_once_trained"]) if ours else (0, 0)
+    per_epoch = (model_flops(n_forward - once, flops["n_through"] - once,
+                             flops["n_trained"] - once_trained) * train_tokens
+                 + 2 * (n_forward - once) * val_tokens)
     build = 2 * (flops["n_model"] - n_forward) * (train_tokens + val_tokens)
     return epochs * per_epoch + build
 

@@ -103,6 +103,6 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
     if case.method == "train_run":  # every FLOP in the clock, not the training steps' alone
         out["flops"] = whole_run_flops(flops, real_tokens(case.train, case.fmt),
                                        real_tokens(case.val, case.fmt), params.train.epochs,
-                                       cached)
+                                       cached, ours=True)
         out["tflops"] = significant(out["flops"] / meter.seconds / 1e12)
     return out

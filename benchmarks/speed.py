@@ -225,7 +225,8 @@ def run_case(case: Case, settings: Settings, device: torch.device, snapshot: dic
         if case.method == "train_run":  # and its validation passes, every block forward too
             plain["flops"] = whole_run_flops(ours, real_tokens(case.train, case.fmt),
                                              real_tokens(case.val, case.fmt),
-                                             case.params.train.epochs, cached=False)
+                                             case.params.train.epochs, cached=False,
+                                             ours=False)
             plain["tflops"] = significant(plain["flops"] / plain["seconds"] / 1e12)
         sides[side.replace("plain", "ratio")] = ratios(ours, plain)
     tuned = max(plain_sides, key=lambda s: sides[s]["samples_per_s"])

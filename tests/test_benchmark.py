@@ -184,7 +184,8 @@ def test_flops_with_the_cache_leave_out_the_frozen_blocks_forward(tiny_dirs, dat
     assert uncached["n_forward"] == uncached["n_model"]
     assert cached["n_forward"] == cached["n_through"] == uncached["n_model"] - frozen
     scoring = flops_per_token(clf, FAMILIES["gpt2"], training=False, cached=True)
-    assert scoring["flops_per_token"] == 2 * scoring["n_model"]  # scoring never uses the cache
+    # scoring never uses the cache (and runs the last-token block's N_once once per text)
+    assert scoring["flops_per_token"] == 2 * (scoring["n_model"] - scoring["n_once"])
 
 
 @pytest.mark.slow
@@ -398,9 +399,33 @@ def test_whole_run_flops_count_every_epoch_and_the_cache_build():
 
     n = {"n_model": 10, "n_through": 4, "n_trained": 4}
     # plain: (2*10 forward + 2*4 + 2*4 backward) * 100 + 2*10 * 10 validation, per epoch
-    assert whole_run_flops(n, 100, 10, 3, cached=False) == 3 * (36 * 100 + 20 * 10)
+    assert whole_run_flops(n, 100, 10, 3, cached=False, ours=False) == 3 * (36 * 100 + 20 * 10)
     # cached: the trained blocks only, every epoch; the 6 frozen ones once over 110 tokens
-    assert whole_run_flops(n, 100, 10, 3, cached=True) == 3 * (24 * 100 + 8 * 10) + 12 * 110
+    assert whole_run_flops(n, 100, 10, 3, cached=True, ours=False) == \
+        3 * (24 * 100 + 8 * 10) + 12 * 110
+    # ours with a last-token block: 3 of its trained parameters run once per text, not per token
+    once = {**n, "n_once": 3, "n_once_trained": 3}
+    assert whole_run_flops(once, 100, 10, 3, cached=True, ours=True) == \
+        3 * (6 * 100 + 2 * 10) + 12 * 110
+    assert whole_run_flops(once, 100, 10, 3, cached=True, ours=False) == \
+        whole_run_flops(n, 100, 10, 3, cached=True, ours=False)
+
+
+def test_the_last_token_block_counts_its_projection_per_token(tiny_dirs, data_dir):
+    """Ours on GPT-2: the last block's parameters but ln_1 and c_attn leave the per-token count."""
+    from flops import flops_per_token
+    from support.tensors import run_params
+
+    from textclf.core.families import FAMILIES
+    from textclf.modeling.classifier import build_classifier
+
+    clf = build_classifier(run_params(tiny_dirs["gpt2"], data_dir), FAMILIES["gpt2"], 2)
+    last = clf.backbone.h[-1]
+    once = sum(p.numel() for m in (last.attn.c_proj, last.ln_2, last.mlp) for p in m.parameters())
+    flops = flops_per_token(clf, FAMILIES["gpt2"], training=True, cached=True)
+    assert flops["n_once"] == flops["n_once_trained"] == once
+    assert flops["flops_per_token"] == 2 * (flops["n_forward"] - once) + \
+        2 * (flops["n_through"] - once) + 2 * (flops["n_trained"] - once)
 
 
 def test_whole_run_splits():

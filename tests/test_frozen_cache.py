@@ -74,8 +74,8 @@ def test_a_training_step_on_the_cache_equals_one_on_the_full_model(tiny_dirs, da
 def test_the_prefix_skips_the_frozen_blocks(tiny_dirs, data_dir):
     _, clf = classifier(tiny_dirs, data_dir, "gpt2", "finetune")
     calls = []
-    for i, block in enumerate(clf.backbone.h):  # the blocks' attention: computed or not
-        block.attn.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
+    for i, block in enumerate(clf.backbone.h):  # the blocks' first layer: computed or not
+        block.ln_1.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
     ids, mask = torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long)
     prefix = frozen_prefix(clf, ids, mask)
     assert calls == [0, 1]  # stops before the first trainable block (of 4, last 2 trainable)

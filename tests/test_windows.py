@@ -205,8 +205,11 @@ def test_predict_cli_long_texts(runs, capsys):
         assert exit_.value.code == 0
         outputs[mode] = [list(json.loads(line)["probs"].values())
                          for line in capsys.readouterr().out.splitlines()]
-    assert outputs["truncate"] == [p["probs"] for p in predictions(truncated)]
-    assert outputs["windows"] == [p["probs"] for p in predictions(whole)]
+    # to float32 rounding (docs/design.md): a text's batch may hold other texts than evaluate's
+    np.testing.assert_allclose(outputs["truncate"], [p["probs"] for p in predictions(truncated)],
+                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(outputs["windows"], [p["probs"] for p in predictions(whole)],
+                               rtol=0, atol=1e-6)
     with pytest.raises(SystemExit) as exit_:
         main(base + ["--long-texts", "windows", "--window-overlap", "1"])
     assert exit_.value.code == 2 and "--window-overlap must be in [0, 1)" in \

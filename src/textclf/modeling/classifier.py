@@ -29,15 +29,16 @@ from textclf.core.model_loading import (
 )
 from textclf.core.params import LoraParams, Params
 from textclf.core.provenance import model_provenance
+from textclf.modeling.last_token import last_positions, last_token_block, pooled_rows
 from textclf.modeling.model_info import INFO_FILE, RETRAIN, TrainedModelInfo
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
-    """One vector per sequence: the last real token (the rightmost position the mask keeps, so
-    with padding on either side) or the masked mean."""
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str,
+         last: torch.Tensor | None = None) -> torch.Tensor:
+    """One vector per sequence: the last real token (`last`, else last_positions) or the masked
+    mean."""
     if how == "last":
-        positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
-        last = (positions * attention_mask).argmax(dim=1)
+        last = last_positions(attention_mask) if last is None else last
         return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
@@ -57,20 +58,26 @@ class Classifier(nn.Module):
             hidden, attention_heads, dropout=attention_dropout, batch_first=True)
         self.dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(hidden, num_labels)
+        # the last block computed at the pooled token only where the model allows it (GPT-2);
+        # held outside the module tree: it is the base model's
+        object.__setattr__(self, "last_token_block", last_token_block(
+            base_model_of(backbone), family, self.attention is not None))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Class logits. (The frozen-block cache, textclf.train.frozen_cache, feeds the first
         trainable block from outside, with hooks, so this forward knows nothing of it.)"""
         # no KV cache: nothing is generated, and recomputed (checkpointed) blocks would append
         # their keys and values to it a second time
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               use_cache=False).last_hidden_state
+        last = last_positions(attention_mask) if self.family.pooling == "last" else None
+        with pooled_rows(self.last_token_block, attention_mask, last):
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                                   use_cache=False).last_hidden_state
         # the head is fp32; with model_dtype bf16 a frozen last block hands over bf16 states
         hidden = hidden.to(self.head.weight.dtype)
         if self.attention is not None:  # padding is masked out as a key, so it changes nothing
             hidden = self.attention(hidden, hidden, hidden, key_padding_mask=attention_mask == 0,
                                     need_weights=False)[0]
-        pooled = pool(hidden, attention_mask, self.family.pooling)
+        pooled = pool(hidden, attention_mask, self.family.pooling, last)
         return self.head(self.dropout(pooled))
 
     def train(self, mode: bool = True) -> Classifier:
@@ -207,7 +214,9 @@ def checkpoint_trained_blocks(clf: Classifier) -> None:
     from torch.utils.checkpoint import checkpoint
 
     for block in blocks_of(base_model(clf), clf.family):
-        if not any(p.requires_grad for p in block.parameters()):
+        # the last-token block keeps one row per text past its key/value projection: little
+        # to save, and its recomputation in backward would run outside the classifier's forward
+        if block is clf.last_token_block or not any(p.requires_grad for p in block.parameters()):
             continue
         forward = block.forward
 
