@@ -17,8 +17,8 @@ the frozen blocks over the training and validation texts, before the timed windo
 A whole training run (train_run) counts everything in its clock (`whole_run_flops`): every
 epoch's training and validation, and our cache's one-time build.
 
-Our side's last-token block (GPT-2, textclf.modeling.last_token) runs only its layer norm and
-query/key/value projection per token; the rest of the block runs once per text. Its other
+Our side's last-token block (GPT-2, GPT-NeoX: textclf.modeling.last_token) runs only its layer
+norm and query/key/value projection per token; the rest of the block runs once per text. Its other
 parameters (N_once) leave every per-token N on our side (and the once-per-text FLOPs are left out,
 as attention scores are: 1/tokens of them). The plain side runs the whole block per token.
 """
@@ -30,6 +30,7 @@ import torch
 from textclf.core.families import Family
 from textclf.core.tokenization import InputFormat, TokenizedSplit
 from textclf.modeling.classifier import base_model, blocks_of
+from textclf.modeling.last_token import PER_TOKEN
 
 
 def _non_embedding(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> int:
@@ -74,7 +75,7 @@ def once_per_text(clf) -> tuple[int, int]:
     block = getattr(clf, "last_token_block", None)
     if block is None:
         return 0, 0
-    per_token = ("ln_1.", "attn.c_attn.")
+    per_token = tuple(name + "." for name in PER_TOKEN[clf.family.name])
     once = [p for n, p in block.named_parameters()
             if "lora_" not in n and not n.startswith(per_token)]
     return sum(p.numel() for p in once), sum(p.numel() for p in once if p.requires_grad)

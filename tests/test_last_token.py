@@ -1,10 +1,12 @@
-"""The last-token block (textclf.modeling.last_token): GPT-2's last block computed at the pooled
-token only gives the whole block's logits and gradients, in every way the classifier runs it
-(fine-tuning, LoRA, bf16 weights, bf16 autocast, gradient checkpointing, the frozen-block cache,
-zero-shot), and really computes one row per text past its key/value projection."""
+"""The last-token block (textclf.modeling.last_token): GPT-2's and GPT-NeoX's last block computed
+at the pooled token only gives the whole block's logits and gradients, in every way the
+classifier runs it (fine-tuning, LoRA, bf16 weights, bf16 autocast, gradient checkpointing, the
+frozen-block cache, zero-shot), and really computes one row per text past its key/value
+projection."""
 
 import contextlib
 import copy
+import json
 
 import pytest
 import torch
@@ -23,15 +25,33 @@ from textclf.train.zero_shot import build_zero_shot
 LONGER = TEXTS + ["Fine.", "Not my kind of film, though the music was lovely and the cast tried."]
 
 
+# The models with a last-token block: tiny GPT-2, tiny GPT-NeoX (parallel residual, Pythia's) and
+# tiny GPT-NeoX with the sequential residual; each model's family
+MODELS = {"gpt2": "gpt2", "gpt_neox": "gpt_neox", "gpt_neox_sequential": "gpt_neox"}
+
+
 @pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory):
-    """A tiny GPT-2 without dropout: training-mode passes are then deterministic and comparable."""
-    return tiny.tiny_model_dir("gpt2", tmp_path_factory.mktemp("gpt2_no_dropout"), dropout=0.0)
+def model_dirs(tmp_path_factory):
+    """The tiny models without dropout: training-mode passes are then deterministic and
+    comparable."""
+    root = tmp_path_factory.mktemp("no_dropout")
+    dirs = {name: tiny.tiny_model_dir(family, root / name, dropout=0.0)
+            for name, family in MODELS.items()}
+    config = json.loads((dirs["gpt_neox_sequential"] / "config.json").read_text())
+    assert config["use_parallel_residual"]
+    config["use_parallel_residual"] = False
+    (dirs["gpt_neox_sequential"] / "config.json").write_text(json.dumps(config))
+    return dirs
 
 
-def build(model_dir, data_dir, **overrides) -> Classifier:
+@pytest.fixture(scope="module")
+def gpt2_dir(model_dirs):
+    return model_dirs["gpt2"]
+
+
+def build(model_dir, data_dir, family: str = "gpt2", **overrides) -> Classifier:
     torch.manual_seed(0)
-    return build_classifier(run_params(model_dir, data_dir, **overrides), FAMILIES["gpt2"], 2)
+    return build_classifier(run_params(model_dir, data_dir, **overrides), FAMILIES[family], 2)
 
 
 @contextlib.contextmanager
@@ -57,8 +77,8 @@ def rows_into_mlp(clf: Classifier):
         handle.remove()
 
 
-def batch(model_dir):
-    return text_batch({"gpt2": model_dir}, "gpt2", LONGER)
+def batch(model_dir, family: str = "gpt2"):
+    return text_batch({family: model_dir}, family, LONGER)
 
 
 def logits_both_ways(clf: Classifier, b: dict, autocast: bool = False):
@@ -73,11 +93,15 @@ def logits_both_ways(clf: Classifier, b: dict, autocast: bool = False):
     return fast, whole, shapes
 
 
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("method", ["finetune", "lora"])
 @pytest.mark.parametrize("model_dtype", ["fp32", "bf16"])
-def test_the_last_token_block_scores_as_the_whole_block(gpt2_dir, data_dir, method, model_dtype):
-    clf = build(gpt2_dir, data_dir, method=method, model_dtype=model_dtype).eval()
-    b = batch(gpt2_dir)
+def test_the_last_token_block_scores_as_the_whole_block(model_dirs, data_dir, model, method,
+                                                        model_dtype):
+    family = MODELS[model]
+    clf = build(model_dirs[model], data_dir, family, method=method,
+                model_dtype=model_dtype).eval()
+    b = batch(model_dirs[model], family)
     assert (b["attention_mask"] == 0).any()  # padded rows are in the batch
     fast, whole, shapes = logits_both_ways(clf, b)
     assert shapes == [torch.Size([len(LONGER), 32])]  # one row per text, not texts x tokens
@@ -85,15 +109,17 @@ def test_the_last_token_block_scores_as_the_whole_block(gpt2_dir, data_dir, meth
     torch.testing.assert_close(fast, whole, atol=tolerance, rtol=tolerance)
 
 
-def test_under_bf16_autocast_the_last_token_block_agrees_within_bf16(gpt2_dir, data_dir):
-    clf = build(gpt2_dir, data_dir).eval()
-    fast, whole, _ = logits_both_ways(clf, batch(gpt2_dir), autocast=True)
+@pytest.mark.parametrize("model", MODELS)
+def test_under_bf16_autocast_the_last_token_block_agrees_within_bf16(model_dirs, data_dir, model):
+    clf = build(model_dirs[model], data_dir, MODELS[model]).eval()
+    fast, whole, _ = logits_both_ways(clf, batch(model_dirs[model], MODELS[model]), autocast=True)
     torch.testing.assert_close(fast, whole, atol=2e-2, rtol=2e-2)
 
 
-def test_left_padding_pools_the_rightmost_real_token(gpt2_dir, data_dir):
-    clf = build(gpt2_dir, data_dir).eval()
-    b = batch(gpt2_dir)
+@pytest.mark.parametrize("model", MODELS)
+def test_left_padding_pools_the_rightmost_real_token(model_dirs, data_dir, model):
+    clf = build(model_dirs[model], data_dir, MODELS[model]).eval()
+    b = batch(model_dirs[model], MODELS[model])
     # move each row's padding to its left: the same tokens, their last one at the end
     ids, mask = b["input_ids"].clone(), b["attention_mask"].clone()
     for row in range(len(ids)):
@@ -113,15 +139,17 @@ def gradients(clf: Classifier, b: dict, whole: bool) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in clf.named_parameters() if p.requires_grad}
 
 
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("overrides", [
     {"method": "finetune"},
     {"method": "lora", "lora": {"dropout": 0.0}},
     {"method": "finetune", "train": {"gradient_checkpointing": True}},
 ], ids=["finetune", "lora", "checkpointed"])
-def test_the_last_token_block_trains_as_the_whole_block(gpt2_dir, data_dir, overrides):
-    clf = build(gpt2_dir, data_dir, train={"head_dropout": 0.0, **overrides.pop("train", {})},
-                **overrides)
-    b = batch(gpt2_dir)
+def test_the_last_token_block_trains_as_the_whole_block(model_dirs, data_dir, model, overrides):
+    overrides = dict(overrides)
+    clf = build(model_dirs[model], data_dir, MODELS[model],
+                train={"head_dropout": 0.0, **overrides.pop("train", {})}, **overrides)
+    b = batch(model_dirs[model], MODELS[model])
     fast, whole = gradients(clf, b, whole=False), gradients(clf, b, whole=True)
     assert fast.keys() == whole.keys() and fast
     for name in fast:
@@ -164,7 +192,7 @@ def test_zero_shot_scores_through_the_last_token_block(gpt2_dir, data_dir):
 
 def test_other_models_and_heads_run_the_whole_last_block(tiny_dirs, gpt2_dir, data_dir):
     assert build(gpt2_dir, data_dir, train={"head": "attention"}).last_token_block is None
-    for family in ("bert", "gpt_neox"):
+    for family in ("bert", "llama"):
         torch.manual_seed(0)
         clf = build_classifier(run_params(tiny_dirs[family], data_dir), FAMILIES[family], 2)
         assert clf.last_token_block is None

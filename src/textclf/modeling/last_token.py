@@ -5,9 +5,10 @@ reaches the head: every other position needs its keys and values, and nothing el
 last-token block on, the last block computes its layer norm and fused query/key/value projection
 over every token (the keys and values), then attention with the one query, the output
 projection, the second layer norm and the MLP over one row per text. On GPT-2 that is 3 d^2 of
-the block's 12 d^2 multiply-adds per token, forward and backward: a twelfth of a 12-block
-model's evaluation, and most of the work of a step that trains the last 2 blocks on the frozen-
-block cache (what it gains: docs/performance.md, "Last-token block").
+the block's 12 d^2 multiply-adds per token, forward and backward (GPT-NeoX's blocks are built
+alike). That saves 1/16 of a 12-block model's evaluation, and 3/8 of a step that trains the last
+2 blocks on the frozen-block cache (measured: docs/performance.md, "AMD EPYC, quiet, with the
+last-token block").
 
 The same function: the query of the last real token attends to every real token (padding is
 masked out as a key; every real token comes before the last one, so the causal mask adds
@@ -19,8 +20,10 @@ The block's output keeps its shape (texts, tokens, hidden): the pooled rows hold
 output and the other rows zeros. Only the classifier reads it, at the pooled rows, and only
 while its forward runs (`pooled_rows`); any other call runs the whole block.
 
-Families: GPT-2 (`transformers` GPT2Block, without cross-attention or the eager upcast-and-
-reorder attention). The other decoders run their whole last block.
+Families (PER_TOKEN): GPT-2 (transformers' GPT2Block, without cross-attention or the eager
+upcast-and-reorder attention) and GPT-NeoX (Pythia; GPTNeoXLayer, rotary positions, parallel or
+sequential residual). The other decoders (Llama-like, with grouped keys and sliding windows) run
+their whole last block.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The families whose last block computes the pooled rows only, and the modules of that block
+# that still run over every token (its first layer norm and the query/key/value projection)
+PER_TOKEN = {
+    "gpt2": ("ln_1", "attn.c_attn"),
+    "gpt_neox": ("input_layernorm", "attention.query_key_value"),
+}
 # The attribute of the last block holding (rows, last positions, attention mask) while the
 # classifier's forward runs; absent otherwise
 POOLED = "_textclf_pooled"
@@ -47,18 +56,17 @@ def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def last_token_block(backbone: nn.Module, family, attention_head: bool) -> nn.Module | None:
     """The last block of the base model `backbone`, its forward taught to compute the pooled
-    rows only (`pooled_rows`), when the model allows it: GPT-2 pooled at the last token, with a
-    linear head (an attention head reads every position). None otherwise."""
-    if family.name != "gpt2" or family.pooling != "last" or attention_head:
+    rows only (`pooled_rows`), when the model allows it: a family of PER_TOKEN pooled at the
+    last token, with a linear head (an attention head reads every position). None otherwise."""
+    if family.name not in PER_TOKEN or family.pooling != "last" or attention_head:
         return None
-    blocks = backbone.get_submodule(family.blocks)
     config = backbone.config
     if getattr(config, "add_cross_attention", False):
         return None
     if config._attn_implementation == "eager" and getattr(config, "reorder_and_upcast_attn",
                                                            False):
         return None
-    block = blocks[-1]
+    block = backbone.get_submodule(family.blocks)[-1]
     # bound to the block (a deep copy of the model rebinds it to the copy's block)
     block.forward = types.MethodType(_forward, block)
     return block
@@ -69,7 +77,11 @@ def _forward(block: nn.Module, hidden_states: torch.Tensor, *args, **kwargs) -> 
     pooled = block.__dict__.get(POOLED)
     if pooled is None:
         return type(block).forward(block, hidden_states, *args, **kwargs)
-    return _gpt2_block_at(block, hidden_states, *pooled)
+    rows, last, attention_mask = pooled
+    if type(block).__name__ == "GPTNeoXLayer":
+        return _gpt_neox_block_at(block, hidden_states, rows, last, attention_mask,
+                                  kwargs["position_embeddings"])
+    return _gpt2_block_at(block, hidden_states, rows, last, attention_mask)
 
 
 @contextlib.contextmanager
@@ -99,12 +111,55 @@ def _gpt2_block_at(block: nn.Module, hidden: torch.Tensor, rows: torch.Tensor,
     query = query[rows, last].view(texts, heads, 1, head_dim)
     key = key.view(texts, tokens, heads, head_dim).transpose(1, 2)
     value = value.view(texts, tokens, heads, head_dim).transpose(1, 2)
-    keep = attention_mask.bool()[:, None, None, :]  # padding is no key
-    out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=keep, scale=attn.scaling,
-        dropout_p=attn.attn_dropout.p if attn.training else 0.0)
-    out = attn.resid_dropout(attn.c_proj(out.reshape(texts, width)))
+    out = _attend(query, key, value, attention_mask, attn.scaling,
+                  attn.attn_dropout.p if attn.training else 0.0)
+    out = attn.resid_dropout(attn.c_proj(out))
     out = out + residual
     out = out + block.mlp(block.ln_2(out))
-    full = torch.zeros((texts, tokens, width), dtype=out.dtype, device=out.device)
+    return _scattered(out, hidden.shape, rows, last)
+
+
+def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+            attention_mask: torch.Tensor, scale: float, dropout: float) -> torch.Tensor:
+    """One query per text (texts, heads, 1, head_dim) over its real tokens' keys and values
+    (texts, heads, tokens, head_dim): (texts, heads x head_dim)."""
+    keep = attention_mask.bool()[:, None, None, :]  # padding is no key
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=keep, scale=scale,
+                                         dropout_p=dropout)
+    return out.reshape(query.size(0), -1)
+
+
+def _gpt_neox_block_at(block: nn.Module, hidden: torch.Tensor, rows: torch.Tensor,
+                       last: torch.Tensor, attention_mask: torch.Tensor,
+                       position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """GPTNeoXLayer's forward (transformers' modeling_gpt_neox: rotary positions, parallel or
+    sequential residual) at the rows `last` only."""
+    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
+
+    attn = block.attention
+    texts, tokens, width = hidden.shape
+    qkv = attn.query_key_value(block.input_layernorm(hidden))
+    qkv = qkv.view(texts, tokens, -1, 3 * attn.head_size).transpose(1, 2)
+    query, key, value = qkv.chunk(3, dim=-1)  # (texts, heads, tokens, head_size)
+    cos, sin = position_embeddings
+    query, key = apply_rotary_pos_emb(query, key, cos, sin)
+    query = query[rows, :, last].unsqueeze(2)
+    out = _attend(query, key, value, attention_mask, attn.scaling,
+                  attn.attention_dropout if attn.training else 0.0)
+    out = block.post_attention_dropout(attn.dense(out))
+    residual = hidden[rows, last]
+    if block.use_parallel_residual:
+        mlp = block.mlp(block.post_attention_layernorm(residual))
+        out = block.post_mlp_dropout(mlp) + out + residual
+    else:
+        out = out + residual
+        out = block.post_mlp_dropout(block.mlp(block.post_attention_layernorm(out))) + out
+    return _scattered(out, hidden.shape, rows, last)
+
+
+def _scattered(out: torch.Tensor, shape: torch.Size, rows: torch.Tensor,
+               last: torch.Tensor) -> torch.Tensor:
+    """The block's output of shape (texts, tokens, hidden): `out` at the rows `last`, zeros
+    elsewhere."""
+    full = torch.zeros(shape, dtype=out.dtype, device=out.device)
     return full.index_put((rows, last), out)
