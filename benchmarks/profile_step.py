@@ -8,10 +8,12 @@
 One step as the train stage runs it with the frozen-block cache on: the classifier of
 `build_classifier` (params.yaml plus --method), the frozen blocks skipped and the first trained
 block fed their exact output (textclf.train.frozen_cache), cross-entropy, backward, gradient
-clipping and an AdamW step. Random weights (speed does not depend on them); every text is
+clipping and an AdamW step, in --precision (auto: bf16 autocast where the CPU has native bf16,
+as the train stage chooses). Random weights (speed does not depend on them); every text is
 --max-tokens long, so two versions or two machines compare on the same shapes. Prints the
-seconds per step (the mean of --steps timed steps after one warm-up), samples/s, the share of the
-profiled step spent in matrix products, and the operators that took the most time.
+seconds per step (the mean of --steps timed steps after one warm-up), samples/s, the shares of
+the profiled step spent in matrix products and in dropout, and the operators that took the most
+time.
 Not a pipeline stage, and not a test: it prints figures.
 """
 
@@ -38,11 +40,17 @@ import textclf  # noqa: E402
 from textclf.core.families import checked_config_and_family  # noqa: E402
 from textclf.core.params import load_params  # noqa: E402
 from textclf.modeling.classifier import build_classifier  # noqa: E402
+from textclf.modeling.device import device_name, resolved_precision  # noqa: E402
 from textclf.train.frozen_cache import frozen_prefix, skipping_frozen_blocks  # noqa: E402
 from textclf.train.loop import make_optimizer  # noqa: E402
 
 # torch.profiler's names of the matrix products (what the matmul peak measures)
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def is_dropout(op: str) -> bool:
+    """torch.profiler's names of dropout's work: drawing the mask and applying it."""
+    return "dropout" in op or "bernoulli" in op
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up")
     parser.add_argument("--rows", type=int, default=15, help="operators listed")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="the step's precision; auto: train.mixed_precision's rule on this "
+                             "machine (bf16 autocast with native bf16, fp32 without)")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     return parser.parse_args(argv)
 
@@ -77,8 +88,11 @@ def main(argv=None) -> None:
     trained = [p for p in clf.parameters() if p.requires_grad]
     optimizer = make_optimizer(clf, params.learning_rate, params.train.weight_decay, False)
 
+    precision = resolved_precision(args.precision, cuda=False)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
     def step() -> None:
-        with skipping_frozen_blocks(clf, states):
+        with skipping_frozen_blocks(clf, states), autocast:
             logits = clf(ids, mask)
         F.cross_entropy(logits.float(), labels).backward()
         torch.nn.utils.clip_grad_norm_(trained, params.train.grad_clip)
@@ -95,11 +109,14 @@ def main(argv=None) -> None:
     events = profiler.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
+    dropout = sum(e.self_cpu_time_total for e in events if is_dropout(e.key))
     print(f"textclf from {Path(textclf.__file__).parent}")
+    print(f"{device_name(torch.device('cpu'))}; {precision}")
     print(f"{args.model} ({args.size}) {args.method}, batch {args.batch_size} x "
           f"{args.max_tokens} tokens, {torch.get_num_threads()} threads: {seconds:.3f} s per "
           f"step, {args.batch_size / seconds:.2f} samples/s; matrix products "
-          f"{matmul / total:.1%} of the profiled step")
+          f"{matmul / total:.1%} of the profiled step, dropout (its random numbers and masks) "
+          f"{dropout / total:.1%}")
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
 
 

@@ -151,17 +151,20 @@ def test_imports_only_what_a_gpu_box_has():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["finetune", "lora"])
-def test_profile_step_prints_the_step_and_its_operators(method):
+@pytest.mark.parametrize("method, precision", [("finetune", "fp32"), ("lora", "bf16")])
+def test_profile_step_prints_the_step_and_its_operators(method, precision):
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "profile_step.py"), "--size", "tiny",
          "--method", method, "--batch-size", "2", "--max-tokens", "16", "--steps", "1",
-         "--rows", "100"], capture_output=True, text=True, check=True)
+         "--rows", "100", "--precision", precision], capture_output=True, text=True, check=True)
     line = re.search(r"(\S+) s per step, (\S+) samples/s; matrix products (\S+)% of the "
-                     r"profiled step", result.stdout)
+                     r"profiled step, dropout \(its random numbers and masks\) (\S+)%",
+                     result.stdout)
     assert line and float(line[1]) > 0 and 0 < float(line[3]) < 100, result.stdout
+    assert 0 < float(line[4]) < 100  # the tiny model's dropout is on while training
     assert f"tiny) {method}, batch 2 x 16 tokens" in result.stdout
-    assert "aten::addmm" in result.stdout
+    assert f"; {precision}\n" in result.stdout
+    assert "aten::addmm" in result.stdout or "aten::mm" in result.stdout
 
 
 @pytest.mark.parametrize("method", ["finetune", "lora"])
