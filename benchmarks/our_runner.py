@@ -26,7 +26,7 @@ from textclf.core.families import checked_config_and_family
 from textclf.modeling.accelerator import make_accelerator
 from textclf.modeling.batching import Collator, pad_multiple_for
 from textclf.modeling.classifier import build_classifier
-from textclf.modeling.inference import predict_logits, softmax
+from textclf.modeling.inference import compiled_scorer, predict_logits, softmax
 from textclf.train.loop import Recipe, train_classifier
 from textclf.train.zero_shot import build_zero_shot
 
@@ -44,10 +44,12 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
     else:
         torch.manual_seed(params.seed)
         clf = build_classifier(params, family, NUM_LABELS)
-    compiled = training and params.train.compile  # the stages compile for training only
+    # train.compile compiles training; eval.compile the evaluate stage's scoring
+    compiled = params.train.compile if training else params.eval.compile
     # Our loop trains in training mode and scores (validation, frozen-block cache) in eval mode
     collator = CountingCollator(
-        Collator(case.fmt, case.pad_id, pad_multiple_for(device, compiled)), lambda: clf.training)
+        Collator(case.fmt, case.pad_id, pad_multiple_for(device, training and compiled)),
+        lambda: clf.training)
     meter = Meter(device, collator)
     cache = "off"  # where the loop kept the frozen-block cache (train.cache_frozen)
     if training:
@@ -78,13 +80,15 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
             with torch.no_grad():
                 clf.head.weight.copy_(torch.from_numpy(case.head))
                 clf.head.bias.zero_()
+        forward = compiled_scorer(clf) if compiled else None  # as the evaluate stage
         if not whole:  # a whole evaluation runs as the evaluate stage runs it: no warm-up
             predict_logits(clf, first(case.test, settings.eval_batch_size), collator,
-                           settings.eval_batch_size, accelerator)  # warm-up batch
+                           settings.eval_batch_size, accelerator, forward)  # warm-up batch
         with meter.timed():
             logits = predict_logits(clf, case.test, collator, settings.eval_batch_size,
-                                    accelerator)
+                                    accelerator, forward)
         what = "textclf.modeling.inference.predict_logits" + (
+            ", eval.compile true (inductor, weights frozen in)" if compiled else "") + (
             " on textclf.train.zero_shot.build_zero_shot (answer-word rows of the LM head)"
             if case.method == "zero_shot" else " on textclf.modeling.classifier.build_classifier")
         padding = ("sorted by length, padded to the batch's longest (multiple of "

@@ -33,7 +33,7 @@ from textclf.modeling.accelerator import make_accelerator
 from textclf.modeling.batching import Collator, pad_multiple_for
 from textclf.modeling.classifier import load_model
 from textclf.modeling.device import device_name, precision_name
-from textclf.modeling.inference import predict_logits, softmax
+from textclf.modeling.inference import compiled_scorer, predict_logits, softmax
 from textclf.modeling.windows import Windows, whole_split_logits
 
 
@@ -56,18 +56,21 @@ def main() -> None:
                          f"prepared data has {names}: run the pipeline again (dvc repro)")
     accelerator = make_accelerator(params.train.mixed_precision)
     model = model.to(accelerator.device)
+    compiled = params.eval.compile
+    # widths as they come: the compiled scorer takes any width after its second compilation
     collator = Collator(info.input_format, info.pad_id, pad_multiple_for(accelerator.device))
+    forward = compiled_scorer(model) if compiled else None
 
     # Score: the truncated texts; with eval.long_texts windows, those over the limit whole
     started = time.perf_counter()
     logits = predict_logits(model, prepared.test, collator, params.eval.batch_size, accelerator,
-                            desc="evaluate")
+                            forward, desc="evaluate")
     truncated_preds, windows_run = None, {}
     windows = Windows(params.eval.window_overlap, params.eval.window_combine)
     if params.eval.long_texts == "windows":
         scores = whole_split_logits(model, info, args.model_dir, prepared.test_texts,
                                     prepared.test, logits, windows, collator,
-                                    params.eval.batch_size, accelerator)
+                                    params.eval.batch_size, accelerator, forward)
         truncated_preds, logits = logits.argmax(axis=1), scores.logits
         windows_run = {"windows_scored": scores.scored, "most_windows": int(scores.windows.max())}
     seconds = time.perf_counter() - started
@@ -91,6 +94,7 @@ def main() -> None:
         write_json(tmp / paths.RUN_INFO, {"eval_seconds": round(seconds, 2),
                                           "device": device_name(accelerator.device),
                                           "precision": precision_name(accelerator),
+                                          "compiled": compiled,
                                           "long_texts": params.eval.long_texts, **windows_run,
                                           **counts})
     for name, text in plot_files(labels, probs, names, bins).items():

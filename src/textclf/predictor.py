@@ -44,6 +44,10 @@ class Predictor:
     # textclf.modeling.windows.Windows: texts over the limit scored whole, as overlapping
     # windows (evaluate's eval.long_texts windows); None cuts them as training did
     windows: Any = None
+    # predict --compile (eval.compile): the model's torch.compile version scores, compiled on
+    # the first batch of the first call (textclf.modeling.inference.compiled_scorer)
+    compiled: bool = False
+    _forward: Any = None  # the compiled scorer, once made
 
     @property
     def label_names(self) -> list[str]:
@@ -53,7 +57,7 @@ class Predictor:
         """(N, K) float32 class probabilities of `texts`, in their order."""
         from textclf.core.tokenization import encode_texts, text_budget, truncated_split
         from textclf.modeling.batching import Collator, pad_multiple_for
-        from textclf.modeling.inference import predict_logits, softmax
+        from textclf.modeling.inference import compiled_scorer, predict_logits, softmax
         from textclf.modeling.windows import whole_text_logits
 
         cleaned = cleaned_texts(texts)
@@ -66,10 +70,14 @@ class Predictor:
                                 info.truncation, info.head_tokens)
         collator = Collator(info.input_format, info.pad_id,
                             pad_multiple_for(self.accelerator.device))
-        logits = predict_logits(self.model, split, collator, batch_size, self.accelerator)
+        if self.compiled and self._forward is None:
+            self._forward = compiled_scorer(self.model)
+        logits = predict_logits(self.model, split, collator, batch_size, self.accelerator,
+                                self._forward)
         if self.windows is not None:
             logits = whole_text_logits(self.model, split, full, logits, budget, self.windows,
-                                       collator, batch_size, self.accelerator).logits
+                                       collator, batch_size, self.accelerator,
+                                       self._forward).logits
         return softmax(logits)
 
     def predict(self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict]:
@@ -138,13 +146,14 @@ def windows_of(long_texts: str, overlap: float = DEFAULT_WINDOW_OVERLAP,
 
 def load_predictor(model_dir: str | Path = paths.MODEL_DIR, device: str = "auto",
                    mixed_precision: str = "auto", windows=None,
-                   quantize: str = "none") -> Predictor:
+                   quantize: str = "none", compiled: bool = False) -> Predictor:
     """Load a model directory for prediction: the train stage's (modeling.classifier.save_model)
     or an export (export.hf_export.export_model). Predictors of other devices and precisions,
     and the stages, may come before or after it in the same process. `windows`
     (textclf.modeling.windows.Windows) scores texts over the limit whole. `quantize` int8: the
     blocks' linear layers dynamically quantized (textclf.quantize; CPU, fp32 around the int8
-    products), opt-in: probabilities move by int8's rounding."""
+    products), opt-in: probabilities move by int8's rounding. `compiled`: scored by the model's
+    torch.compile version (eval.compile), the same function to the precision's rounding."""
     from textclf.core.families import family_for
     from textclf.export.hf_loading import is_export, load_export
     from textclf.modeling.classifier import load_model
@@ -165,7 +174,8 @@ def load_predictor(model_dir: str | Path = paths.MODEL_DIR, device: str = "auto"
         model = quantize_int8(model, family_for(info.family))
         device, mixed_precision = "cpu", "fp32"
     accelerator = make_device_accelerator(device, mixed_precision)
-    return Predictor(model.to(accelerator.device), info, tokenizer, accelerator, windows)
+    return Predictor(model.to(accelerator.device), info, tokenizer, accelerator, windows,
+                     compiled)
 
 
 def predict_texts(model_dir: str | Path, texts: Sequence[str],

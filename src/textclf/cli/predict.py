@@ -192,6 +192,10 @@ def main(argv: list[str] | None = None) -> None:
                              "predict on CPUs whose probabilities move by int8's rounding "
                              "(agreement with full precision: docs/performance.md); none = as "
                              "evaluated")
+    parser.add_argument("--compile", action="store_true",
+                        help="score with the model's torch.compile version (eval.compile): "
+                             "faster batches after 20-50 s of compiling, for many texts; needs "
+                             "a C++ compiler on a CPU")
     args = parser.parse_args(argv)
     if not 0 <= args.window_overlap < 1:
         parser.error(f"--window-overlap must be in [0, 1), got {args.window_overlap}")
@@ -216,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         predictor = load_predictor(args.model_dir, args.device, args.mixed_precision,
                                    windows_of(args.long_texts, args.window_overlap,
                                               args.window_combine),
-                                   quantize=args.quantize)
+                                   quantize=args.quantize, compiled=args.compile)
         failed = write_records(predict_records(predictor, itertools.chain([first], records),
                                                args.batch_size), args.output, total)
     except (PredictError, OSError, *EXPECTED_ERRORS) as e:

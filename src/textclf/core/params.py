@@ -187,6 +187,7 @@ class EvalParams(Section):
     long_texts: LongTexts
     window_overlap: float
     window_combine: WindowCombine
+    compile: bool
 
     def problems(self) -> list[str]:
         return (_positive_int("eval.batch_size", self.batch_size)

@@ -96,7 +96,8 @@ def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
 
 def pad_multiple_for(device, compiled: bool = False) -> int:
     """Batch widths are rounded up to this: 8 on GPUs (tensor-core friendly shapes), 32 when
-    the model is compiled (few distinct shapes, so few recompilations), 1 on CPU."""
+    the model is compiled for training (few distinct shapes, so few recompilations), 1 on CPU.
+    (Compiled scoring, eval.compile, takes any width after its second compilation.)"""
     if compiled:
         return 32
     return 8 if device.type == "cuda" else 1

@@ -57,6 +57,35 @@ def predict_logits(model: torch.nn.Module, split: TokenizedSplit, collator: Coll
     return out.numpy()
 
 
+def compiled_scorer(model: torch.nn.Module) -> Callable[[dict], torch.Tensor]:
+    """eval.compile, `textclf predict --compile`: a `forward` for predict_logits running
+    torch.compile's version of the trained `model`, compiled on its first batch with inductor's
+    freezing (the weights folded in as constants: prepacked for the CPU's matrix products, and
+    the elementwise work fused). For a model whose weights no longer change (evaluate, predict),
+    never validation. Batch widths change; after the second width the compiled code takes any
+    width (torch's automatic dynamic shapes), so two compilations in all.
+
+    A failure to compile (on a CPU: no C++ compiler) is an error naming the knob."""
+    import torch._inductor.config as inductor_config
+
+    from textclf.core.errors import ParamsError
+
+    compiled = torch.compile(model)
+
+    def forward(batch: dict) -> torch.Tensor:
+        try:
+            with inductor_config.patch(freezing=True):
+                return compiled(batch["input_ids"], batch["attention_mask"])
+        except Exception as e:  # dynamo and inductor raise their own kinds
+            if not type(e).__module__.startswith("torch"):
+                raise
+            why = (str(e).strip() or type(e).__name__).splitlines()[0]
+            raise ParamsError(f"eval.compile (predict --compile): torch.compile failed: {why}; "
+                              "score without it (eval.compile false)") from None
+
+    return forward
+
+
 @contextlib.contextmanager
 def products_in_bf16(model: nn.Module, enabled: bool) -> Iterator[None]:
     """While a split is scored under bf16 autocast: the weights and biases of the base model's

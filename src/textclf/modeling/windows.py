@@ -72,9 +72,11 @@ def combine_windows(logits: np.ndarray, owner: np.ndarray, n_texts: int,
 
 def whole_text_logits(model, split: TokenizedSplit, full_ids: Sequence[Sequence[int]],
                       truncated_logits: np.ndarray, budget: int, windows: Windows,
-                      collator: Collator, batch_size: int, accelerator) -> WindowScores:
+                      collator: Collator, batch_size: int, accelerator,
+                      forward=None) -> WindowScores:
     """Every text of `split` scored whole. `full_ids` are its texts' ids before truncation
-    (core.tokenization.encode_texts), `truncated_logits` predict_logits of `split` itself."""
+    (core.tokenization.encode_texts), `truncated_logits` predict_logits of `split` itself
+    (`forward` as predict_logits takes it: the compiled scorer under eval.compile)."""
     if len(full_ids) != len(split) or len(truncated_logits) != len(split):
         raise ValueError(f"{len(full_ids)} whole texts and {len(truncated_logits)} logits for "
                          f"a split of {len(split)}")
@@ -103,7 +105,7 @@ def whole_text_logits(model, split: TokenizedSplit, full_ids: Sequence[Sequence[
         part = TokenizedSplit(to_score, np.zeros(len(to_score), dtype=np.int64),
                               np.array([len(w) for w in to_score], dtype=np.int64))
         window_logits[to_score_owner] = predict_logits(model, part, collator, batch_size,
-                                                       accelerator, desc="windows")
+                                                       accelerator, forward, desc="windows")
     long_texts = np.unique(owner)
     combined = combine_windows(window_logits, np.searchsorted(long_texts, owner),
                                len(long_texts), windows.combine)
@@ -114,7 +116,8 @@ def whole_text_logits(model, split: TokenizedSplit, full_ids: Sequence[Sequence[
 
 def whole_split_logits(model, info: TrainedModelInfo, model_dir, texts: Sequence[str],
                        split: TokenizedSplit, truncated_logits: np.ndarray, windows: Windows,
-                       collator: Collator, batch_size: int, accelerator) -> WindowScores:
+                       collator: Collator, batch_size: int, accelerator,
+                       forward=None) -> WindowScores:
     """whole_text_logits of a prepared split (the evaluate stage's): its cleaned `texts`
     encoded again, whole, by the tokenizer the model was trained with."""
     tokenizer = info.load_tokenizer(model_dir)
@@ -124,4 +127,4 @@ def whole_split_logits(model, info: TrainedModelInfo, model_dir, texts: Sequence
                         "otherwise than prepare did: run the pipeline again (dvc repro)")
     return whole_text_logits(model, split, full, truncated_logits,
                              text_budget(tokenizer, info.max_tokens), windows, collator,
-                             batch_size, accelerator)
+                             batch_size, accelerator, forward)
