@@ -82,8 +82,10 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
                 clf.head.bias.zero_()
         forward = compiled_scorer(clf) if compiled else None  # as the evaluate stage
         if not whole:  # a whole evaluation runs as the evaluate stage runs it: no warm-up
-            predict_logits(clf, first(case.test, settings.eval_batch_size), collator,
-                           settings.eval_batch_size, accelerator, forward)  # warm-up batch
+            # warm-up: a batch; compiled, every batch (its second width compiles again)
+            warmup = case.test if compiled else first(case.test, settings.eval_batch_size)
+            predict_logits(clf, warmup, collator, settings.eval_batch_size, accelerator,
+                           forward)
         with meter.timed():
             logits = predict_logits(clf, case.test, collator, settings.eval_batch_size,
                                     accelerator, forward)

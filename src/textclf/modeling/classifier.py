@@ -58,8 +58,8 @@ class Classifier(nn.Module):
             hidden, attention_heads, dropout=attention_dropout, batch_first=True)
         self.dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(hidden, num_labels)
-        # the last block computed at the pooled token only where the model allows it (GPT-2);
-        # held outside the module tree: it is the base model's
+        # the last block computed at the pooled token only where the model allows it (GPT-2,
+        # GPT-NeoX); held outside the module tree: it is the base model's
         object.__setattr__(self, "last_token_block", last_token_block(
             base_model_of(backbone), family, self.attention is not None))
 
