@@ -87,8 +87,11 @@ def test_bench_writes_well_formed_json(tmp_path, tiny_dirs, reviews_gz, capsys):
             samples = [results[f"{model}.{method}.{side}.samples"] for side in ("ours", "plain")]
             assert samples[0] == samples[1]
         n_model = results[f"{model}.full.ours.n_model"]
-        assert results[f"{model}.full.ours.flops_per_token"] == 6 * n_model  # 2N fwd + 4N bwd
-        assert results[f"{model}.eval.ours.flops_per_token"] == 2 * n_model
+        # GPT-2's last-token block runs N_once once per text (flops.py); BERT has none
+        once = results[f"{model}.full.ours.n_once"]
+        assert (once > 0) == (model == "gpt2")
+        assert results[f"{model}.full.ours.flops_per_token"] == 6 * (n_model - once)  # 2N + 4N
+        assert results[f"{model}.eval.ours.flops_per_token"] == 2 * (n_model - once)
         last2 = {k: results[f"{model}.last2.ours.{k}"] for k in ("n_through", "n_trained")}
         assert 0 < last2["n_through"] == last2["n_trained"] < n_model
         assert 0 < results[f"{model}.lora.ours.n_trained"] < last2["n_trained"]
@@ -224,9 +227,12 @@ def test_the_frozen_block_cache_is_not_credited_with_the_frozen_blocks(tmp_path,
     # the tiny benchmark GPT-2 has 3 blocks, the last 2 trained: block 0 is frozen and cached
     frozen = ours["n_model"] - ours["n_through"]
     assert 0 < frozen < ours["n_model"] and ours["n_forward"] == ours["n_through"]
-    assert plain["flops_per_token"] - ours["flops_per_token"] == 2 * frozen
-    assert ours["flops_per_token"] == 2 * ours["n_through"] + 2 * ours["n_through"] + \
-        2 * ours["n_trained"]
+    # and the last-token block's N_once runs once per text, not per token (flops.py)
+    once = ours["n_once"]
+    assert 0 < once == ours["n_once_trained"]
+    assert plain["flops_per_token"] - ours["flops_per_token"] == 2 * frozen + 6 * once
+    assert ours["flops_per_token"] == 2 * (ours["n_through"] - once) + \
+        2 * (ours["n_through"] - once) + 2 * (ours["n_trained"] - once)
     assert ours["tflops"] == pytest.approx(
         ours["flops_per_token"] * ours["tokens"] / ours["seconds"] / 1e12, rel=1e-2)
     assert ours["cache_build_flops"] > 0 and ours["cache_build_flops"] % (2 * frozen) == 0
