@@ -220,3 +220,44 @@ def test_a_direct_call_of_the_base_model_runs_the_whole_block(gpt2_dir, data_dir
     with torch.no_grad(), rows_into_mlp(clf) as shapes:
         clf.backbone(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
     assert shapes == [b["input_ids"].shape + (32,)]
+
+
+def test_the_model_holds_no_state_while_it_scores(gpt2_dir, data_dir):
+    """A call nested inside another (as a second thread's can interleave with it) scores as it
+    does alone, and so does the call around it: what the last block computes at travels with
+    the call, not on the model."""
+    clf = build(gpt2_dir, data_dir).eval()
+    b, first_rows = batch(gpt2_dir), slice(0, 2)
+    with torch.no_grad():
+        alone = clf(b["input_ids"], b["attention_mask"])
+        alone_inner = clf(b["input_ids"][first_rows, :6], b["attention_mask"][first_rows, :6])
+        inner, calls = [], []
+
+        def nested(module, args, output):
+            calls.append(1)
+            if len(calls) == 1:  # once, inside the call around it
+                inner.append(clf(b["input_ids"][first_rows, :6],
+                                 b["attention_mask"][first_rows, :6]))
+
+        handle = blocks_of(base_model(clf), clf.family)[0].register_forward_hook(nested)
+        try:
+            around = clf(b["input_ids"], b["attention_mask"])
+        finally:
+            handle.remove()
+    torch.testing.assert_close(inner[0], alone_inner, rtol=0, atol=0)
+    torch.testing.assert_close(around, alone, rtol=0, atol=0)
+
+
+def test_threads_sharing_the_model_score_as_one(gpt2_dir, data_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    clf = build(gpt2_dir, data_dir).eval()
+    b = batch(gpt2_dir)
+    batches = [(b["input_ids"][:n, :w], b["attention_mask"][:n, :w])
+               for n, w in ((6, 30), (2, 8), (4, 20), (3, 12))] * 5
+    with torch.no_grad():
+        alone = [clf(ids, mask) for ids, mask in batches]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            shared = list(pool.map(lambda x: clf(*x), batches))
+    for one, other in zip(alone, shared):
+        torch.testing.assert_close(other, one, rtol=0, atol=0)

@@ -29,7 +29,7 @@ from textclf.core.model_loading import (
 )
 from textclf.core.params import LoraParams, Params
 from textclf.core.provenance import model_provenance
-from textclf.modeling.last_token import last_positions, last_token_block, pooled_rows
+from textclf.modeling.last_token import last_positions, last_token_block, pooled_kwargs
 from textclf.modeling.model_info import INFO_FILE, RETRAIN, TrainedModelInfo
 
 
@@ -69,16 +69,15 @@ class Classifier(nn.Module):
         # no KV cache: nothing is generated, and recomputed (checkpointed) blocks would append
         # their keys and values to it a second time
         last = last_positions(attention_mask) if self.family.pooling == "last" else None
-        with pooled_rows(self.last_token_block, attention_mask, last):
-            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                                   use_cache=False).last_hidden_state
+        pooled = pooled_kwargs(self.last_token_block, attention_mask, last)
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               use_cache=False, **pooled).last_hidden_state
         # the head is fp32; with model_dtype bf16 a frozen last block hands over bf16 states
         hidden = hidden.to(self.head.weight.dtype)
         if self.attention is not None:  # padding is masked out as a key, so it changes nothing
             hidden = self.attention(hidden, hidden, hidden, key_padding_mask=attention_mask == 0,
                                     need_weights=False)[0]
-        pooled = pool(hidden, attention_mask, self.family.pooling, last)
-        return self.head(self.dropout(pooled))
+        return self.head(self.dropout(pool(hidden, attention_mask, self.family.pooling, last)))
 
     def train(self, mode: bool = True) -> Classifier:
         """Frozen modules stay in eval mode while training: their dropout is off, so they are a
@@ -215,7 +214,7 @@ def checkpoint_trained_blocks(clf: Classifier) -> None:
 
     for block in blocks_of(base_model(clf), clf.family):
         # the last-token block keeps one row per text past its key/value projection: little
-        # to save, and its recomputation in backward would run outside the classifier's forward
+        # to save
         if block is clf.last_token_block or not any(p.requires_grad for p in block.parameters()):
             continue
         forward = block.forward

@@ -17,8 +17,10 @@ and quantized layers all act as in the whole block. Only the float rounding of t
 products differs (tests/test_last_token.py compares logits and gradients with the whole block).
 
 The block's output keeps its shape (texts, tokens, hidden): the pooled rows hold the block's
-output and the other rows zeros. Only the classifier reads it, at the pooled rows, and only
-while its forward runs (`pooled_rows`); any other call runs the whole block.
+output and the other rows zeros. Only the classifier asks for it, by passing `pooled_kwargs` to
+the base model's call (transformers hands a model's extra keyword arguments to every block, and
+the attention functions ignore ones they do not know); any other call runs the whole block. Nothing
+is stored on the model while a forward runs, so threads may share it, and torch.compile traces it.
 
 Families (PER_TOKEN): GPT-2 (transformers' GPT2Block, without cross-attention or the eager
 upcast-and-reorder attention) and GPT-NeoX (Pythia; GPTNeoXLayer, rotary positions, parallel or
@@ -28,9 +30,7 @@ their whole last block.
 
 from __future__ import annotations
 
-import contextlib
 import types
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +42,9 @@ PER_TOKEN = {
     "gpt2": ("ln_1", "attn.c_attn"),
     "gpt_neox": ("input_layernorm", "attention.query_key_value"),
 }
-# The attribute of the last block holding (rows, last positions, attention mask) while the
-# classifier's forward runs; absent otherwise
-POOLED = "_textclf_pooled"
+# The keyword argument of the base model's call that carries (rows, last positions, attention
+# mask) to the last block
+POOLED = "textclf_pooled"
 
 
 def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -56,8 +56,9 @@ def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def last_token_block(backbone: nn.Module, family, attention_head: bool) -> nn.Module | None:
     """The last block of the base model `backbone`, its forward taught to compute the pooled
-    rows only (`pooled_rows`), when the model allows it: a family of PER_TOKEN pooled at the
-    last token, with a linear head (an attention head reads every position). None otherwise."""
+    rows only (called with `pooled_kwargs`), when the model allows it: a family of PER_TOKEN
+    pooled at the last token, with a linear head (an attention head reads every position). None
+    otherwise."""
     if family.name not in PER_TOKEN or family.pooling != "last" or attention_head:
         return None
     config = backbone.config
@@ -73,8 +74,8 @@ def last_token_block(backbone: nn.Module, family, attention_head: bool) -> nn.Mo
 
 
 def _forward(block: nn.Module, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    """The pooled rows (inside pooled_rows), else the class's whole forward."""
-    pooled = block.__dict__.get(POOLED)
+    """The pooled rows (called with pooled_kwargs), else the class's whole forward."""
+    pooled = kwargs.pop(POOLED, None)
     if pooled is None:
         return type(block).forward(block, hidden_states, *args, **kwargs)
     rows, last, attention_mask = pooled
@@ -84,20 +85,14 @@ def _forward(block: nn.Module, hidden_states: torch.Tensor, *args, **kwargs) -> 
     return _gpt2_block_at(block, hidden_states, rows, last, attention_mask)
 
 
-@contextlib.contextmanager
-def pooled_rows(block: nn.Module | None, attention_mask: torch.Tensor,
-                last: torch.Tensor) -> Iterator[None]:
-    """While the classifier's forward runs: `block` (of last_token_block, or None: nothing to
-    do) computes only the rows `last` (each text's last real token) of its output."""
+def pooled_kwargs(block: nn.Module | None, attention_mask: torch.Tensor,
+                  last: torch.Tensor) -> dict:
+    """The keyword arguments of the base model's call that make `block` (of last_token_block;
+    None: nothing to add) compute only the rows `last` (each text's last real token)."""
     if block is None:
-        yield
-        return
+        return {}
     rows = torch.arange(attention_mask.size(0), device=attention_mask.device)
-    setattr(block, POOLED, (rows, last, attention_mask))
-    try:
-        yield
-    finally:
-        delattr(block, POOLED)
+    return {POOLED: (rows, last, attention_mask)}
 
 
 def _gpt2_block_at(block: nn.Module, hidden: torch.Tensor, rows: torch.Tensor,
