@@ -30,7 +30,7 @@ import torch
 from textclf.core.families import Family
 from textclf.core.tokenization import InputFormat, TokenizedSplit
 from textclf.modeling.classifier import base_model, blocks_of
-from textclf.modeling.last_token import PER_TOKEN
+from textclf.modeling.last_token import SUPPORTED
 
 
 def _non_embedding(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> int:
@@ -75,7 +75,7 @@ def once_per_text(clf) -> tuple[int, int]:
     block = getattr(clf, "last_token_block", None)
     if block is None:
         return 0, 0
-    per_token = tuple(name + "." for name in PER_TOKEN[clf.family.name])
+    per_token = tuple(name + "." for name in SUPPORTED[clf.family.name].per_token)
     once = [p for n, p in block.named_parameters()
             if "lora_" not in n and not n.startswith(per_token)]
     return sum(p.numel() for p in once), sum(p.numel() for p in once if p.requires_grad)

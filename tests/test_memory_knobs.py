@@ -19,7 +19,7 @@ from textclf.modeling.classifier import (
     load_model,
     save_model,
 )
-from textclf.modeling.last_token import PER_TOKEN
+from textclf.modeling.last_token import SUPPORTED
 from textclf.modeling.model_info import INFO_FILE, TrainedModelInfo
 from textclf.train.frozen_cache import (
     FrozenCache,
@@ -99,7 +99,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_dirs, dat
             attention = next(getattr(block, name) for name in ("attn", "attention", "self_attn")
                              if hasattr(block, name))
             if block is clf.last_token_block:  # runs its attention's projection, not the module
-                attention = block.get_submodule(PER_TOKEN[family][1])
+                attention = block.get_submodule(SUPPORTED[family].per_token[1])
             attention.register_forward_hook(lambda *a, i=i, calls=calls: calls.append(i))
         results.append(train_step(clf, batch))
         # the last-token block is not checkpointed (textclf.modeling.last_token)

@@ -8,6 +8,7 @@ input pipeline it was trained with, scoring texts as the evaluate stage scores t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,17 +48,24 @@ class Predictor:
     # predict --compile (eval.compile): the model's torch.compile version scores, compiled on
     # the first batch of the first call (textclf.modeling.inference.compiled_scorer)
     compiled: bool = False
-    _forward: Any = None  # the compiled scorer, once made
 
     @property
     def label_names(self) -> list[str]:
         return self.info.label_names
 
+    @functools.cached_property
+    def scorer(self):
+        """predict_logits' `forward`: with `compiled`, the compiled scorer (made once, on first
+        use); else None, the model as it is."""
+        from textclf.modeling.inference import compiled_scorer
+
+        return compiled_scorer(self.model) if self.compiled else None
+
     def probabilities(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         """(N, K) float32 class probabilities of `texts`, in their order."""
         from textclf.core.tokenization import encode_texts, text_budget, truncated_split
         from textclf.modeling.batching import Collator, pad_multiple_for
-        from textclf.modeling.inference import compiled_scorer, predict_logits, softmax
+        from textclf.modeling.inference import predict_logits, softmax
         from textclf.modeling.windows import whole_text_logits
 
         cleaned = cleaned_texts(texts)
@@ -70,14 +78,12 @@ class Predictor:
                                 info.truncation, info.head_tokens)
         collator = Collator(info.input_format, info.pad_id,
                             pad_multiple_for(self.accelerator.device))
-        if self.compiled and self._forward is None:
-            self._forward = compiled_scorer(self.model)
         logits = predict_logits(self.model, split, collator, batch_size, self.accelerator,
-                                self._forward)
+                                self.scorer)
         if self.windows is not None:
             logits = whole_text_logits(self.model, split, full, logits, budget, self.windows,
                                        collator, batch_size, self.accelerator,
-                                       self._forward).logits
+                                       self.scorer).logits
         return softmax(logits)
 
     def predict(self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict]:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from textclf.core.errors import ParamsError
 from textclf.core.progress import progress_bar
 from textclf.core.tokenization import TokenizedSplit
 from textclf.modeling.batching import Collator, TokenDataset, sorted_batches, to_device
@@ -67,8 +68,6 @@ def compiled_scorer(model: torch.nn.Module) -> Callable[[dict], torch.Tensor]:
 
     A failure to compile (on a CPU: no C++ compiler) is an error naming the knob."""
     import torch._inductor.config as inductor_config
-
-    from textclf.core.errors import ParamsError
 
     compiled = torch.compile(model)
 

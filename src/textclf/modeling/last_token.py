@@ -22,7 +22,7 @@ the base model's call (transformers hands a model's extra keyword arguments to e
 the attention functions ignore ones they do not know); any other call runs the whole block. Nothing
 is stored on the model while a forward runs, so threads may share it, and torch.compile traces it.
 
-Families (PER_TOKEN): GPT-2 (transformers' GPT2Block, without cross-attention or the eager
+Families (SUPPORTED): GPT-2 (transformers' GPT2Block, without cross-attention or the eager
 upcast-and-reorder attention) and GPT-NeoX (Pythia; GPTNeoXLayer, rotary positions, parallel or
 sequential residual). The other decoders (Llama-like, with grouped keys and sliding windows) run
 their whole last block.
@@ -30,18 +30,25 @@ their whole last block.
 
 from __future__ import annotations
 
-import types
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The families whose last block computes the pooled rows only, and the modules of that block
-# that still run over every token (its first layer norm and the query/key/value projection)
-PER_TOKEN = {
-    "gpt2": ("ln_1", "attn.c_attn"),
-    "gpt_neox": ("input_layernorm", "attention.query_key_value"),
-}
+
+class Support(NamedTuple):
+    """What the last-token block needs of a family (the table SUPPORTED, at the end)."""
+    # the block's modules that still run over every token: its first layer norm and the
+    # query/key/value projection
+    per_token: tuple[str, str]
+    # (block, hidden states, rows, last positions, attention mask, the block's other keyword
+    # arguments as a dict) -> the block's output at the rows `last` (zeros elsewhere)
+    block_at: Callable[..., torch.Tensor]
+
+
 # The keyword argument of the base model's call that carries (rows, last positions, attention
 # mask) to the last block
 POOLED = "textclf_pooled"
@@ -56,10 +63,10 @@ def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def last_token_block(backbone: nn.Module, family, attention_head: bool) -> nn.Module | None:
     """The last block of the base model `backbone`, its forward taught to compute the pooled
-    rows only (called with `pooled_kwargs`), when the model allows it: a family of PER_TOKEN
+    rows only (called with `pooled_kwargs`), when the model allows it: a family of SUPPORTED
     pooled at the last token, with a linear head (an attention head reads every position). None
     otherwise."""
-    if family.name not in PER_TOKEN or family.pooling != "last" or attention_head:
+    if family.name not in SUPPORTED or family.pooling != "last" or attention_head:
         return None
     config = backbone.config
     if getattr(config, "add_cross_attention", False):
@@ -68,21 +75,18 @@ def last_token_block(backbone: nn.Module, family, attention_head: bool) -> nn.Mo
                                                            False):
         return None
     block = backbone.get_submodule(family.blocks)[-1]
-    # bound to the block (a deep copy of the model rebinds it to the copy's block)
-    block.forward = types.MethodType(_forward, block)
+    # holds the block (a deep copy of the model gives the copy's block its own)
+    block.forward = functools.partial(_forward, block, SUPPORTED[family.name].block_at)
     return block
 
 
-def _forward(block: nn.Module, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+def _forward(block: nn.Module, block_at: Callable[..., torch.Tensor],
+             hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """The pooled rows (called with pooled_kwargs), else the class's whole forward."""
     pooled = kwargs.pop(POOLED, None)
     if pooled is None:
         return type(block).forward(block, hidden_states, *args, **kwargs)
-    rows, last, attention_mask = pooled
-    if type(block).__name__ == "GPTNeoXLayer":
-        return _gpt_neox_block_at(block, hidden_states, rows, last, attention_mask,
-                                  kwargs["position_embeddings"])
-    return _gpt2_block_at(block, hidden_states, rows, last, attention_mask)
+    return block_at(block, hidden_states, *pooled, kwargs)
 
 
 def pooled_kwargs(block: nn.Module | None, attention_mask: torch.Tensor,
@@ -96,7 +100,8 @@ def pooled_kwargs(block: nn.Module | None, attention_mask: torch.Tensor,
 
 
 def _gpt2_block_at(block: nn.Module, hidden: torch.Tensor, rows: torch.Tensor,
-                   last: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+                   last: torch.Tensor, attention_mask: torch.Tensor,
+                   block_kwargs: dict) -> torch.Tensor:
     """GPT2Block's forward (transformers' modeling_gpt2) at the rows `last` only."""
     attn = block.attn
     texts, tokens, width = hidden.shape
@@ -126,9 +131,10 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 
 def _gpt_neox_block_at(block: nn.Module, hidden: torch.Tensor, rows: torch.Tensor,
                        last: torch.Tensor, attention_mask: torch.Tensor,
-                       position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                       block_kwargs: dict) -> torch.Tensor:
     """GPTNeoXLayer's forward (transformers' modeling_gpt_neox: rotary positions, parallel or
-    sequential residual) at the rows `last` only."""
+    sequential residual) at the rows `last` only; the rotary tables are the block's
+    `position_embeddings` keyword argument."""
     from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
 
     attn = block.attention
@@ -136,7 +142,7 @@ def _gpt_neox_block_at(block: nn.Module, hidden: torch.Tensor, rows: torch.Tenso
     qkv = attn.query_key_value(block.input_layernorm(hidden))
     qkv = qkv.view(texts, tokens, -1, 3 * attn.head_size).transpose(1, 2)
     query, key, value = qkv.chunk(3, dim=-1)  # (texts, heads, tokens, head_size)
-    cos, sin = position_embeddings
+    cos, sin = block_kwargs["position_embeddings"]
     query, key = apply_rotary_pos_emb(query, key, cos, sin)
     query = query[rows, :, last].unsqueeze(2)
     out = _attend(query, key, value, attention_mask, attn.scaling,
@@ -158,3 +164,10 @@ def _scattered(out: torch.Tensor, shape: torch.Size, rows: torch.Tensor,
     elsewhere."""
     full = torch.zeros(shape, dtype=out.dtype, device=out.device)
     return full.index_put((rows, last), out)
+
+
+# The families whose last block computes the pooled rows only
+SUPPORTED = {
+    "gpt2": Support(("ln_1", "attn.c_attn"), _gpt2_block_at),
+    "gpt_neox": Support(("input_layernorm", "attention.query_key_value"), _gpt_neox_block_at),
+}
