@@ -170,6 +170,23 @@ def test_profile_step_prints_the_step_and_its_operators(method, precision):
     assert "aten::addmm" in result.stdout or "aten::mm" in result.stdout
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_kernels_prints_each_kernel(precision):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "kernels.py"), "--precision", precision,
+         "--texts", "2", "--tokens", "16", "--width", "32", "--heads", "2", "--repeats", "1"],
+        capture_output=True, text=True, check=True)
+    out = result.stdout
+    assert f"; {precision}\n" in out
+    assert re.search(r"the mask, bernoulli_: \S+ ms with 1 thread", out), out
+    # what docs/performance.md says of dropout's masks: one float64 uniform draw per element
+    assert "the same mask as float64 uniform_() < 0.9 from the same seed: yes" in out
+    assert re.search(r"attention, 2x2x16x16: is_causal \S+ ms, a boolean causal mask \S+ ms, "
+                     r"no mask \S+ ms", out)
+    fused = re.search(r"fused by oneDNN: \S+ ms, largest difference (\S+)", out)
+    assert fused and float(fused[1]) < (0.05 if precision == "bf16" else 1e-5), out
+
+
 @pytest.mark.parametrize("method", ["finetune", "lora"])
 def test_flops_with_the_cache_leave_out_the_frozen_blocks_forward(tiny_dirs, data_dir, method):
     """The tiny GPT-2 has 4 blocks, the last 2 trained: with the frozen-block cache the forward

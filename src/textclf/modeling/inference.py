@@ -14,6 +14,7 @@ from textclf.core.errors import ParamsError
 from textclf.core.progress import progress_bar
 from textclf.core.tokenization import TokenizedSplit
 from textclf.modeling.batching import Collator, TokenDataset, sorted_batches, to_device
+from textclf.modeling.onednn import onednn_products
 
 
 @torch.inference_mode()
@@ -25,7 +26,9 @@ def predict_logits(model: torch.nn.Module, split: TokenizedSplit, collator: Coll
     wrapper: processes may score different numbers of batches); it is put in eval mode (no
     dropout). `forward` maps a batch on the device to its logits (default: the model on the
     batch's ids and mask; the train stage passes textclf.train.frozen_cache.cached_forward).
-    A progress bar named `desc` shows on a terminal (textclf.core.progress).
+    A progress bar named `desc` shows on a terminal (textclf.core.progress). On a CPU the base
+    model's products run through oneDNN, GELU fused (textclf.modeling.onednn), unless `forward`
+    is compiled_scorer's.
 
     Under several processes, process r scores the sorted batches r, r + P, ..., so every text
     is scored once whatever the split's size; their logits are then gathered (each process's
@@ -39,7 +42,10 @@ def predict_logits(model: torch.nn.Module, split: TokenizedSplit, collator: Coll
     loader = torch.utils.data.DataLoader(TokenDataset(split), batch_sampler=mine,
                                          collate_fn=collator)
     chunks, order = [], []
-    with products_in_bf16(model, accelerator.mixed_precision == "bf16"):
+    bf16 = accelerator.mixed_precision == "bf16"
+    # oneDNN's products on a CPU; a compiled forward (eval.compile) fuses its own
+    fused = accelerator.device.type == "cpu" and not getattr(forward, "compiled", False)
+    with products_in_bf16(model, bf16), onednn_products(model, bf16, enabled=fused):
         for batch in progress_bar(loader, desc=desc, unit="batch", leave=False,
                                   enabled=accelerator.is_main_process):
             batch = to_device(batch, accelerator.device)
@@ -82,6 +88,7 @@ def compiled_scorer(model: torch.nn.Module) -> Callable[[dict], torch.Tensor]:
             raise ParamsError(f"eval.compile (predict --compile): torch.compile failed: {why}; "
                               "score without it (eval.compile false)") from None
 
+    forward.compiled = True  # predict_logits leaves its products to the compiler
     return forward
 
 
