@@ -118,6 +118,35 @@ def test_real_encoder_padding_and_pretrained_weights(method):
         torch.testing.assert_close(loaded[name], stored, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-4), ("bf16", 2e-2)])
+def test_real_encoder_scores_through_onednn_as_through_the_stock_products(monkeypatch, precision,
+                                                                          tolerance):
+    """Real weights and real reviews (activations of a real size): oneDNN's products, GELU fused
+    (textclf.modeling.onednn), give the stock products' probabilities to the precision's
+    rounding."""
+    from textclf.modeling import onednn
+    from textclf.modeling.accelerator import make_accelerator
+    from textclf.modeling.inference import predict_logits, softmax
+
+    if not onednn.available():
+        pytest.skip("torch without oneDNN")
+    torch.manual_seed(0)
+    clf = build_classifier(real_params(), BERT, 2).eval()
+    with torch.no_grad():  # a head that tells the reviews apart, not the zero-mean random one
+        clf.head.weight.normal_(0, 1.0)
+    tokenizer = load_tokenizer(str(minilm_dir()), BERT)
+    texts = [clean_text(r["text"]) for r in reviews(48)]
+    split = tokenize_split(tokenizer, texts, np.zeros(48), 128, "left", 0)
+    collator = Collator(classifier_format(tokenizer), tokenizer.pad_id)
+    accelerator = make_accelerator(precision, "cpu")
+    probabilities = {}
+    for fused in (False, True):
+        monkeypatch.setattr(onednn, "available", lambda fused=fused: fused)
+        probabilities[fused] = softmax(predict_logits(clf, split, collator, 16, accelerator))
+    assert np.abs(probabilities[False][:, 1] - 0.5).max() > 0.05  # the scores are spread
+    np.testing.assert_allclose(probabilities[True], probabilities[False], atol=tolerance, rtol=0)
+
+
 @pytest.mark.slow
 def test_real_reviews_train_to_a_useful_accuracy(tmp_path):
     """The real stages on 800 real reviews (160 held out for validation) and 200 test reviews,
