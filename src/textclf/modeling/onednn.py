@@ -20,9 +20,10 @@ before it is rounded to bf16 (the stock path rounds first), so they agree within
 Nothing of the model changes: each module's forward is replaced by an instance attribute for the
 length of the `with`, which removes only what it installed. The weights are read as they are on
 entry (a trained weight under bf16 autocast is copied to bf16 once, as autocast would before each
-product). Left alone: GPUs, torch builds without the operator (`available`), quantized layers
-(they are no nn.Linear), LoRA-wrapped layers (their inner layer is patched, their adapters too),
-and compiled scoring (eval.compile: the compiler fuses on its own).
+product). A LoRA-wrapped layer keeps peft's forward: the layer inside it and its adapters are
+linear layers, each patched. Left alone: GPUs, torch builds without the operator (`available`),
+quantized layers (they are no nn.Linear), and compiled scoring (eval.compile: the compiler fuses
+on its own).
 """
 
 from __future__ import annotations
