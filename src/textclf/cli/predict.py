@@ -3,7 +3,7 @@
     textclf predict "A wonderful film." "Dull and lifeless."     # texts as arguments
     textclf predict --file reviews.txt                            # one text per line
     textclf predict --file reviews.jsonl --output scored.jsonl    # JSON lines: "text", "id"
-    textclf predict --quantize int8 --file reviews.txt            # faster on a CPU, int8 products
+    textclf predict --quantize int8 --file reviews.txt            # faster than fp32 on a CPU
     cat reviews.txt | textclf predict --model-dir export --device cpu
 
 Reads a model directory: models/ as the train stage wrote it (what was trained, and textclf.json
@@ -188,8 +188,9 @@ def main(argv: list[str] | None = None) -> None:
                         default=DEFAULT_WINDOW_COMBINE,
                         help="one score from a text's windows (eval.window_combine)")
     parser.add_argument("--quantize", choices=QUANTIZE, default="none",
-                        help="int8: the blocks' linear layers dynamically quantized, a faster "
-                             "predict on CPUs whose probabilities move by int8's rounding "
+                        help="int8: the blocks' linear layers dynamically quantized, faster than "
+                             "fp32 on a CPU (not than bf16 on one with native bf16); the "
+                             "probabilities move by int8's rounding "
                              "(agreement with full precision: docs/performance.md); none = as "
                              "evaluated")
     parser.add_argument("--compile", action="store_true",
