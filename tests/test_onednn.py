@@ -1,9 +1,9 @@
 """oneDNN's products in scoring (textclf.modeling.onednn): predict_logits on a CPU gives the stock
 products' logits (to float rounding in fp32, within bf16's rounding under bf16 autocast) for
-every family, fine-tuned and LoRA; the GELU of GPT-2's, GPT-NeoX's and BERT's MLPs really runs
-inside the product; the model is left as it was found, also after an error and with threads
-sharing it; and without the operator, or with a compiled forward, scoring runs the stock
-products."""
+every family fine-tuned, and with LoRA on GPT-2, GPT-NeoX and BERT; the GELU of the MLPs of
+GPT-2, GPT-NeoX and the BERT family really runs inside the product; the model is left as it was
+found, also after an error and with threads sharing it; and without the operator, or with a
+compiled forward, scoring runs the stock products."""
 
 import threading
 
