@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -106,10 +107,6 @@ class _Product(NamedTuple):
         return linear_pointwise(x.to(self.weight.dtype), self.weight, self.bias, attr, algorithm)
 
 
-def _linear_forward(product: _Product) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda x: product(x)
-
-
 def _gelu_mlp_forward(module: nn.Module, mlp: GeluMlp, product: _Product,
                       algorithm: str) -> Callable[[torch.Tensor], torch.Tensor]:
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +118,7 @@ def _gelu_mlp_forward(module: nn.Module, mlp: GeluMlp, product: _Product,
     return forward
 
 
-def _fusable(module: nn.Module, counts: dict[int, int]) -> tuple[GeluMlp, str] | None:
+def _fusable(module: nn.Module, counts: Counter) -> tuple[GeluMlp, str] | None:
     """The module's GeluMlp and GELU variant, if its first layer is a plain linear layer and its
     activation a GELU used nowhere else."""
     from transformers.pytorch_utils import Conv1D
@@ -148,19 +145,19 @@ def onednn_products(model: nn.Module, bf16: bool, enabled: bool = True) -> Itera
     if not enabled or base is None or not available():
         yield
         return
-    modules = list(base.modules())
-    counts: dict[int, int] = {}
-    for _, m in base.named_modules(remove_duplicate=False):
-        counts[id(m)] = counts.get(id(m), 0) + 1
+    counts = Counter(id(m) for _, m in base.named_modules(remove_duplicate=False))
     installed: list[tuple[nn.Module, Callable]] = []
-    for module in modules:
+    fused_first = set()  # the fused MLPs' first layers: their product runs in the MLP's forward
+    for module in base.modules():
         fusable = _fusable(module, counts)
         if fusable is not None:
             mlp, algorithm = fusable
-            product = _Product.of(getattr(module, mlp.first), bf16)
+            first = getattr(module, mlp.first)
+            fused_first.add(id(first))
+            product = _Product.of(first, bf16)
             installed.append((module, _gelu_mlp_forward(module, mlp, product, algorithm)))
-        elif type(module) in (nn.Linear, Conv1D):
-            installed.append((module, _linear_forward(_Product.of(module, bf16))))
+    installed += [(m, _Product.of(m, bf16)) for m in base.modules()
+                  if type(m) in (nn.Linear, Conv1D) and id(m) not in fused_first]
     try:
         for module, forward in installed:
             module.forward = forward
