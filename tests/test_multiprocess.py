@@ -101,7 +101,8 @@ def test_two_processes_reshuffle_every_epoch_and_share_each_text_once(tiny_dirs,
 
 
 # Run as one process or under accelerate launch: the tiny GPT-2's logits of a 13-text and a
-# 21-text split in batches of 4, written by the main process to <out>/<name>.npy.
+# 21-text split in batches of 4, written by the main process to <out>/<name>.npz; given a 5th
+# argument, batches of at most that many tokens a thread, the processes' thread counts differing.
 SCORER = '''
 import sys
 from pathlib import Path
@@ -125,6 +126,12 @@ accelerator = make_accelerator("fp32")
 torch.manual_seed(0)
 clf = build_classifier(params, FAMILIES["gpt2"], 2).to(accelerator.device)
 collator = Collator(classifier_format(tok), tok.pad_id)
+if len(sys.argv) > 5:  # a token bound on CPU batches, and 1 thread in process 0, 2 in process 1
+    from textclf.modeling import batching
+
+    batching.CPU_SCORING_TOKENS_PER_THREAD = int(sys.argv[5])
+    batching.CPU_SCORING_TOKENS_LEAST = 0
+    torch.set_num_threads(1 + accelerator.process_index)
 logits = {}
 for n in (13, 21):
     split = tokenize_split(tok, texts[:n], np.zeros(n, dtype=np.int64), 64, "left", 0)
@@ -141,9 +148,13 @@ def launch_two(script, *args) -> list[str]:
 
 
 @pytest.mark.slow
-def test_two_processes_score_each_text_once_as_one_process_does(tiny_dirs, data_dir, tmp_path):
+@pytest.mark.parametrize("bound", [(), ("40",)])
+def test_two_processes_score_each_text_once_as_one_process_does(tiny_dirs, data_dir, tmp_path,
+                                                                bound):
     """Split sizes that no process count x batch divides (13 and 21 texts, batches of 4: 4 and
-    6 batches, the last short): each text's logits exactly once, equal to one process's."""
+    6 batches, the last short): each text's logits exactly once, equal to one process's. With a
+    bound of 40 tokens a thread on CPU batches, and processes of 1 and 2 threads: both cut the
+    batches at the fewer tokens, as one process of 1 thread does."""
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny.tiny_params(tiny_dirs["gpt2"], data_dir)))
     texts = tmp_path / "texts.txt"
@@ -152,11 +163,11 @@ def test_two_processes_score_each_text_once_as_one_process_does(tiny_dirs, data_
     scorer = tmp_path / "scorer.py"
     scorer.write_text(SCORER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(scorer), params, tmp_path, "one", texts],
+    one = subprocess.run([sys.executable, str(scorer), params, tmp_path, "one", texts, *bound],
                          capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(launch_two(scorer, params, tmp_path, "two", texts), capture_output=True,
-                         text=True, env=env, timeout=300)
+    two = subprocess.run(launch_two(scorer, params, tmp_path, "two", texts, *bound),
+                         capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     single, double = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     for n in ("13", "21"):

@@ -88,10 +88,42 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         return iter(mine[self.start:])
 
 
-def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
-    """Evaluation batches, longest first: the least padding, and memory errors show at once."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+# On a CPU a scoring batch holds at most this many tokens (its texts times their padded width)
+# for each thread torch computes with, and never fewer than CPU_SCORING_TOKENS_LEAST. Measured on
+# an AMD EPYC with GPT-2 124M and a MiniLM-sized BERT (benchmarks/batch_tokens.py;
+# docs/performance.md, "Scoring batches on a CPU"): with 2 threads the time per token at 2,048
+# tokens a batch is within 2% of the fastest size, higher below 1,024 (each batch's fixed work)
+# and 7-25% higher at 16,384-32,768 (eval.batch_size 128 of 256-token texts); with 1 thread 2,048
+# is the fastest size and 1,024 3% slower. Smaller batches of texts sorted by length pad less.
+# Per thread, so that a many-core CPU still gets products large enough to share out.
+CPU_SCORING_TOKENS_PER_THREAD = 1024
+CPU_SCORING_TOKENS_LEAST = 2048
+
+
+def scoring_tokens(device: torch.device) -> int | None:
+    """The most tokens a scoring batch holds on `device`: on a CPU, CPU_SCORING_TOKENS_PER_THREAD
+    per thread of torch's, at least CPU_SCORING_TOKENS_LEAST; no bound on GPUs, which want large
+    batches."""
+    if device.type != "cpu":
+        return None
+    return max(CPU_SCORING_TOKENS_LEAST, CPU_SCORING_TOKENS_PER_THREAD * torch.get_num_threads())
+
+
+def sorted_batches(widths: np.ndarray, batch_size: int,
+                   max_tokens: int | None = None) -> list[list[int]]:
+    """Batches without gradients (scoring, the frozen-block cache's build) of texts of these
+    padded `widths`, longest first: the least padding, and memory errors show at once. Each
+    batch holds at most `batch_size` texts and, given `max_tokens`, at most that many tokens
+    (its texts times its longest width; a text longer than that is a batch of its own)."""
+    widths = np.asarray(widths)
+    order = np.argsort(-widths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        fit = batch_size if max_tokens is None else max_tokens // max(1, int(widths[order[start]]))
+        end = start + max(1, min(batch_size, fit))
+        batches.append(order[start:end].tolist())
+        start = end
+    return batches
 
 
 def pad_multiple_for(device, compiled: bool = False) -> int:
@@ -116,11 +148,14 @@ class Collator:
         self.pad_id = pad_id
         self.pad_multiple = pad_multiple
 
+    def width(self, length: int | np.ndarray) -> int | np.ndarray:
+        """The padded width of a batch whose longest text has `length` text ids."""
+        return -(-(length + self.fmt.extra) // self.pad_multiple) * self.pad_multiple
+
     def __call__(self, items) -> dict[str, torch.Tensor]:
         seqs = [self.fmt.apply(ids.tolist() if hasattr(ids, "tolist") else ids)
                 for _, ids, _ in items]
-        width = max(len(s) for s in seqs)
-        width = -(-width // self.pad_multiple) * self.pad_multiple
+        width = self.width(max(len(ids) for _, ids, _ in items))
         input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for row, seq in enumerate(seqs):

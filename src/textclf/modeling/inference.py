@@ -13,7 +13,13 @@ from torch import nn
 from textclf.core.errors import ParamsError
 from textclf.core.progress import progress_bar
 from textclf.core.tokenization import TokenizedSplit
-from textclf.modeling.batching import Collator, TokenDataset, sorted_batches, to_device
+from textclf.modeling.batching import (
+    Collator,
+    TokenDataset,
+    scoring_tokens,
+    sorted_batches,
+    to_device,
+)
 from textclf.modeling.onednn import onednn_products
 
 
@@ -24,8 +30,10 @@ def predict_logits(model: torch.nn.Module, split: TokenizedSplit, collator: Coll
                    desc: str = "score") -> np.ndarray:
     """(N, K) float32 logits in the split's order. `model` is the plain classifier (not a DDP
     wrapper: processes may score different numbers of batches); it is put in eval mode (no
-    dropout). `forward` maps a batch on the device to its logits (default: the model on the
-    batch's ids and mask; the train stage passes textclf.train.frozen_cache.cached_forward).
+    dropout). The texts are sorted by length into batches of at most `batch_size` texts, and on
+    a CPU of at most textclf.modeling.batching.scoring_tokens tokens (the fewest any process
+    has). `forward` maps a batch on the device to its logits (default: the model on the batch's
+    ids and mask; the train stage passes textclf.train.frozen_cache.cached_forward).
     A progress bar named `desc` shows on a terminal (textclf.core.progress). On a CPU the base
     model's products run through oneDNN, GELU fused (textclf.modeling.onednn), unless `forward`
     is compiled_scorer's.
@@ -38,7 +46,12 @@ def predict_logits(model: torch.nn.Module, split: TokenizedSplit, collator: Coll
     was_training = model.training
     model.eval()
     rank, processes = accelerator.process_index, accelerator.num_processes
-    mine = sorted_batches(split.lengths, batch_size)[rank::processes]
+    max_tokens = scoring_tokens(accelerator.device)
+    if processes > 1 and max_tokens is not None:  # every process cuts the same batches
+        max_tokens = int(accelerator.gather(
+            torch.tensor([max_tokens], device=accelerator.device)).min())
+    batches = sorted_batches(collator.width(split.lengths), batch_size, max_tokens)
+    mine = batches[rank::processes]
     loader = torch.utils.data.DataLoader(TokenDataset(split), batch_sampler=mine,
                                          collate_fn=collator)
     chunks, order = [], []
@@ -69,8 +82,9 @@ def compiled_scorer(model: torch.nn.Module) -> Callable[[dict], torch.Tensor]:
     torch.compile's version of the trained `model`, compiled on its first batch with inductor's
     freezing (the weights folded in as constants: prepacked for the CPU's matrix products, and
     the elementwise work fused). For a model whose weights no longer change (evaluate, predict),
-    never validation. Batch widths change; after the second width the compiled code takes any
-    width (torch's automatic dynamic shapes), so two compilations in all.
+    never validation. Batch shapes change (texts and width): a dimension seen to change is
+    compiled for any size from then on (torch's automatic dynamic shapes), so two or three
+    compilations in all.
 
     A failure to compile (on a CPU: no C++ compiler) is an error naming the knob."""
     import torch._inductor.config as inductor_config

@@ -154,7 +154,7 @@ class FrozenCache:
         accelerator's autocast as training runs it; keep the states on the device or the host."""
         store = accelerator.device if where == "device" else torch.device("cpu")
         states: list[torch.Tensor | None] = [None] * len(split)
-        batches = sorted_batches(split.lengths, batch_size)
+        batches = sorted_batches(collator.width(split.lengths), batch_size)
         for index in progress_bar(batches, desc=desc, unit="batch", leave=False,
                                   enabled=accelerator.is_main_process):
             batch = collator([(i, split.ids[i], int(split.labels[i])) for i in index])
