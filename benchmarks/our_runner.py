@@ -24,7 +24,7 @@ from meter import CountingCollator, Meter, measured_figures, reset_peak_memory, 
 
 from textclf.core.families import checked_config_and_family
 from textclf.modeling.accelerator import make_accelerator
-from textclf.modeling.batching import Collator, pad_multiple_for
+from textclf.modeling.batching import Collator, pad_multiple_for, scoring_tokens
 from textclf.modeling.classifier import build_classifier
 from textclf.modeling.inference import compiled_scorer, predict_logits, softmax
 from textclf.train.loop import Recipe, train_classifier
@@ -93,8 +93,10 @@ def run_ours(case: Case, settings: Settings, device: torch.device, quiet: Callab
             ", eval.compile true (inductor, weights frozen in)" if compiled else "") + (
             " on textclf.train.zero_shot.build_zero_shot (answer-word rows of the LM head)"
             if case.method == "zero_shot" else " on textclf.modeling.classifier.build_classifier")
+        bound = scoring_tokens(device)
         padding = ("sorted by length, padded to the batch's longest (multiple of "
-                   f"{collator.pad_multiple})")
+                   f"{collator.pad_multiple})" + (f", at most {bound} tokens a batch"
+                                                   if bound is not None else ""))
     cached = cache != "off"
     flops = flops_per_token(clf, family, training, cached)
     if cached:

@@ -465,3 +465,18 @@ def test_whole_run_splits():
     assert split_sizes("last2", settings) == (12, 4, 8)
     assert Settings(**{**vars(settings), "run_texts": 0}).problems() == [
         "run_texts must be a positive integer, got 0"]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_batch_tokens_prints_the_time_per_token_of_each_batch(family):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "batch_tokens.py"), "--family", family,
+         "--layers", "2", "--width", "32", "--heads", "2", "--tokens", "16", "--texts", "1,3",
+         "--repeats", "1", "--precision", "fp32", "--threads", "1"],
+        capture_output=True, text=True, check=True)
+    out = result.stdout
+    assert f"; {family}, 2 layers of width 32; fp32; texts of 16 tokens\n" in out, out
+    assert re.search(r"^cpu: .*\b1 thread;", out, re.M), out
+    assert "the defaults' token bound on this machine: 2048 tokens" in out, out
+    rows = re.findall(r"^ +(\d+) texts = +(\d+) tokens: +\S+ ms, +\S+ us per token$", out, re.M)
+    assert rows == [("1", "16"), ("3", "48")], out

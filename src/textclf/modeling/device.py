@@ -105,4 +105,5 @@ def device_name(device: torch.device) -> str:
         import platform
 
         model = platform.machine()
-    return f"cpu: {model}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"cpu: {model}, {threads} thread{'' if threads == 1 else 's'}"
