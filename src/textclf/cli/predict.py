@@ -10,8 +10,8 @@ Reads a model directory: models/ as the train stage wrote it (what was trained, 
 naming the base model and the input format), or an export of stages/export.py. Each text is
 cleaned, tokenized and truncated exactly as for training and evaluation (head_tail included, also
 from an export), and scored as the evaluate stage scores the test split: with --batch-size equal
-to eval.batch_size (and the same device and precision) the probabilities are those of
-outputs/evaluate/predictions.jsonl, to float32 rounding. With --long-texts windows (and the
+to eval.batch_size (and the same device, precision and CPU threads) the probabilities are those
+of outputs/evaluate/predictions.jsonl, to float32 rounding. With --long-texts windows (and the
 evaluate stage's eval.window_overlap and eval.window_combine), a text over the model's input
 length is scored whole, as evaluate scores it with eval.long_texts windows; shorter texts score
 the same either way.
@@ -189,8 +189,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="one score from a text's windows (eval.window_combine)")
     parser.add_argument("--quantize", choices=QUANTIZE, default="none",
                         help="int8: the blocks' linear layers dynamically quantized, faster than "
-                             "fp32 on a CPU (not than bf16 on one with native bf16); the "
-                             "probabilities move by int8's rounding "
+                             "fp32 on a CPU (against bf16 on one with native bf16: "
+                             "docs/performance.md); the probabilities move by int8's rounding "
                              "(agreement with full precision: docs/performance.md); none = as "
                              "evaluated")
     parser.add_argument("--compile", action="store_true",
