@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from kernels import fastest_ms  # noqa: E402
 from random_models import save_random_model  # noqa: E402
 
 from textclf.core.families import FAMILIES  # noqa: E402
@@ -92,15 +93,11 @@ def main(argv=None) -> None:
                for _ in range(texts)]
         split = TokenizedSplit(ids, np.zeros(texts, dtype=np.int64),
                                np.full(texts, args.tokens, dtype=np.int64))
-        predict_logits(clf, split, collator, texts, accelerator)  # untimed
-        best = float("inf")
-        for _ in range(args.repeats):
-            started = time.perf_counter()
-            predict_logits(clf, split, collator, texts, accelerator)
-            best = min(best, time.perf_counter() - started)
+        ms = fastest_ms(partial(predict_logits, clf, split, collator, texts, accelerator),
+                        args.repeats)
         tokens = texts * args.tokens
-        print(f"{texts:4d} texts = {tokens:6d} tokens: {1000 * best:9.1f} ms, "
-              f"{1e6 * best / tokens:7.1f} us per token")
+        print(f"{texts:4d} texts = {tokens:6d} tokens: {ms:9.1f} ms, "
+              f"{1000 * ms / tokens:7.1f} us per token")
 
 
 if __name__ == "__main__":
